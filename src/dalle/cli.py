@@ -1,0 +1,239 @@
+"""The ``dalle`` command line: each subcommand is a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dalle.config import ConfigError, load_config, save_config
+from dalle.data.datasets import DataConfig
+from dalle.tokenizers.text import TokenizerConfig
+
+log = logging.getLogger("dalle")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file for this command's settings")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. data.image_size=64",
+    )
+
+
+def _flag_overrides(pairs: dict[str, object]) -> list[str]:
+    """Command-line flags as dotted overrides (flags left unset are not applied)."""
+    out = []
+    for key, value in pairs.items():
+        if value is None:
+            continue
+        out.append(f"{key}={json.dumps(value) if isinstance(value, str) else value}")
+    return out
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cmd_data_shapes(args: argparse.Namespace) -> int:
+    from dalle.data.writers import write_shapes_world
+
+    start = time.perf_counter()
+    files = write_shapes_world(
+        args.out,
+        args.count,
+        args.size,
+        args.split,
+        args.seed,
+        args.format,
+        args.shard_size,
+        args.workers,
+    )
+    what = f"{len(files)} shards" if args.format == "wds" else f"{args.count} samples"
+    print(f"wrote {what} of Shapes World ({args.split}, {args.size}px, seed {args.seed}) "
+          f"to {args.out} in {time.perf_counter() - start:.1f}s")  # fmt: skip
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """Reads a whole source through the loader and reports what would be skipped."""
+    from tqdm import tqdm
+
+    from dalle.data.datasets import make_loader, new_skip_log, open_source
+
+    config = DataConfig(source=args.source, image_size=args.size, batch_size=64, shuffle=False,
+                        num_workers=args.workers, count=args.limit)  # fmt: skip
+    dataset = open_source(config)
+    skips = new_skip_log(dataset)
+    samples = 0
+    for batch in tqdm(
+        make_loader(dataset, config), desc="reading", unit="batch", disable=args.json
+    ):
+        samples += len(batch.captions)
+        skips.add(batch.skipped)
+        if args.limit is not None and samples >= args.limit:
+            break
+    if args.json:
+        print(json.dumps({"samples": samples, "skipped": skips.to_json()}, indent=2))
+    else:
+        print(f"read {samples} samples from {args.source} at {args.size}x{args.size}")
+        print(skips.summary())
+    return 0
+
+
+# ----------------------------------------------------------------------------- judge
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from dalle.evaluation.shapes_judge import judge_directory
+
+    report = judge_directory(args.directory)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(report.summary())
+    return 0
+
+
+# ----------------------------------------------------------------------------- tokenizer
+
+
+@dataclass
+class TokenizerTrainConfig:
+    """Settings of `dalle tokenizer train`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from dalle.data.datasets import iter_captions
+    from dalle.tokenizers.text import TextTokenizer
+
+    overrides = _flag_overrides({
+        "data.source": args.data,
+        "tokenizer.vocab_size": args.vocab_size,
+        "tokenizer.max_length": args.max_length,
+        "tokenizer.max_captions": args.max_captions,
+    })  # fmt: skip
+    config = load_config(TokenizerTrainConfig, args.config, [*overrides, *args.overrides])
+    limit = config.tokenizer.max_captions
+    start = time.perf_counter()
+    captions = list(iter_captions(config.data, limit))
+    if not captions:
+        raise ValueError(f"no captions found in {config.data.source}")
+    tokenizer = TextTokenizer.train(captions, config.tokenizer)
+    tokenizer.save(args.out)
+    save_config(config, Path(args.out) / "train_config.yaml")
+    encoded = tokenizer.encode(captions)
+    info = tokenizer.describe()
+    mean_len = encoded.lengths.float().mean().item()
+    print(f"trained BPE on {len(captions)} captions in {time.perf_counter() - start:.1f}s: "
+          f"vocabulary {info['vocab_size']} ({info['merges']} merges), "
+          f"mean {mean_len:.1f} tokens per caption; {tokenizer.truncation_summary()}")  # fmt: skip
+    print(f"saved to {Path(args.out) / 'tokenizer.json'}")
+    return 0
+
+
+def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
+    from dalle.tokenizers.text import TextTokenizer
+
+    tokenizer = TextTokenizer.load(args.tokenizer)
+    encoded = tokenizer.encode(args.text)
+    for text, ids, length in zip(args.text, encoded.ids, encoded.lengths, strict=True):
+        tokens = ids[: int(length)].tolist()
+        print(json.dumps({"text": text, "ids": tokens, "decoded": tokenizer.decode(tokens)}))
+    return 0
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from dalle.demo import run_demo
+
+    return run_demo(Path(args.out), seed=args.seed)
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dalle", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="make and check data sets").add_subparsers(
+        dest="data_command", required=True, metavar="DATA_COMMAND"
+    )
+    shapes = data.add_parser("shapes", help="write Shapes World samples")
+    shapes.add_argument("--out", type=Path, required=True)
+    shapes.add_argument("--count", type=int, default=1000)
+    shapes.add_argument("--size", type=int, default=64, help="canvas side in pixels")
+    shapes.add_argument("--split", choices=["train", "zeroshot"], default="train")
+    shapes.add_argument("--seed", type=int, default=0)
+    shapes.add_argument("--format", choices=["folder", "wds"], default="folder")
+    shapes.add_argument("--shard-size", type=int, default=10_000, help="samples per tar (wds)")
+    shapes.add_argument("--workers", type=int, default=1, help="rendering processes")
+    shapes.set_defaults(func=cmd_data_shapes)
+
+    check = data.add_parser("check", help="read a source through the loader; report skips")
+    check.add_argument("source", help="'shapes[:split]', a folder, or tar shards")
+    check.add_argument("--size", type=int, default=64)
+    check.add_argument("--limit", type=int, default=None, help="stop after this many samples")
+    check.add_argument("--workers", type=int, default=0)
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_data_check)
+
+    judge = commands.add_parser("judge", help="judge X.png against X.txt (Shapes World)")
+    judge.add_argument("directory", type=Path)
+    judge.add_argument("--json", action="store_true", help="machine-readable report")
+    judge.set_defaults(func=cmd_judge)
+
+    tokenizer = commands.add_parser(
+        "tokenizer", help="train and use the caption BPE"
+    ).add_subparsers(dest="tokenizer_command", required=True, metavar="TOKENIZER_COMMAND")
+    train = tokenizer.add_parser("train", help="train a BPE tokenizer on a source's captions")
+    train.add_argument("--data", help="caption source (see `dalle data check`)")
+    train.add_argument("--vocab-size", type=int)
+    train.add_argument("--max-length", type=int)
+    train.add_argument("--max-captions", type=int)
+    train.add_argument("--out", type=Path, required=True)
+    _add_config_args(train)
+    train.set_defaults(func=cmd_tokenizer_train)
+    encode = tokenizer.add_parser("encode", help="show the tokens of some captions")
+    encode.add_argument("--tokenizer", type=Path, required=True)
+    encode.add_argument("text", nargs="+")
+    encode.set_defaults(func=cmd_tokenizer_encode)
+
+    demo = commands.add_parser("demo", help="the main job on built-in data")
+    demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"dalle {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

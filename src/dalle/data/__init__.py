@@ -1,0 +1,1 @@
+"""Data: the built-in Shapes World set, image-caption loaders and writers."""

@@ -1,0 +1,1 @@
+"""Judging and metrics for generated images."""
