@@ -179,11 +179,14 @@ class ImageTextFolder(Dataset):
         for offset in range(len(self.items)):
             result = self._load((index + offset) % len(self.items))
             if isinstance(result, Skip):
-                skipped.append(result)
+                # Only the requested index is recorded: a broken neighbour used as a
+                # fallback is recorded when its own index comes up, so once per epoch.
+                if offset == 0:
+                    skipped.append(result)
                 continue
             result["skipped"] = skipped
             return result
-        raise RuntimeError(f"no readable image in {self.root}: {skipped[:5]} ...")
+        raise RuntimeError(f"no readable image in {self.root}")
 
 
 # ----------------------------------------------------------------------------- webdataset

@@ -210,8 +210,16 @@ def shape_coverage(shape: str, box: Box, window: tuple[int, int, int, int], supe
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def render_scene(scene: Scene, supersample: int = 4) -> np.ndarray:
-    """Draws the scene antialiased: uint8 ``[N, N, 3]``, white background."""
+def render_scene(scene: Scene, supersample: int = 1) -> np.ndarray:
+    """Draws the scene: uint8 ``[N, N, 3]``, flat colours on white.
+
+    By default a pixel takes a shape's colour when its centre lies inside the shape (hard
+    edges). The spec allows antialiasing (``supersample=4``), but its judge thresholds at
+    60 levels from white, which fattens antialiased dark shapes by about a quarter pixel
+    per edge; hard edges keep a 17-pixel cross's arms exactly as wide as the geometry
+    says, so that any judge written from the spec agrees with the renderer (measured in
+    BENCHMARKS.md: 99.7% with antialiasing off against 99.4% with it on, at N = 64).
+    """
     n = scene.canvas
     big = Image.new("RGB", (n * supersample, n * supersample), (255, 255, 255))
     draw = ImageDraw.Draw(big)

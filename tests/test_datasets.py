@@ -1,0 +1,181 @@
+"""Image-caption loaders: real data, broken data, preprocessing and sharding."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dalle.data.datasets import (
+    DataConfig,
+    ImageTextFolder,
+    ShapesWorldStream,
+    WebDatasetSource,
+    expand_shards,
+    iter_captions,
+    make_loader,
+    new_skip_log,
+    open_source,
+)
+from dalle.data.images import load_image, resize_center_crop, to_rgb
+
+
+def _png(color=(255, 0, 0, 255), size=(8, 8), mode="RGBA") -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _read_all(dataset, config: DataConfig):
+    skips = new_skip_log(dataset)
+    captions, images = [], []
+    for batch in make_loader(dataset, config):
+        skips.add(batch.skipped)
+        captions += batch.captions
+        images.append(batch.images)
+    return captions, torch.cat(images) if images else None, skips
+
+
+def test_emoji_webdataset_loads_every_sample(emoji_tar: Path) -> None:
+    config = DataConfig(source=str(emoji_tar), image_size=32, batch_size=256, shuffle=False)
+    captions, images, skips = _read_all(open_source(config), config)
+    assert len(captions) == 3414 and skips.total == 0
+    assert images.shape == (3414, 3, 32, 32) and images.dtype == torch.uint8
+    assert "grinning face with big eyes" in captions
+    # Transparent surroundings are composited onto white, not black.
+    assert images[:, :, 0, 0].float().mean() > 250
+
+
+def test_emoji_as_folder_with_workers(emoji_tar: Path, tmp_path: Path) -> None:
+    with tarfile.open(emoji_tar) as tar:
+        members = [m for m in tar.getmembers() if m.name.endswith((".png", ".txt"))][:300]
+        tar.extractall(tmp_path / "nested" / "deeper", members=members, filter="data")
+    config = DataConfig(source=str(tmp_path), image_size=64, batch_size=32, num_workers=2)
+    dataset = open_source(config)
+    assert isinstance(dataset, ImageTextFolder) and len(dataset) == 150
+    captions, images, skips = _read_all(dataset, config)
+    assert len(captions) == 150 and skips.total == 0 and images.shape[1:] == (3, 64, 64)
+
+
+def _broken_tar(path: Path) -> Path:
+    """A shard with good samples and every kind of bad one."""
+    parts = {
+        "good1": {"png": _png(), "txt": b"a red square"},
+        "corrupt": {"png": b"\x89PNG\r\n\x1a\nthis is not a png", "txt": b"broken image"},
+        "truncated": {"png": _png()[:40], "txt": b"cut short"},
+        "nocaption": {"png": _png()},
+        "noimage": {"txt": b"caption without picture"},
+        "empty": {"png": _png(), "txt": b"   \n"},
+        "jsoncap": {"jpg": b"", "json": b'{"caption": "from json"}'},
+        "good2": {"webp": None, "json": b'{"text": "a webp with a json caption"}'},
+    }
+    webp = io.BytesIO()
+    Image.new("RGB", (10, 6), (0, 0, 255)).save(webp, format="WEBP")
+    parts["good2"]["webp"] = webp.getvalue()
+    jpg = io.BytesIO()
+    Image.new("RGB", (6, 10), (0, 255, 0)).save(jpg, format="JPEG")
+    parts["jsoncap"]["jpg"] = jpg.getvalue()
+    with tarfile.open(path, "w") as tar:
+        for key, files in parts.items():
+            for ext, data in files.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_broken_samples_are_skipped_and_counted(tmp_path: Path) -> None:
+    shard = _broken_tar(tmp_path / "broken-000.tar")
+    config = DataConfig(source=str(shard), image_size=16, batch_size=2, shuffle=False)
+    captions, images, skips = _read_all(open_source(config), config)
+    assert sorted(captions) == ["a red square", "a webp with a json caption", "from json"]
+    assert images.shape == (3, 3, 16, 16)
+    assert skips.total == 5
+    assert skips.counts["missing caption"] == 1
+    assert skips.counts["missing image"] == 1
+    assert skips.counts["empty caption"] == 1
+    assert sum(c for r, c in skips.counts.items() if r.startswith("unreadable image")) == 2
+    assert "skipped 5 samples" in skips.summary()
+
+
+def test_broken_files_in_a_folder_are_skipped_and_counted(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "a.txt").write_text("a red square")
+    (tmp_path / "b.png").write_bytes(b"garbage")
+    (tmp_path / "b.txt").write_text("garbage image")
+    (tmp_path / "c.png").write_bytes(_png())  # no caption
+    (tmp_path / "d.txt").write_text("no image")
+    (tmp_path / "e.jpg").write_bytes(_png())  # a PNG named .jpg still decodes
+    (tmp_path / "e.txt").write_text("")
+    config = DataConfig(source=str(tmp_path), image_size=8, batch_size=4, shuffle=False)
+    captions, _, skips = _read_all(open_source(config), config)
+    # b and e fall back to the next readable image, so the batch keeps its size.
+    assert len(captions) == 3 and set(captions) == {"a red square"}
+    assert skips.counts == {
+        "missing caption": 1, "missing image": 1, "empty caption": 1,
+        "unreadable image (UnidentifiedImageError)": 1,
+    }  # fmt: skip
+
+
+def test_cli_data_check_reports_skips(tmp_path: Path, capsys) -> None:
+    from dalle.cli import main
+
+    shard = _broken_tar(tmp_path / "broken-000.tar")
+    assert main(["data", "check", str(shard), "--size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "read 3 samples" in out and "skipped 5 samples" in out and "missing caption" in out
+
+
+def test_alpha_is_composited_on_white_and_images_are_center_cropped() -> None:
+    transparent = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    assert to_rgb(transparent).getpixel((0, 0)) == (255, 255, 255)
+    half = Image.new("RGBA", (1, 1), (0, 0, 0, 128))
+    assert to_rgb(half).getpixel((0, 0))[0] in (127, 128)
+    # A 40x20 image, left half red, right half blue, middle band green: the centre crop
+    # of a 20x20 result keeps the middle band.
+    wide = np.zeros((20, 40, 3), np.uint8)
+    wide[:, :10] = (255, 0, 0)
+    wide[:, 10:30] = (0, 255, 0)
+    wide[:, 30:] = (0, 0, 255)
+    cropped = resize_center_crop(Image.fromarray(wide), 10)
+    assert cropped.size == (10, 10)
+    assert np.asarray(cropped)[:, :, 1].min() > 200  # all green
+    buffer = io.BytesIO()
+    Image.fromarray(wide).save(buffer, format="PNG")
+    tensor = load_image(buffer.getvalue(), 10)
+    assert tensor.shape == (3, 10, 10) and tensor.dtype == torch.uint8
+
+
+def test_brace_patterns_expand_and_missing_shards_are_named(tmp_path: Path) -> None:
+    for i in range(3):
+        _broken_tar(tmp_path / f"s-{i:03d}.tar")
+    shards = expand_shards(str(tmp_path / "s-{000..002}.tar"))
+    assert [Path(s).name for s in shards] == ["s-000.tar", "s-001.tar", "s-002.tar"]
+    source = WebDatasetSource(str(tmp_path / "s-{000..002}.tar"), 8)
+    assert sum(1 for _ in source) == 9
+    with pytest.raises(FileNotFoundError, match="s-003.tar"):
+        expand_shards(str(tmp_path / "s-{000..003}.tar"))
+    with pytest.raises(FileNotFoundError, match="neither"):
+        open_source(DataConfig(source=str(tmp_path / "nothing-here")))
+
+
+def test_shapes_stream_splits_indices_across_workers() -> None:
+    config = DataConfig(source="shapes", count=48, batch_size=8, num_workers=2, image_size=32)
+    dataset = open_source(config)
+    assert isinstance(dataset, ShapesWorldStream)
+    keys = [k for batch in make_loader(dataset, config) for k in batch.keys]
+    assert sorted(keys) == [f"train-{i:08d}" for i in range(48)]
+    zeroshot = ShapesWorldStream(32, "zeroshot", count=3)
+    assert [s["key"] for s in zeroshot] == ["zeroshot-00000000", "zeroshot-00000001", "zeroshot-00000002"]
+
+
+def test_iter_captions_reads_without_images(emoji_tar: Path) -> None:
+    captions = list(iter_captions(DataConfig(source=str(emoji_tar)), limit=50))
+    assert len(captions) == 50 and all(isinstance(c, str) and c for c in captions)
+    shapes = list(iter_captions(DataConfig(source="shapes:zeroshot"), limit=5))
+    assert len(shapes) == 5
