@@ -1,4 +1,4 @@
-"""A second Shapes World judge, written from shared/specs/shapes-world.md alone.
+"""A second Shapes World judge, written from docs/shapes-world.md (the spec) alone.
 
 It imports nothing from ``dalle``: the constants are re-typed from the spec, the shapes
 are tested analytically at pixel centres (no polygon rasteriser), and where the spec
@@ -116,7 +116,12 @@ def parse(caption: str) -> tuple[list[dict], str | None]:
     assert m, caption
     g = m.groups()
     objs = [
-        {"size": (g[i] or "").strip() or None, "color": g[i + 1], "shape": g[i + 2], "position": None}
+        {
+            "size": (g[i] or "").strip() or None,
+            "color": g[i + 1],
+            "shape": g[i + 2],
+            "position": None,
+        }
         for i in (0, 4)
     ]
     return objs, g[3]

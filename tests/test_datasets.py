@@ -158,7 +158,7 @@ def test_brace_patterns_expand_and_missing_shards_are_named(tmp_path: Path) -> N
     assert [Path(s).name for s in shards] == ["s-000.tar", "s-001.tar", "s-002.tar"]
     source = WebDatasetSource(str(tmp_path / "s-{000..002}.tar"), 8)
     assert sum(1 for _ in source) == 9
-    with pytest.raises(FileNotFoundError, match="s-003.tar"):
+    with pytest.raises(FileNotFoundError, match=r"s-003\.tar"):
         expand_shards(str(tmp_path / "s-{000..003}.tar"))
     with pytest.raises(FileNotFoundError, match="neither"):
         open_source(DataConfig(source=str(tmp_path / "nothing-here")))
@@ -171,7 +171,11 @@ def test_shapes_stream_splits_indices_across_workers() -> None:
     keys = [k for batch in make_loader(dataset, config) for k in batch.keys]
     assert sorted(keys) == [f"train-{i:08d}" for i in range(48)]
     zeroshot = ShapesWorldStream(32, "zeroshot", count=3)
-    assert [s["key"] for s in zeroshot] == ["zeroshot-00000000", "zeroshot-00000001", "zeroshot-00000002"]
+    assert [s["key"] for s in zeroshot] == [
+        "zeroshot-00000000",
+        "zeroshot-00000001",
+        "zeroshot-00000002",
+    ]
 
 
 def test_iter_captions_reads_without_images(emoji_tar: Path) -> None:

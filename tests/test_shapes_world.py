@@ -7,8 +7,8 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-import spec_judge
 
+import spec_judge
 from dalle.data.shapes_world import (
     COLORS,
     HELD_OUT_PAIRS,
@@ -103,7 +103,7 @@ def test_placement_follows_the_spec(canvas: int) -> None:
         scene = sample_scene(seed=3, index=index, canvas=n)
         for obj in scene.objects:
             x0, y0, x1, y1 = obj.box
-            assert 0 <= x0 and 0 <= y0 and x1 <= n and y1 <= n
+            assert x0 >= 0 and y0 >= 0 and x1 <= n and y1 <= n
             base = {"small": 0.28, "large": 0.48}[obj.size] * n
             assert 0.92 * base - 1e-9 <= x1 - x0 <= 1.08 * base + 1e-9
         if len(scene.objects) == 1:
@@ -116,7 +116,9 @@ def test_placement_follows_the_spec(canvas: int) -> None:
                 3,
             )  # fmt: skip
             for value, cell in ((cx, col), (cy, row)):
-                assert cell * n / 3 + 0.04 * n - 1e-9 <= value <= (cell + 1) * n / 3 - 0.04 * n + 1e-9
+                assert (
+                    cell * n / 3 + 0.04 * n - 1e-9 <= value <= (cell + 1) * n / 3 - 0.04 * n + 1e-9
+                )
         else:
             a, b = scene.objects
             (ax, ay), (bx, by) = a.center, b.center
@@ -152,7 +154,12 @@ def test_judge_rejects_wrong_captions() -> None:
     verdict = judge_image(image, wrong_color)
     assert not verdict.passed and verdict.checks["color"] is False
     flipped = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
-    words = {"left of": "to the left of", "right of": "to the right of", "above": "above", "below": "below"}
+    words = {
+        "left of": "to the left of",
+        "right of": "to the right of",
+        "above": "above",
+        "below": "below",
+    }
     wrong_relation = scene.caption.replace(words[scene.relation], words[flipped[scene.relation]])
     assert judge_image(image, wrong_relation).checks["relation"] is False
     blank = np.full_like(image, 255)
@@ -164,8 +171,12 @@ def test_judge_rejects_wrong_captions() -> None:
 
 def test_same_seed_gives_identical_bytes(tmp_path) -> None:
     for fmt in ("folder", "wds"):
-        a = write_shapes_world(tmp_path / f"a-{fmt}", 40, 64, "train", seed=4, fmt=fmt, shard_size=16)
-        b = write_shapes_world(tmp_path / f"b-{fmt}", 40, 64, "train", seed=4, fmt=fmt, shard_size=16, workers=2)
+        a = write_shapes_world(
+            tmp_path / f"a-{fmt}", 40, 64, "train", seed=4, fmt=fmt, shard_size=16
+        )
+        b = write_shapes_world(
+            tmp_path / f"b-{fmt}", 40, 64, "train", seed=4, fmt=fmt, shard_size=16, workers=2
+        )
         assert [p.name for p in a] == [p.name for p in b]
         for pa, pb in zip(a, b, strict=True):
             assert pa.read_bytes() == pb.read_bytes()

@@ -1,6 +1,6 @@
 """Shapes World: the built-in procedural image-caption data set.
 
-Normative specification: ``shared/specs/shapes-world.md``. A scene holds one or two flat
+Normative specification: ``docs/shapes-world.md``. A scene holds one or two flat
 shapes on a white canvas; its caption follows a small grammar, so a program can judge
 whether an image shows what its caption says (see :mod:`dalle.evaluation.shapes_judge`).
 

@@ -1,6 +1,6 @@
 """Judges whether an image shows what its Shapes World caption says.
 
-Follows the judging rules of ``shared/specs/shapes-world.md``: objects are the 8-connected
+Follows the judging rules of ``docs/shapes-world.md``: objects are the 8-connected
 components of non-white pixels, then color, shape, size, grid cell and relation are read
 off each component and compared with what the caption states.
 """

@@ -1,0 +1,102 @@
+"""Caption BPE: normalisation, fixed length, truncation, dropout, exact save/load."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle.data.datasets import DataConfig, iter_captions
+from dalle.tokenizers.text import EOT_ID, PAD_ID, TextTokenizer, TokenizerConfig
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> TextTokenizer:
+    captions = list(iter_captions(DataConfig(source="shapes"), limit=3000))
+    return TextTokenizer.train(captions, TokenizerConfig(vocab_size=400, max_length=48))
+
+
+def test_fixed_length_padding_and_end_of_text(tokenizer: TextTokenizer) -> None:
+    encoded = tokenizer.encode(
+        ["a red circle", "a small blue star to the left of a large pink cross"]
+    )
+    assert encoded.ids.shape == (2, 48) and encoded.ids.dtype == torch.long
+    for row, length in zip(encoded.ids, encoded.lengths, strict=True):
+        assert row[length - 1] == EOT_ID
+        assert (row[length:] == PAD_ID).all() and (row[: length - 1] > EOT_ID).all()
+    # A trained vocabulary merges whole Shapes World words.
+    assert encoded.lengths[0] <= 5
+    assert tokenizer.decode(encoded.ids[0]) == "a red circle"
+
+
+def test_nfkc_and_lowercasing(tokenizer: TextTokenizer) -> None:
+    plain = tokenizer.encode(["a red circle"]).ids
+    assert torch.equal(tokenizer.encode(["A RED Circle"]).ids, plain)
+    # Fullwidth letters normalise to ASCII under NFKC.
+    assert torch.equal(tokenizer.encode(["ａ ｒｅｄ ｃｉｒｃｌｅ"]).ids, plain)
+    # Byte-level BPE has no unknown characters.
+    assert (
+        tokenizer.decode(tokenizer.encode(["flag: côte d’ivoire 🎉"]).ids[0])
+        == "flag: côte d’ivoire 🎉"
+    )
+
+
+def test_truncation_is_counted_and_warned(tokenizer: TextTokenizer, caplog) -> None:
+    long = " ".join(["a red circle above a blue square"] * 10)
+    before = tokenizer.truncated_total
+    with caplog.at_level(logging.WARNING):
+        encoded = tokenizer.encode([long, "a red circle", long])
+    assert encoded.truncated == 2 and tokenizer.truncated_total == before + 2
+    assert encoded.lengths[0] == 48 and encoded.ids[0, -1] == EOT_ID
+    assert "truncated" in tokenizer.truncation_summary()
+    if before == 0:
+        assert "truncated" in caplog.text
+
+
+def test_bpe_dropout_varies_segmentation_but_not_text(tokenizer: TextTokenizer) -> None:
+    caption = "there is a large purple diamond in the bottom right"
+    plain = tokenizer.encode([caption]).ids
+    torch.manual_seed(0)
+    variants = {tuple(tokenizer.encode([caption], dropout=0.3).ids[0].tolist()) for _ in range(20)}
+    assert len(variants) > 1
+    assert all(tokenizer.decode(list(v)) == caption for v in variants)
+    # Dropout is off again afterwards.
+    assert torch.equal(tokenizer.encode([caption]).ids, plain)
+
+
+def test_save_and_load_are_exact(tokenizer: TextTokenizer, tmp_path: Path) -> None:
+    path = tokenizer.save(tmp_path / "tok")
+    loaded = TextTokenizer.load(tmp_path / "tok")
+    assert loaded.to_str() == tokenizer.to_str()
+    loaded.save(tmp_path / "again")
+    assert (tmp_path / "again" / "tokenizer.json").read_bytes() == path.read_bytes()
+    captions = list(iter_captions(DataConfig(source="shapes:zeroshot"), limit=200))
+    assert torch.equal(loaded.encode(captions).ids, tokenizer.encode(captions).ids)
+    assert loaded.max_length == 48
+
+
+def test_bad_tokenizer_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"tokenizer\.json"):
+        TextTokenizer.load(tmp_path)
+    (tmp_path / "tokenizer.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not a valid tokenizer"):
+        TextTokenizer.load(tmp_path)
+
+
+def test_cli_trains_on_emoji_captions(emoji_tar: Path, tmp_path: Path, capsys) -> None:
+    from dalle.cli import main
+
+    out = tmp_path / "emoji-bpe"
+    code = main([
+        "tokenizer", "train", "--data", str(emoji_tar), "--vocab-size", "1000",
+        "--max-length", "24", "--out", str(out), "tokenizer.min_frequency=1",
+    ])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "trained BPE on 3414 captions" in printed and "vocabulary 1000" in printed
+    tok = TextTokenizer.load(out)
+    assert tok.vocab_size == 1000 and tok.max_length == 24
+    assert tok.decode(tok.encode(["Grinning Face"]).ids[0]) == "grinning face"
+    assert (out / "train_config.yaml").exists()
