@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -152,6 +153,63 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- models
+
+
+def cmd_model_info(args: argparse.Namespace) -> int:
+    from dalle.models.registry import build_preset, parameter_counts
+
+    model = build_preset(args.preset)
+    counts = parameter_counts(model)
+    info = {"preset": args.preset, "parameters": counts,
+            "config": dataclasses.asdict(model.config)}  # type: ignore[attr-defined]  # fmt: skip
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print(f"{args.preset} ({type(model).__name__})")
+        for part, count in counts.items():
+            print(f"  {part:<8} {count:>15,d} parameters")
+    return 0
+
+
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from dalle.training.dvae_task import DVAETask, load_dvae_train_config
+    from dalle.training.loop import resolve_device, train
+
+    overrides = _flag_overrides(
+        {"preset": args.preset, "data.source": args.data, "loop.steps": args.steps}
+    )
+    config = load_dvae_train_config(args.config, [*overrides, *args.overrides])
+    out = Path(args.out)
+    _check_resumable(out, dataclasses.asdict(config))
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(config, out / "train_config.yaml")
+    device = resolve_device(config.loop.device)
+    task = DVAETask(config, device)
+    state = train(task, config.data, config.loop, config.optim, out, dataclasses.asdict(config))
+    final = json.loads((out / "metrics.jsonl").read_text().splitlines()[-2])
+    print(f"trained {state.step} steps in {state.elapsed_s:.0f}s; held-out "
+          f"{', '.join(f'{k} {v:.4g}' for k, v in final.get('eval', {}).items())}")  # fmt: skip
+    print(f"model saved to {out} (config.json + model.safetensors)")
+    return 0
+
+
+def _check_resumable(out: Path, config: dict) -> None:
+    """Refuses to resume a run whose model or data no longer match its checkpoint."""
+    import torch
+
+    checkpoint = out / "checkpoint.pt"
+    if not checkpoint.exists():
+        return
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]
+    for section in ("model", "data"):
+        if saved.get(section) != config.get(section):
+            raise ConfigError(
+                f"{out} holds a checkpoint trained with a different '{section}' config; "
+                "use a new --out, or the same settings to resume"
+            )
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -211,6 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("--tokenizer", type=Path, required=True)
     encode.add_argument("text", nargs="+")
     encode.set_defaults(func=cmd_tokenizer_encode)
+
+    info = commands.add_parser(
+        "model-info", help="parameter counts of a preset (nothing allocated)"
+    )
+    info.add_argument("--preset", required=True)
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_model_info)
+
+    vae = commands.add_parser("train-vae", help="train the discrete VAE image tokenizer")
+    vae.add_argument("--data", help="image source (see `dalle data check`)")
+    vae.add_argument("--preset", help="model preset to start from (default dvae-small)")
+    vae.add_argument("--steps", type=int, help="optimizer updates")
+    vae.add_argument("--out", type=Path, required=True, help="run folder; re-run to resume")
+    _add_config_args(vae)
+    vae.set_defaults(func=cmd_train_vae)
 
     demo = commands.add_parser("demo", help="the main job on built-in data")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"))

@@ -32,14 +32,18 @@ def _explain(err: OmegaConfBaseException, origin: str) -> ConfigError:
 
 
 def load_config(
-    schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()
+    schema: type[T],
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    base: T | None = None,
 ) -> T:
     """Builds a ``schema`` instance from its defaults, a YAML file and dotted overrides.
 
+    ``base``, an instance of ``schema``, replaces the schema's defaults (a preset).
     Raises ConfigError naming the offending key for unknown keys, values that do not
     convert to the field's type, and overrides that are not of the form ``key=value``.
     """
-    merged = OmegaConf.structured(schema)
+    merged = OmegaConf.structured(base if base is not None else schema)
     if path is not None:
         try:
             from_file = OmegaConf.load(path)
@@ -70,3 +74,22 @@ def config_to_dict(config: Any) -> dict:
 def save_config(config: Any, path: str | Path) -> None:
     """Writes a config dataclass as YAML, loadable back with :func:`load_config`."""
     Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(config)), encoding="utf-8")
+
+
+def peek_key(key: str, path: str | Path | None, overrides: Sequence[str]) -> Any:
+    """The value of a top-level ``key`` from overrides, else the file, else None.
+
+    Used to pick a preset before the rest of the config is merged on top of it.
+    """
+    for item in reversed(overrides):
+        name, sep, value = item.partition("=")
+        if sep and name.strip() == key:
+            return yaml.safe_load(value)
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"cannot read config {path}: {err}") from None
+        if isinstance(data, dict):
+            return data.get(key)
+    return None

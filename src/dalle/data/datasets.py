@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,6 +49,28 @@ class DataConfig:
     count: int | None = None
     # WebDataset samples with a .json part but no .txt: keys tried for the caption.
     caption_keys: list[str] = field(default_factory=lambda: ["caption", "text"])
+    # "all", or "train" / "holdout": a stable split by a hash of each sample's key (for
+    # Shapes World, holdout samples come from a far-off index range instead).
+    subset: str = "all"
+    holdout_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.subset not in ("all", "train", "holdout"):
+            raise ValueError(f"subset must be all, train or holdout, not {self.subset!r}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ValueError(f"holdout_fraction must be in (0, 1), not {self.holdout_fraction}")
+
+
+# Shapes World holdout samples start here, far beyond any training run's indices.
+SHAPES_HOLDOUT_START = 1_000_000_000
+
+
+def in_subset(key: str, subset: str, holdout_fraction: float) -> bool:
+    """Whether a sample belongs to ``subset``, by a hash of its key stable across runs."""
+    if subset == "all":
+        return True
+    held_out = zlib.crc32(key.encode("utf-8")) % 1_000_000 < holdout_fraction * 1_000_000
+    return held_out == (subset == "holdout")
 
 
 @dataclass(frozen=True)
@@ -134,7 +157,9 @@ class ImageTextFolder(Dataset):
     by the next readable one, and the failure travels with that sample.
     """
 
-    def __init__(self, root: str | Path, image_size: int) -> None:
+    def __init__(
+        self, root: str | Path, image_size: int, subset: str = "all", holdout_fraction: float = 0.1
+    ) -> None:
         self.root = Path(root)
         self.image_size = image_size
         images: dict[Path, Path] = {}
@@ -148,6 +173,8 @@ class ImageTextFolder(Dataset):
         self.index_skips: list[Skip] = []
         self.items: list[tuple[Path, Path]] = []
         for stem, image in images.items():
+            if not in_subset(str(image.relative_to(self.root)), subset, holdout_fraction):
+                continue
             if stem in captions:
                 self.items.append((image, stem.with_suffix(".txt")))
             else:
@@ -235,8 +262,11 @@ class WebDatasetSource(IterableDataset):
         caption_keys: list[str] | tuple[str, ...] = ("caption", "text"),
         shuffle_buffer: int = 0,
         seed: int = 0,
+        subset: str = "all",
+        holdout_fraction: float = 0.1,
     ) -> None:
         self.shards = expand_shards(pattern)
+        self.subset, self.holdout_fraction = subset, holdout_fraction
         self.image_size = image_size
         self.caption_keys = tuple(caption_keys)
         self.shuffle_buffer = shuffle_buffer
@@ -271,6 +301,8 @@ class WebDatasetSource(IterableDataset):
             yield from errors
             errors.clear()
             key = sample.get("__key__", "?")
+            if not in_subset(key, self.subset, self.holdout_fraction):
+                continue
             image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
             yield _decode(key, image, caption_of(sample, self.caption_keys), self.image_size)
         yield from errors
@@ -390,7 +422,9 @@ def make_loader(
         num_workers=config.num_workers,
         collate_fn=collate,
         drop_last=drop_last,
-        generator=generator if shuffle else None,
+        # Always our own generator: creating the loader then never draws from the global
+        # RNG, which keeps training randomness identical across a resume.
+        generator=generator,
         persistent_workers=False,
     )
 

@@ -225,7 +225,7 @@ def render_scene(scene: Scene, supersample: int = 1) -> np.ndarray:
     draw = ImageDraw.Draw(big)
     for obj in scene.objects:
         draw.polygon(_to_pil(shape_polygon(obj.shape, obj.box), supersample), COLORS[obj.color])
-    return np.asarray(big.resize((n, n), Image.Resampling.BOX), dtype=np.uint8)
+    return np.array(big.resize((n, n), Image.Resampling.BOX), dtype=np.uint8)
 
 
 # ----------------------------------------------------------------------------- sampling

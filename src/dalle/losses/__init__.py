@@ -1,0 +1,1 @@
+"""Training objectives as small pure functions."""

@@ -1,0 +1,1 @@
+"""Models: each a typed dataclass config plus an nn.Module, with named presets."""

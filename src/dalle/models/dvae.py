@@ -1,0 +1,197 @@
+"""The discrete VAE that turns images into a grid of tokens and back (DALL-E stage one).
+
+Architecture as released in openai/DALL-E (``dall_e/encoder.py``, ``decoder.py``):
+
+- Encoder: 7x7 conv, then ``group_count`` groups of ``blocks_per_group`` bottleneck
+  residual blocks (3x3, 3x3, 3x3, 1x1 on the residual branch) with widths 1x, 2x, 4x, 8x
+  ``hidden_width``, a 2x2 max-pool between groups, and a 1x1 conv to logits over the
+  vocabulary. ``group_count`` groups downsample by ``2 ** (group_count - 1)``.
+- Decoder: a 1x1 conv from the one-hot token map (this conv *is* the codebook: there is
+  no separate embedding table), groups of blocks (1x1, 3x3, 3x3, 3x3) with widths 8x ...
+  1x, nearest 2x upsampling between groups, and a 1x1 conv to 6 channels: the mean and
+  log-scale of a logit-Laplace distribution per colour channel.
+- Each residual branch is scaled by ``1 / n_layers ** 2`` (n_layers = groups x blocks), so
+  a deep stack starts close to the identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle.models.pretrained import PretrainedMixin
+
+
+@dataclass
+class DVAEConfig:
+    """Shape of the discrete VAE; the defaults are the released 256x256 -> 32x32 model."""
+
+    vocab_size: int = 8192  # image tokens
+    group_count: int = 4  # downsampling factor is 2 ** (group_count - 1)
+    hidden_width: int = 256  # width of the first group; group i is 2**i times wider
+    blocks_per_group: int = 2
+    decoder_input_width: int = 128  # width the one-hot token map is projected to
+    channels: int = 3
+    logit_laplace_eps: float = 0.1  # pixel mapping margin, see map_pixels
+
+    def __post_init__(self) -> None:
+        if self.group_count < 1 or self.blocks_per_group < 1 or self.hidden_width % 4:
+            raise ValueError(
+                "need group_count >= 1, blocks_per_group >= 1 and hidden_width divisible by 4"
+            )
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (self.group_count - 1)
+
+    def token_grid(self, image_size: int) -> int:
+        if image_size % self.downsample:
+            raise ValueError(f"image size {image_size} is not a multiple of {self.downsample}")
+        return image_size // self.downsample
+
+
+DVAE_PRESETS: dict[str, DVAEConfig] = {
+    # openai/DALL-E as released: 256x256 -> 32x32 tokens of 8192.
+    "dvae-paper": DVAEConfig(),
+    # 64x64 -> 16x16 tokens: Shapes World and emoji-noto-64.
+    "dvae-small": DVAEConfig(
+        vocab_size=1024, group_count=3, hidden_width=64, blocks_per_group=1, decoder_input_width=64
+    ),  # fmt: skip
+    # For tests and a fast CPU demo.
+    "dvae-tiny": DVAEConfig(
+        vocab_size=128, group_count=2, hidden_width=16, blocks_per_group=1, decoder_input_width=16
+    ),  # fmt: skip
+}
+
+
+def _conv(n_in: int, n_out: int, kernel: int) -> nn.Conv2d:
+    conv = nn.Conv2d(n_in, n_out, kernel, padding=(kernel - 1) // 2)
+    # openai/DALL-E init: N(0, 1 / fan_in), zero bias.
+    nn.init.normal_(conv.weight, std=1 / math.sqrt(n_in * kernel**2))
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class _ResidualBlock(nn.Module):
+    """``identity(x) + gain * branch(x)`` with a 4x bottleneck on the branch."""
+
+    def __init__(self, n_in: int, n_out: int, kernels: tuple[int, ...], gain: float) -> None:
+        super().__init__()
+        hidden = n_out // 4
+        widths = [n_in] + [hidden] * (len(kernels) - 1) + [n_out]
+        layers: list[nn.Module] = []
+        for k, (a, b) in zip(kernels, zip(widths[:-1], widths[1:], strict=True), strict=True):
+            layers += [nn.ReLU(), _conv(a, b, k)]
+        self.branch = nn.Sequential(*layers)
+        self.identity = _conv(n_in, n_out, 1) if n_in != n_out else nn.Identity()
+        self.gain = gain
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.identity(x) + self.gain * self.branch(x)
+
+
+class DVAEEncoder(nn.Module):
+    def __init__(self, config: DVAEConfig) -> None:
+        super().__init__()
+        c = config
+        gain = 1 / (c.group_count * c.blocks_per_group) ** 2
+        layers: list[nn.Module] = [_conv(c.channels, c.hidden_width, 7)]
+        width = c.hidden_width
+        for group in range(c.group_count):
+            out = c.hidden_width * 2**group
+            for _ in range(c.blocks_per_group):
+                layers.append(_ResidualBlock(width, out, (3, 3, 3, 1), gain))
+                width = out
+            if group < c.group_count - 1:
+                layers.append(nn.MaxPool2d(2))
+        layers += [nn.ReLU(), _conv(width, c.vocab_size, 1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mapped pixels ``[B, 3, H, W]`` -> token logits ``[B, V, H/d, W/d]``."""
+        return self.layers(x)
+
+
+class DVAEDecoder(nn.Module):
+    def __init__(self, config: DVAEConfig) -> None:
+        super().__init__()
+        c = config
+        gain = 1 / (c.group_count * c.blocks_per_group) ** 2
+        # The token embedding: a 1x1 conv over the (relaxed) one-hot map.
+        layers: list[nn.Module] = [_conv(c.vocab_size, c.decoder_input_width, 1)]
+        width = c.decoder_input_width
+        for group in reversed(range(c.group_count)):
+            out = c.hidden_width * 2**group
+            for _ in range(c.blocks_per_group):
+                layers.append(_ResidualBlock(width, out, (1, 3, 3, 3), gain))
+                width = out
+            if group > 0:
+                layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+        layers += [nn.ReLU(), _conv(width, 2 * c.channels, 1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Token distributions ``[B, V, h, w]`` -> logit-Laplace stats ``[B, 6, H, W]``."""
+        return self.layers(z)
+
+
+def map_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """[0, 1] pixels -> [eps, 1 - eps], keeping the logit-Laplace away from 0 and 1."""
+    return (1 - 2 * eps) * x + eps
+
+
+def unmap_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
+    """Inverse of :func:`map_pixels`, clamped to [0, 1]."""
+    return ((x - eps) / (1 - 2 * eps)).clamp(0, 1)
+
+
+class DiscreteVAE(PretrainedMixin, nn.Module):
+    """Encoder + decoder; images in, tokens out, and back."""
+
+    config_class = DVAEConfig
+
+    def __init__(self, config: DVAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = DVAEEncoder(config)
+        self.decoder = DVAEDecoder(config)
+
+    def images_to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, H, W]`` (or floats in [0, 1]) -> mapped float pixels."""
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        return map_pixels(x, self.config.logit_laplace_eps)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Token logits ``[B, V, h, w]`` for uint8 or [0, 1] images ``[B, 3, H, W]``."""
+        return self.encoder(self.images_to_input(images))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` -> tokens ``[B, h, w]`` (argmax, no Gumbel noise)."""
+        return self.logits(images).argmax(dim=1)
+
+    def decode_stats(self, z: torch.Tensor) -> torch.Tensor:
+        """Token distributions ``[B, V, h, w]`` -> logit-Laplace stats ``[B, 6, H, W]``."""
+        return self.decoder(z)
+
+    def stats_to_images(self, stats: torch.Tensor) -> torch.Tensor:
+        """Mean of the logit-Laplace as [0, 1] pixels ``[B, 3, H, W]``; the scale is unused."""
+        mean = torch.sigmoid(stats[:, : self.config.channels].float())
+        return unmap_pixels(mean, self.config.logit_laplace_eps)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, h, w]`` -> uint8 images ``[B, 3, H, W]``."""
+        one_hot = F.one_hot(tokens, self.config.vocab_size).permute(0, 3, 1, 2)
+        dtype = next(self.decoder.parameters()).dtype
+        images = self.stats_to_images(self.decode_stats(one_hot.to(dtype)))
+        return (images * 255).round().to(torch.uint8)
+
+    def parameter_counts(self) -> dict[str, int]:
+        encoder = sum(p.numel() for p in self.encoder.parameters())
+        decoder = sum(p.numel() for p in self.decoder.parameters())
+        return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}

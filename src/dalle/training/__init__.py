@@ -1,0 +1,1 @@
+"""Training: a model-agnostic loop, checkpoints, schedules and per-model tasks."""

@@ -1,0 +1,92 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint holds the model and optimizer state, the loop's position (step, epoch and
+batches consumed in the epoch) and every random generator's state. It is written to a
+temporary file and renamed over the old one, so a kill during the write leaves the
+previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer updates done
+    epoch: int = 0
+    batches_in_epoch: int = 0  # batches of the current epoch already consumed
+    samples_seen: int = 0
+    elapsed_s: float = 0.0  # training wall time over all sessions of the run
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loop: LoopState,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Writes the checkpoint atomically (temporary file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "loop": asdict(loop),
+        "rng": rng_state(),
+        "config": config,
+        "extra": extra or {},
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        torch.save(payload, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    tmp.replace(path)
+    return path
+
+
+def load_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = True,
+) -> tuple[LoopState, dict[str, Any]]:
+    """Restores model (and optimizer, RNG) in place; returns the loop state and payload."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(payload["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(payload["optimizer"])
+    if restore_rng:
+        set_rng_state(payload["rng"])
+    return LoopState(**payload["loop"]), payload
