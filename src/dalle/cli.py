@@ -173,6 +173,7 @@ def cmd_model_info(args: argparse.Namespace) -> int:
 
 
 def cmd_train_vae(args: argparse.Namespace) -> int:
+    from dalle.training.checkpoint import seed_everything
     from dalle.training.dvae_task import DVAETask, load_dvae_train_config
     from dalle.training.loop import resolve_device, train
 
@@ -185,6 +186,7 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "train_config.yaml")
     device = resolve_device(config.loop.device)
+    seed_everything(config.loop.seed)  # the model's initial weights depend on it
     task = DVAETask(config, device)
     state = train(task, config.data, config.loop, config.optim, out, dataclasses.asdict(config))
     final = json.loads((out / "metrics.jsonl").read_text().splitlines()[-2])

@@ -16,7 +16,9 @@ Architecture as released in openai/DALL-E (``dall_e/encoder.py``, ``decoder.py``
 
 from __future__ import annotations
 
+import itertools
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -60,12 +62,19 @@ DVAE_PRESETS: dict[str, DVAEConfig] = {
     # 64x64 -> 16x16 tokens: Shapes World and emoji-noto-64.
     "dvae-small": DVAEConfig(
         vocab_size=1024, group_count=3, hidden_width=64, blocks_per_group=1, decoder_input_width=64
-    ),  # fmt: skip
+    ),
     # For tests and a fast CPU demo.
     "dvae-tiny": DVAEConfig(
         vocab_size=128, group_count=2, hidden_width=16, blocks_per_group=1, decoder_input_width=16
-    ),  # fmt: skip
+    ),
 }
+
+
+def full_precision(device: torch.device):
+    """A context in which autocast is off (meta tensors have no autocast to turn off)."""
+    if device.type == "meta":
+        return nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _conv(n_in: int, n_out: int, kernel: int) -> nn.Conv2d:
@@ -84,7 +93,7 @@ class _ResidualBlock(nn.Module):
         hidden = n_out // 4
         widths = [n_in] + [hidden] * (len(kernels) - 1) + [n_out]
         layers: list[nn.Module] = []
-        for k, (a, b) in zip(kernels, zip(widths[:-1], widths[1:], strict=True), strict=True):
+        for k, (a, b) in zip(kernels, itertools.pairwise(widths), strict=True):
             layers += [nn.ReLU(), _conv(a, b, k)]
         self.branch = nn.Sequential(*layers)
         self.identity = _conv(n_in, n_out, 1) if n_in != n_out else nn.Identity()
@@ -108,12 +117,16 @@ class DVAEEncoder(nn.Module):
                 width = out
             if group < c.group_count - 1:
                 layers.append(nn.MaxPool2d(2))
-        layers += [nn.ReLU(), _conv(width, c.vocab_size, 1)]
-        self.layers = nn.Sequential(*layers)
+        self.blocks = nn.Sequential(*layers)
+        self.to_logits = nn.Sequential(nn.ReLU(), _conv(width, c.vocab_size, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Mapped pixels ``[B, 3, H, W]`` -> token logits ``[B, V, H/d, W/d]``."""
-        return self.layers(x)
+        """Mapped pixels ``[B, 3, H, W]`` -> token logits ``[B, V, H/d, W/d]`` (fp32)."""
+        h = self.blocks(x)
+        # As in openai/DALL-E, the logits are computed in fp32 even under mixed precision:
+        # they feed a softmax over thousands of codes and the KL term.
+        with full_precision(h.device):
+            return self.to_logits(h.float())
 
 
 class DVAEDecoder(nn.Module):
@@ -122,7 +135,8 @@ class DVAEDecoder(nn.Module):
         c = config
         gain = 1 / (c.group_count * c.blocks_per_group) ** 2
         # The token embedding: a 1x1 conv over the (relaxed) one-hot map.
-        layers: list[nn.Module] = [_conv(c.vocab_size, c.decoder_input_width, 1)]
+        self.embed = _conv(c.vocab_size, c.decoder_input_width, 1)
+        layers: list[nn.Module] = []
         width = c.decoder_input_width
         for group in reversed(range(c.group_count)):
             out = c.hidden_width * 2**group
@@ -132,11 +146,15 @@ class DVAEDecoder(nn.Module):
             if group > 0:
                 layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
         layers += [nn.ReLU(), _conv(width, 2 * c.channels, 1)]
-        self.layers = nn.Sequential(*layers)
+        self.blocks = nn.Sequential(*layers)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         """Token distributions ``[B, V, h, w]`` -> logit-Laplace stats ``[B, 6, H, W]``."""
-        return self.layers(z)
+        # The embedding of a relaxed one-hot over thousands of codes runs in fp32, as in
+        # openai/DALL-E; the rest follows the ambient precision.
+        with full_precision(z.device):
+            h = self.embed(z.float())
+        return self.blocks(h)
 
 
 def map_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:

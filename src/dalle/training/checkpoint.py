@@ -29,6 +29,13 @@ class LoopState:
     elapsed_s: float = 0.0  # training wall time over all sessions of the run
 
 
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices), e.g. before building a model."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -54,18 +61,21 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     loop: LoopState,
     config: dict[str, Any],
-    extra: dict[str, Any] | None = None,
+    rng: dict[str, Any] | None = None,
 ) -> Path:
-    """Writes the checkpoint atomically (temporary file, fsync, rename)."""
+    """Writes the checkpoint atomically (temporary file, fsync, rename).
+
+    ``rng`` defaults to the generators' current state; pass the state captured at the
+    step boundary that ``loop`` describes when saving from the middle of a step.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "loop": asdict(loop),
-        "rng": rng_state(),
+        "rng": rng if rng is not None else rng_state(),
         "config": config,
-        "extra": extra or {},
     }
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:

@@ -118,7 +118,7 @@ class DVAETask:
         logits = self.model.encoder(x)  # [B, V, h, w]
         kl_weight, temperature = self.schedules(step)
         z = gumbel_softmax(logits, temperature)  # relaxed one-hot, [B, V, h, w]
-        stats = self.model.decoder(z.to(logits.dtype))  # [B, 6, H, W]
+        stats = self.model.decoder(z)  # [B, 6, H, W]
         out = dvae_loss(x, stats, logits, kl_weight)
         with torch.no_grad():
             relaxed = self.model.stats_to_images(stats)

@@ -4,11 +4,14 @@ A :class:`Task` supplies the model, its loss on a batch, and what to do at evalu
 export time; the loop owns the optimizer, learning-rate schedule, mixed precision,
 gradient accumulation and clipping, progress, metrics, and checkpoints that resume
 exactly: after a kill, re-running the same command continues from the last checkpoint
-with the same data order and random numbers as if it had never stopped.
+with the same data order and random numbers as if it had never stopped. (Steps between
+the last checkpoint and a hard kill are redone, so ``metrics.jsonl`` may list a step
+twice; the later line is the one that counts.)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -29,7 +32,9 @@ from dalle.training.checkpoint import (
     CHECKPOINT_FILE,
     LoopState,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
+    seed_everything,
 )
 from dalle.training.schedules import warmup_cosine
 
@@ -172,13 +177,18 @@ def train(
         state, _ = load_checkpoint(checkpoint_path, model, optimizer)
         log.info("resuming from %s at step %d", checkpoint_path, state.step)
     else:
-        torch.manual_seed(loop_config.seed)
+        seed_everything(loop_config.seed)
     metrics = MetricsLog(out_dir / "metrics.jsonl")
     metrics.write({"event": "start", "step": state.step, "device": str(device),
                    "parameters": sum(p.numel() for p in model.parameters())})  # fmt: skip
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, model, optimizer, state, run_config)
+
+    # The loop position and random state at the start of the step in progress: an
+    # interrupt mid-step checkpoints these, so the resumed run redoes that step with the
+    # same batch and the same random numbers.
+    boundary: tuple[LoopState, dict[str, Any]] = (dataclasses.replace(state), rng_state())
 
     skip_log = SkipLog()
     batches = _batches(data, state, skip_log)
@@ -198,6 +208,7 @@ def train(
                     "time budget of %.1f min spent at step %d", loop_config.max_minutes, state.step
                 )
                 break
+            boundary = (dataclasses.replace(state), rng_state())
             lr = warmup_cosine(
                 state.step, optim.warmup_steps, loop_config.steps, optim.lr, optim.final_lr
             )
@@ -236,8 +247,11 @@ def train(
                 )
                 eta = (loop_config.steps - state.step) * state.elapsed_s / max(state.step, 1)
                 if progress.disable:
-                    log.info("step %d/%d  loss %.4f  %.0f img/s  ETA %s", state.step, loop_config.steps,
-                             logged.get("loss", math.nan), rate, _hms(eta))  # fmt: skip
+                    loss_value = logged.get("loss", math.nan)
+                    log.info(
+                        "step %d/%d  loss %.4f  %.0f img/s  ETA %s",
+                        state.step, loop_config.steps, loss_value, rate, _hms(eta),
+                    )  # fmt: skip
             if state.step % loop_config.eval_every == 0 or state.step == loop_config.steps:
                 model.eval()
                 evaluated = task.evaluate(state.step, out_dir)
@@ -250,8 +264,12 @@ def train(
                 checkpoint()
     except KeyboardInterrupt:
         progress.close()
-        checkpoint()
-        log.warning("interrupted: checkpoint written at step %d; run again to resume", state.step)
+        optimizer.zero_grad(set_to_none=True)
+        last_state, last_rng = boundary
+        save_checkpoint(checkpoint_path, model, optimizer, last_state, run_config, rng=last_rng)
+        log.warning(
+            "interrupted: checkpoint written at step %d; run again to resume", last_state.step
+        )
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)

@@ -1,0 +1,151 @@
+"""Discrete VAE: architecture, pixel mapping, objective, schedules, save/load, training."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle.losses.dvae import dvae_loss, gumbel_softmax, kl_to_uniform, logit_laplace_nll
+from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE, DVAEConfig, map_pixels, unmap_pixels
+from dalle.training.dvae_task import DVAEObjectiveConfig, codebook_usage, reconstruction_metrics
+from dalle.training.schedules import cosine_anneal, warmup_cosine
+
+
+def test_paper_preset_matches_released_model() -> None:
+    with torch.device("meta"):
+        model = DiscreteVAE(DVAE_PRESETS["dvae-paper"])
+        logits = model.encoder(torch.empty(2, 3, 256, 256))
+        stats = model.decoder(torch.empty(2, 8192, 32, 32))
+    counts = model.parameter_counts()
+    assert counts["encoder"] == 53_786_240
+    assert counts["decoder"] == 43_829_766
+    assert logits.shape == (2, 8192, 32, 32)
+    assert stats.shape == (2, 6, 256, 256)
+    # Residual branches are scaled by 1 / n_layers**2 = 1 / (4 * 2)**2.
+    assert model.encoder.blocks[1].gain == pytest.approx(1 / 64)
+
+
+def test_groups_set_the_downsampling_factor() -> None:
+    config = DVAEConfig(vocab_size=64, group_count=3, hidden_width=16, blocks_per_group=1)
+    model = DiscreteVAE(config)
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    tokens = model.encode(images)
+    assert config.downsample == 4 and tokens.shape == (2, 16, 16) and tokens.dtype == torch.long
+    decoded = model.decode(tokens)
+    assert decoded.shape == (2, 3, 64, 64) and decoded.dtype == torch.uint8
+    with pytest.raises(ValueError, match="multiple"):
+        config.token_grid(30)
+
+
+def test_pixel_mapping_round_trip() -> None:
+    x = torch.rand(4, 3, 8, 8)
+    mapped = map_pixels(x, 0.1)
+    assert mapped.min() >= 0.1 - 1e-6 and mapped.max() <= 0.9 + 1e-6
+    assert torch.allclose(unmap_pixels(mapped, 0.1), x, atol=1e-6)
+    assert unmap_pixels(torch.tensor([0.0, 1.0]), 0.1).tolist() == [0.0, 1.0]  # clamped
+
+
+def test_logit_laplace_is_a_density_and_peaks_at_its_location() -> None:
+    x = torch.linspace(1e-5, 1 - 1e-5, 400_001).view(1, 1, 1, -1)
+    for mu, log_b in ((0.3, -1.0), (-1.5, -0.3)):
+        stats = torch.cat([torch.full_like(x, mu), torch.full_like(x, log_b)], dim=1)
+        density = torch.exp(-logit_laplace_nll(x, stats)).flatten()
+        assert torch.trapezoid(density, x.flatten()).item() == pytest.approx(1.0, abs=3e-3)
+    # For a fixed pixel the NLL is smallest when mu is the pixel's logit.
+    pixel = torch.full((1, 1, 1, 1), 0.7)
+    mus = torch.linspace(-3, 3, 601)
+    nlls = [logit_laplace_nll(pixel, torch.tensor([[[[m]], [[0.0]]]])).item() for m in mus]
+    assert mus[int(torch.tensor(nlls).argmin())].item() == pytest.approx(
+        math.log(0.7 / 0.3), abs=0.01
+    )
+
+
+def test_kl_to_uniform_bounds() -> None:
+    assert kl_to_uniform(torch.zeros(2, 16, 3, 3)).abs().max() < 1e-6
+    peaked = torch.zeros(1, 16, 1, 1)
+    peaked[0, 3] = 100.0
+    assert kl_to_uniform(peaked).item() == pytest.approx(math.log(16), abs=1e-4)
+    relaxed = gumbel_softmax(torch.randn(2, 16, 3, 3), temperature=0.5)
+    assert torch.allclose(relaxed.sum(dim=1), torch.ones(2, 3, 3), atol=1e-5)
+
+
+def test_loss_is_normalised_by_subpixels() -> None:
+    x = map_pixels(torch.rand(2, 3, 8, 8))
+    stats, logits = torch.randn(2, 6, 8, 8), torch.randn(2, 32, 2, 2)
+    out = dvae_loss(x, stats, logits, kl_weight=6.6)
+    expected = (logit_laplace_nll(x, stats).sum() + 6.6 * kl_to_uniform(logits).sum()) / (
+        2 * 3 * 64
+    )
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_schedules_end_points() -> None:
+    paper = DVAEObjectiveConfig()
+    assert (paper.kl_weight, paper.kl_warmup_steps) == (6.6, 5000)
+    assert (paper.temperature_start, paper.temperature_end, paper.temperature_steps) == (
+        1.0,
+        1 / 16,
+        150_000,
+    )
+    assert cosine_anneal(0, 5000, 0.0, 6.6) == 0.0
+    assert cosine_anneal(2500, 5000, 0.0, 6.6) == pytest.approx(3.3)
+    assert cosine_anneal(5000, 5000, 0.0, 6.6) == 6.6
+    assert cosine_anneal(10**6, 5000, 0.0, 6.6) == 6.6  # stays fixed afterwards
+    assert cosine_anneal(0, 150_000, 1.0, 1 / 16) == 1.0
+    assert cosine_anneal(150_000, 150_000, 1.0, 1 / 16) == 1 / 16
+    values = [cosine_anneal(s, 100, 1.0, 0.0) for s in range(101)]
+    assert all(a >= b for a, b in itertools.pairwise(values))
+    assert warmup_cosine(0, 10, 100, 1e-3, 1e-5) == pytest.approx(1e-4)
+    assert warmup_cosine(9, 10, 100, 1e-3, 1e-5) == pytest.approx(1e-3)
+    assert warmup_cosine(100, 10, 100, 1e-3, 1e-5) == pytest.approx(1e-5)
+
+
+def test_metrics() -> None:
+    tokens = torch.tensor([[0, 0], [1, 1]])
+    usage = codebook_usage(tokens, vocab_size=4)
+    assert usage["codes_used"] == 0.5 and usage["perplexity"] == pytest.approx(2.0)
+    a = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    b = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    assert reconstruction_metrics(a, b) == {"mse": 1.0, "psnr": pytest.approx(0.0)}
+
+
+def test_save_and_load_pretrained(tmp_path: Path) -> None:
+    model = DiscreteVAE(DVAE_PRESETS["dvae-tiny"]).eval()
+    model.save_pretrained(tmp_path / "vae")
+    assert {p.name for p in (tmp_path / "vae").iterdir()} == {"config.json", "model.safetensors"}
+    loaded = DiscreteVAE.from_pretrained(tmp_path / "vae")
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(loaded.encode(images), model.encode(images))
+    assert loaded.config == model.config
+    config = (tmp_path / "vae" / "config.json").read_text()
+    (tmp_path / "vae" / "config.json").write_text(config.replace('"channels"', '"chanels"'))
+    with pytest.raises(ValueError, match="chanels"):
+        DiscreteVAE.from_pretrained(tmp_path / "vae")
+
+
+def test_a_few_steps_lower_the_loss() -> None:
+    torch.manual_seed(0)
+    model = DiscreteVAE(DVAE_PRESETS["dvae-tiny"])
+    from dalle.data.datasets import ShapesWorldStream
+
+    images = torch.stack(
+        [s["image"] for _, s in zip(range(16), ShapesWorldStream(32, count=16), strict=False)]
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+
+    def loss_now() -> float:
+        x = model.images_to_input(images)
+        logits = model.encoder(x)
+        out = dvae_loss(x, model.decoder(gumbel_softmax(logits, 1.0)), logits, kl_weight=0.0)
+        return out.loss
+
+    first = loss_now().item()
+    for _ in range(30):
+        optimizer.zero_grad()
+        loss_now().backward()
+        optimizer.step()
+    assert loss_now().item() < first - 0.5

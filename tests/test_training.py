@@ -1,0 +1,114 @@
+"""The model-agnostic loop: outputs of a run, exact resume after a stop, refusals."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle.cli import main
+from dalle.training.checkpoint import seed_everything
+from dalle.training.dvae_task import DVAETask, load_dvae_train_config
+from dalle.training.loop import train
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+SMALL_RUN = [
+    "loop.steps=8", "loop.checkpoint_every=3", "loop.eval_every=4", "loop.log_every=2",
+    "eval.samples=8", "eval.grid=4", "data.batch_size=4",
+]  # fmt: skip
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _run(
+    out: Path, stop_at_call: int | None = None, error: type[BaseException] = KeyboardInterrupt
+):
+    config = load_dvae_train_config(CONFIGS / "dvae-tiny-cpu.yaml", SMALL_RUN)
+    seed_everything(config.loop.seed)
+    task = DVAETask(config, torch.device("cpu"))
+    if stop_at_call is not None:
+        calls = {"n": 0}
+        inner = task.training_loss
+
+        def stopping_loss(batch, step):
+            calls["n"] += 1
+            loss = inner(batch, step)  # consume the batch and the random numbers first
+            if calls["n"] == stop_at_call:
+                raise error("stopped")
+            return loss
+
+        task.training_loss = stopping_loss  # type: ignore[method-assign]
+    train(task, config.data, config.loop, config.optim, out, dataclasses.asdict(config))
+    return task.model.state_dict()
+
+
+@pytest.mark.parametrize(("error", "stop_at"), [(KeyboardInterrupt, 6), (Crash, 5)])
+def test_resume_is_exact(tmp_path: Path, error: type[BaseException], stop_at: int) -> None:
+    straight = _run(tmp_path / "straight")
+    with pytest.raises(error):
+        _run(tmp_path / "stopped", stop_at_call=stop_at, error=error)
+    saved = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
+    # An interrupt checkpoints the last step boundary; a crash leaves the periodic one.
+    assert saved["loop"]["step"] == (5 if error is KeyboardInterrupt else 3)
+    resumed = _run(tmp_path / "stopped")
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_train_vae_cli_writes_model_metrics_and_grids(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    args = [
+        "train-vae",
+        "--config",
+        str(CONFIGS / "dvae-tiny-cpu.yaml"),
+        "--out",
+        str(out),
+        *SMALL_RUN,
+    ]
+    assert main(args) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", "model.safetensors", "checkpoint.pt", "metrics.jsonl",
+            "recon-latest.png", "train_config.yaml", "samples"} <= names  # fmt: skip
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["eval"] for r in records if "eval" in r]
+    assert {"mse", "psnr", "codes_used", "perplexity"} <= set(evals[-1])
+    logged = [r for r in records if "loss" in r]
+    assert {"images_per_s", "kl_weight", "temperature", "lr"} <= set(logged[-1])
+    assert "held-out" in capsys.readouterr().out
+    # Running again finds the run finished and changes nothing.
+    before = (out / "model.safetensors").read_bytes()
+    assert main(args) == 0
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_resume_with_a_different_model_is_refused(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    args = [
+        "train-vae",
+        "--config",
+        str(CONFIGS / "dvae-tiny-cpu.yaml"),
+        "--out",
+        str(out),
+        *SMALL_RUN,
+    ]
+    assert main(args) == 0
+    assert main([*args, "model.vocab_size=64"]) == 2
+    assert "different 'model' config" in capsys.readouterr().err
+
+
+def test_unknown_preset_and_key_are_named(tmp_path: Path, capsys) -> None:
+    assert main(["train-vae", "--out", str(tmp_path), "--preset", "dvae-huge"]) == 2
+    assert "dvae-huge" in capsys.readouterr().err
+    assert main(["train-vae", "--out", str(tmp_path), "objective.kl_wieght=1"]) == 2
+    assert "objective.kl_wieght" in capsys.readouterr().err
+
+
+def test_model_info_counts_without_allocating(capsys) -> None:
+    assert main(["model-info", "--preset", "dvae-paper", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["parameters"] == {"encoder": 53_786_240, "decoder": 43_829_766, "total": 97_616_006}
