@@ -53,6 +53,12 @@ class OptimConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
 
+    def __post_init__(self) -> None:
+        if len(self.betas) != 2:
+            raise ValueError(f"optim.betas needs two values, got {list(self.betas)}")
+        if self.lr <= 0 or self.final_lr < 0:
+            raise ValueError("optim.lr must be positive and optim.final_lr not negative")
+
 
 @dataclass
 class LoopConfig:
@@ -68,6 +74,15 @@ class LoopConfig:
     # Wall-time budget for this session of the run; when spent, the loop checkpoints,
     # evaluates and exports, and a re-run continues. 0 means no budget.
     max_minutes: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"loop.precision must be auto, fp32 or bf16, not {self.precision!r}")
+        if (
+            min(self.steps, self.grad_accum, self.log_every, self.eval_every, self.checkpoint_every)
+            < 1
+        ):
+            raise ValueError("loop.steps, grad_accum and the *_every intervals must be at least 1")
 
 
 class Task(Protocol):
@@ -164,6 +179,11 @@ def train(
     if loop_config.threads:
         torch.set_num_threads(loop_config.threads)
     device = resolve_device(loop_config.device)
+    if device.type == "cpu":
+        # Tiny probabilities (a confident softmax over thousands of codes) underflow into
+        # denormal floats, which CPUs process many times slower; flushing them to zero
+        # changes nothing that training can see.
+        torch.set_flush_denormal(True)
     model = task.model
     optimizer = torch.optim.AdamW(
         task.parameter_groups(optim.weight_decay),
