@@ -167,8 +167,9 @@ def cmd_model_info(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
     else:
         print(f"{args.preset} ({type(model).__name__})")
+        label = max(len(part) for part in counts)
         for part, count in counts.items():
-            print(f"  {part:<8} {count:>15,d} parameters")
+            print(f"  {part:<{label}} {count:>15,d} parameters")
     return 0
 
 

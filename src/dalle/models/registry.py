@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
 
 
 def preset_names() -> list[str]:
-    return sorted(DVAE_PRESETS)
+    return sorted([*DVAE_PRESETS, *DALLE_PRESETS])
 
 
 def build_preset(name: str, device: str = "meta") -> nn.Module:
@@ -18,6 +19,9 @@ def build_preset(name: str, device: str = "meta") -> nn.Module:
     if name in DVAE_PRESETS:
         with torch.device(device):
             return DiscreteVAE(DVAE_PRESETS[name])
+    if name in DALLE_PRESETS:
+        with torch.device(device):
+            return DALLETransformer(DALLE_PRESETS[name])
     raise ValueError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
 
 

@@ -1,0 +1,236 @@
+"""The DALL-E transformer: a decoder over ``[text tokens ; image tokens]``.
+
+Layout of one training example (``L`` caption tokens, an ``H x W`` image token map):
+
+    input:   [BOS, t_1 .. t_L, i_1 .. i_{HW-1}]    length L + HW
+    target:  [t_1 .. t_L, i_1 .. i_HW]
+
+so the input at position p predicts token p + 1, and the start token lets the first
+caption token be predicted too. Where a caption is shorter than ``L``, position ``j`` holds
+its own learned pad token (``text_vocab_size + j``), as in the paper: a pad's embedding
+says where the caption ended. Image tokens add learned row and column embeddings. Text
+positions predict only text tokens (pads included) and image positions only image tokens,
+through two output heads. The loss weighs the mean text and mean image cross-entropy
+1/8 and 7/8.
+
+Written for one device; sharding and activation checkpointing are applied from outside.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle.models.attention_masks import (
+    IMAGE_ATTENTION_KINDS,
+    paper_layer_schedule,
+    text_image_mask,
+)
+from dalle.models.pretrained import PretrainedMixin
+from dalle.tokenizers.text import PAD_ID
+
+
+@dataclass
+class DALLEConfig:
+    """Shape of the transformer; the defaults are the paper's 12-billion-parameter model."""
+
+    text_vocab_size: int = 16384
+    text_len: int = 256  # caption tokens (pads included), not counting the start token
+    image_vocab_size: int = 8192
+    image_grid: int = 32  # image tokens per side
+    width: int = 3968
+    layers: int = 64
+    heads: int = 62
+    # Image attention per layer ("row", "column", "conv", "full"); empty: the paper's.
+    attention: list[str] = field(default_factory=list)
+    conv_kernel: int = 11
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    text_loss_weight: float = 1 / 8  # the image loss weighs 1 - this
+
+    def __post_init__(self) -> None:
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
+        if not self.attention:
+            self.attention = paper_layer_schedule(self.layers)
+        if len(self.attention) != self.layers:
+            raise ValueError(
+                f"attention lists {len(self.attention)} layers, the model has {self.layers}"
+            )
+        unknown = sorted(set(self.attention) - set(IMAGE_ATTENTION_KINDS))
+        if unknown:
+            raise ValueError(
+                f"unknown image attention kinds {unknown}; use {IMAGE_ATTENTION_KINDS}"
+            )
+
+    @property
+    def image_tokens(self) -> int:
+        return self.image_grid**2
+
+    @property
+    def sequence_length(self) -> int:
+        return self.text_len + self.image_tokens
+
+
+DALLE_PRESETS: dict[str, DALLEConfig] = {
+    # The paper: 64 layers, 62 heads of 64, width 3968, 256 text + 1024 image tokens.
+    "dalle-12b": DALLEConfig(),
+    # The speed benchmark's reference shape (issue 4): 16x16 tokens of 512.
+    "dalle-bench": DALLEConfig(
+        text_vocab_size=512,
+        text_len=32,
+        image_vocab_size=512,
+        image_grid=16,
+        width=256,
+        layers=6,
+        heads=8,
+    ),
+    # For tests.
+    "dalle-tiny": DALLEConfig(
+        text_vocab_size=64,
+        text_len=8,
+        image_vocab_size=32,
+        image_grid=4,
+        width=32,
+        layers=4,
+        heads=2,
+        conv_kernel=3,
+    ),
+}
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: DALLEConfig) -> None:
+        super().__init__()
+        self.heads = config.heads
+        self.qkv = nn.Linear(config.width, 3 * config.width)
+        self.out = nn.Linear(config.width, config.width)
+        self.dropout = config.dropout
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x``: ``[B, S, C]``; ``mask``: bool ``[S, S]``, True where attending is allowed."""
+        b, s, c = x.shape
+        q, k, v = self.qkv(x).view(b, s, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        # q, k, v: [B, heads, S, C / heads]
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(y.transpose(1, 2).reshape(b, s, c))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: attention, then an MLP."""
+
+    def __init__(self, config: DALLEConfig) -> None:
+        super().__init__()
+        self.norm_attention = nn.LayerNorm(config.width)
+        self.attention = SelfAttention(config)
+        self.norm_mlp = nn.LayerNorm(config.width)
+        hidden = config.mlp_ratio * config.width
+        self.mlp = nn.Sequential(
+            nn.Linear(config.width, hidden), nn.GELU(), nn.Linear(hidden, config.width)
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm_attention(x), mask))
+        return x + self.dropout(self.mlp(self.norm_mlp(x)))
+
+
+class DALLETransformer(PretrainedMixin, nn.Module):
+    config_class = DALLEConfig
+
+    def __init__(self, config: DALLEConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        # Text vocabulary plus one pad token per caption position.
+        self.text_embedding = nn.Embedding(c.text_vocab_size + c.text_len, c.width)
+        self.text_position = nn.Embedding(c.text_len + 1, c.width)  # start token + caption
+        self.start = nn.Parameter(torch.zeros(c.width))
+        self.image_embedding = nn.Embedding(c.image_vocab_size, c.width)
+        self.row_embedding = nn.Embedding(c.image_grid, c.width)
+        self.column_embedding = nn.Embedding(c.image_grid, c.width)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c.layers))
+        self.norm = nn.LayerNorm(c.width)
+        self.text_head = nn.Linear(c.width, c.text_vocab_size + c.text_len, bias=False)
+        self.image_head = nn.Linear(c.width, c.image_vocab_size, bias=False)
+        # One [S, S] mask per distinct attention kind, shared by the layers that use it.
+        for kind in sorted(set(c.attention)):
+            mask = text_image_mask(kind, c.text_len + 1, c.image_grid, c.conv_kernel)
+            self.register_buffer(f"mask_{kind}", mask[:-1, :-1], persistent=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """GPT-2 style: N(0, 0.02), residual projections scaled by 1/sqrt(2 * layers)."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=0.02)
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for projection in (block.attention.out, block.mlp[2]):
+                nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * self.config.layers))
+        nn.init.normal_(self.start, std=0.02)
+
+    def text_with_position_pads(self, text: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` caption ids, PAD_ID where empty -> ids with pad ``j`` at position ``j``."""
+        positions = torch.arange(text.shape[1], device=text.device)
+        return torch.where(text == PAD_ID, self.config.text_vocab_size + positions, text)
+
+    def embed(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``text`` ``[B, L]`` (pads already per position), ``image`` ``[B, n < H*W]``."""
+        b = text.shape[0]
+        c = self.config
+        start = self.start.expand(b, 1, c.width)
+        text_h = torch.cat([start, self.text_embedding(text)], dim=1)  # [B, L + 1, C]
+        text_h = text_h + self.text_position(torch.arange(text_h.shape[1], device=text.device))
+        index = torch.arange(image.shape[1], device=image.device)
+        image_h = (
+            self.image_embedding(image)
+            + self.row_embedding(index // c.image_grid)
+            + self.column_embedding(index % c.image_grid)
+        )  # [B, n, C]
+        return torch.cat([text_h, image_h], dim=1)
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits for the next token at every position.
+
+        Args:
+            text: caption ids ``[B, L]``, PAD_ID after the caption.
+            image: image token ids ``[B, n]`` in raster order, ``n <= H*W``.
+
+        Returns ``text_logits`` ``[B, L, V_text + L]`` (predicting the caption and its pads)
+        and ``image_logits`` ``[B, n, V_image]``, whose row ``j`` predicts image token ``j``
+        (row 0 comes from the last caption position).
+        """
+        c = self.config
+        text = self.text_with_position_pads(text)
+        h = self.embed(text, image[:, :-1])  # [B, L + n, C]: the last image token is only a target
+        s = h.shape[1]
+        for kind, block in zip(c.attention, self.blocks, strict=True):
+            h = block(h, getattr(self, f"mask_{kind}")[:s, :s])
+        h = self.norm(h)
+        return self.text_head(h[:, : c.text_len]), self.image_head(h[:, c.text_len :])
+
+    def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted cross-entropy; ``image`` must hold the whole ``[B, H*W]`` token map."""
+        text_logits, image_logits = self(text, image)
+        text_targets = self.text_with_position_pads(text)
+        text_loss = F.cross_entropy(text_logits.flatten(0, 1).float(), text_targets.flatten())
+        image_loss = F.cross_entropy(image_logits.flatten(0, 1).float(), image.flatten())
+        w = self.config.text_loss_weight
+        return {
+            "loss": w * text_loss + (1 - w) * image_loss,
+            "text_loss": text_loss,
+            "image_loss": image_loss,
+        }
+
+    def parameter_counts(self) -> dict[str, int]:
+        blocks = sum(p.numel() for p in self.blocks.parameters())
+        total = sum(p.numel() for p in self.parameters())
+        return {"blocks": blocks, "embeddings_and_heads": total - blocks, "total": total}

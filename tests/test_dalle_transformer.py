@@ -1,0 +1,93 @@
+"""The DALL-E transformer: sizes, layout, pads, vocabularies, loss and causality."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle.models.dalle_transformer import DALLE_PRESETS, DALLEConfig, DALLETransformer
+from dalle.tokenizers.text import PAD_ID
+
+
+def test_paper_preset_is_twelve_billion_parameters_on_meta() -> None:
+    with torch.device("meta"):
+        model = DALLETransformer(DALLE_PRESETS["dalle-12b"])
+    config = model.config
+    assert (config.layers, config.heads, config.width, config.width // config.heads) == (
+        64,
+        62,
+        3968,
+        64,
+    )
+    assert config.sequence_length == 256 + 1024
+    assert 11.5e9 < model.parameter_counts()["total"] < 12.5e9
+    assert config.attention[-1] == "conv" and config.attention.count("column") == 16
+
+
+def _batch(config: DALLEConfig, b: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    text = torch.randint(2, config.text_vocab_size, (b, config.text_len))
+    text[:, 5:] = PAD_ID  # captions of five tokens, then pads
+    image = torch.randint(0, config.image_vocab_size, (b, config.image_tokens))
+    return text, image
+
+
+def test_logits_and_loss_shapes_and_weights() -> None:
+    torch.manual_seed(0)
+    config = DALLE_PRESETS["dalle-tiny"]
+    model = DALLETransformer(config)
+    text, image = _batch(config)
+    text_logits, image_logits = model(text, image)
+    assert text_logits.shape == (3, config.text_len, config.text_vocab_size + config.text_len)
+    assert image_logits.shape == (3, config.image_tokens, config.image_vocab_size)
+    out = model.loss(text, image)
+    expected = out["text_loss"] / 8 + 7 * out["image_loss"] / 8
+    assert out["loss"].item() == pytest.approx(expected.item())
+    # Untrained, each cross-entropy is close to the log of its vocabulary size.
+    assert out["image_loss"].item() == pytest.approx(torch.log(torch.tensor(32.0)).item(), abs=0.3)
+
+
+def test_each_text_position_has_its_own_pad_token() -> None:
+    config = DALLE_PRESETS["dalle-tiny"]
+    model = DALLETransformer(config)
+    text = torch.tensor([[5, 6, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
+    padded = model.text_with_position_pads(text)
+    assert padded.tolist() == [[5, 6, 66, 67, 68, 69, 70, 71]]  # 64 + position
+
+
+def test_no_logit_depends_on_later_tokens() -> None:
+    torch.manual_seed(1)
+    config = DALLE_PRESETS["dalle-tiny"]
+    model = DALLETransformer(config).eval()
+    text, image = _batch(config, b=1)
+    base_text, base_image = model(text, image)
+    changed = image.clone()
+    changed[0, 9:] = (changed[0, 9:] + 1) % config.image_vocab_size
+    new_text, new_image = model(text, changed)
+    assert torch.equal(new_text, base_text)  # text never sees the image
+    assert torch.allclose(new_image[0, :10], base_image[0, :10])  # predictions of tokens 0..9
+    assert not torch.allclose(new_image[0, 10:], base_image[0, 10:])
+    changed_text = text.clone()
+    changed_text[0, 3] = 7
+    later_text, later_image = model(changed_text, image)
+    assert torch.allclose(later_text[0, :3], base_text[0, :3])
+    assert not torch.allclose(later_image, base_image)  # every image position sees all text
+
+
+def test_bad_configs_are_named() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        DALLEConfig(width=30, heads=4)
+    with pytest.raises(ValueError, match="diagonal"):
+        DALLEConfig(layers=2, heads=2, width=8, attention=["row", "diagonal"])
+    with pytest.raises(ValueError, match="3 layers"):
+        DALLEConfig(layers=2, heads=2, width=8, attention=["row", "row", "conv"])
+
+
+def test_save_and_load_pretrained(tmp_path: Path) -> None:
+    model = DALLETransformer(DALLE_PRESETS["dalle-tiny"]).eval()
+    model.save_pretrained(tmp_path)
+    loaded = DALLETransformer.from_pretrained(tmp_path)
+    text, image = _batch(model.config, b=2)
+    assert torch.equal(loaded(text, image)[1], model(text, image)[1])
+    assert loaded.config == model.config
