@@ -8,12 +8,14 @@ import pytest
 
 from dalle.cli import TokenizerTrainConfig, main
 from dalle.config import ConfigError, load_config, save_config
+from dalle.training.dalle_task import load_dalle_train_config
 from dalle.training.dvae_task import load_dvae_train_config
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 LOADERS = {
     "tokenizer-": lambda path: load_config(TokenizerTrainConfig, path),
     "dvae-": lambda path: load_dvae_train_config(path, []),
+    "dalle-": lambda path: load_dalle_train_config(path, ["vae=some/vae", "tokenizer=some/tok"]),
 }
 
 

@@ -173,27 +173,77 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_vae(args: argparse.Namespace) -> int:
+def _run_training(config, make_task, out: Path) -> int:
+    """Shared by the train commands: resume check, seeding, the loop, a summary."""
     from dalle.training.checkpoint import seed_everything
-    from dalle.training.dvae_task import DVAETask, load_dvae_train_config
     from dalle.training.loop import resolve_device, train
 
-    overrides = _flag_overrides(
-        {"preset": args.preset, "data.source": args.data, "loop.steps": args.steps}
-    )
-    config = load_dvae_train_config(args.config, [*overrides, *args.overrides])
-    out = Path(args.out)
+    device = resolve_device(config.loop.device)
+    seed_everything(config.loop.seed)  # the model's initial weights depend on it
+    task = make_task(config, device)  # may fill derived config fields
     _check_resumable(out, dataclasses.asdict(config))
     out.mkdir(parents=True, exist_ok=True)
     save_config(config, out / "train_config.yaml")
-    device = resolve_device(config.loop.device)
-    seed_everything(config.loop.seed)  # the model's initial weights depend on it
-    task = DVAETask(config, device)
     state = train(task, config.data, config.loop, config.optim, out, dataclasses.asdict(config))
-    final = json.loads((out / "metrics.jsonl").read_text().splitlines()[-2])
-    print(f"trained {state.step} steps in {state.elapsed_s:.0f}s; held-out "
-          f"{', '.join(f'{k} {v:.4g}' for k, v in final.get('eval', {}).items())}")  # fmt: skip
+    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = next((r["eval"] for r in reversed(evals) if "eval" in r), {})
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in final.items())
+    print(f"trained {state.step} steps in {state.elapsed_s:.0f}s; held-out {summary}")
     print(f"model saved to {out} (config.json + model.safetensors)")
+    return 0
+
+
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from dalle.training.dvae_task import DVAETask, load_dvae_train_config
+
+    flags = {"preset": args.preset, "data.source": args.data, "loop.steps": args.steps}
+    config = load_dvae_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
+    return _run_training(config, DVAETask, Path(args.out))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dalle.training.dalle_task import DALLETask, load_dalle_train_config
+
+    flags = {
+        "preset": args.preset, "data.source": args.data, "loop.steps": args.steps,
+        "vae": args.vae and str(args.vae), "tokenizer": args.tokenizer and str(args.tokenizer),
+    }  # fmt: skip
+    config = load_dalle_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
+    return _run_training(config, DALLETask, Path(args.out))
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from dalle.sampling.generate import TextToImage, save_grid, write_images
+    from dalle.sampling.sampler import SamplingConfig
+    from dalle.training.loop import resolve_device
+
+    prompts = list(args.prompt)
+    if args.prompts:
+        prompts += [
+            line.strip()
+            for line in args.prompts.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
+    if not prompts:
+        raise ValueError("give a prompt, or --prompts FILE with one prompt a line")
+    device = resolve_device(args.device)
+    pipe = TextToImage.from_pretrained(args.model, device)
+    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.guidance)
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    every, captions = [], []
+    for prompt in prompts:
+        images = pipe(prompt, args.num, sampling, generator, args.batch_size)
+        every.append(images)
+        captions += [prompt] * len(images)
+    images = torch.cat(every)
+    if args.out:
+        save_grid(images, args.out, columns=args.num if len(prompts) > 1 else 8)
+        print(f"wrote a grid of {len(images)} images to {args.out}")
+    if args.out_dir:
+        write_images(images, captions, args.out_dir)
+        print(f"wrote {len(images)} images with their prompts to {args.out_dir}")
     return 0
 
 
@@ -287,6 +337,34 @@ def build_parser() -> argparse.ArgumentParser:
     vae.add_argument("--out", type=Path, required=True, help="run folder; re-run to resume")
     _add_config_args(vae)
     vae.set_defaults(func=cmd_train_vae)
+
+    dalle_train = commands.add_parser("train", help="train the DALL-E transformer")
+    dalle_train.add_argument("--data", help="image-caption source (see `dalle data check`)")
+    dalle_train.add_argument("--vae", type=Path, help="trained dVAE folder")
+    dalle_train.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
+    dalle_train.add_argument("--preset", help="transformer preset (default dalle-bench)")
+    dalle_train.add_argument("--steps", type=int, help="optimizer updates")
+    dalle_train.add_argument("--out", type=Path, required=True, help="run folder; re-run to resume")
+    _add_config_args(dalle_train)
+    dalle_train.set_defaults(func=cmd_train)
+
+    generate = commands.add_parser("generate", help="images from a caption")
+    generate.add_argument("prompt", nargs="*", help="caption(s)")
+    generate.add_argument("--prompts", type=Path, help="a file of prompts, one a line")
+    generate.add_argument("--model", type=Path, required=True, help="a `dalle train` run folder")
+    generate.add_argument("--num", type=int, default=8, help="images per prompt")
+    generate.add_argument("--out", type=Path, help="grid PNG")
+    generate.add_argument("--out-dir", type=Path, help="every image as NNNN.png + NNNN.txt")
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--top-k", type=int, default=0)
+    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument(
+        "--guidance", type=float, default=1.0, help="classifier-free guidance scale"
+    )
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--batch-size", type=int, default=16)
+    generate.add_argument("--device", default="auto")
+    generate.set_defaults(func=cmd_generate)
 
     demo = commands.add_parser("demo", help="the main job on built-in data")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"))

@@ -103,6 +103,14 @@ DALLE_PRESETS: dict[str, DALLEConfig] = {
 }
 
 
+@dataclass
+class LayerCache:
+    """Preallocated keys and values of one layer: ``[B, heads, S, C / heads]`` each."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
 class SelfAttention(nn.Module):
     def __init__(self, config: DALLEConfig) -> None:
         super().__init__()
@@ -111,15 +119,25 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.width, config.width)
         self.dropout = config.dropout
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``x``: ``[B, S, C]``; ``mask``: bool ``[S, S]``, True where attending is allowed."""
-        b, s, c = x.shape
-        q, k, v = self.qkv(x).view(b, s, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        # q, k, v: [B, heads, S, C / heads]
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, cache: LayerCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        """``x``: ``[B, n, C]`` at positions ``start .. start + n``.
+
+        ``mask``: bool ``[n, start + n]``, True where attending is allowed. With a ``cache``,
+        keys and values of earlier positions come from it and this call's are written to it.
+        """
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        # q, k, v: [B, heads, n, C / heads]
+        if cache is not None:
+            cache.keys[:, :, start : start + n] = k
+            cache.values[:, :, start : start + n] = v
+            k, v = cache.keys[:, :, : start + n], cache.values[:, :, : start + n]
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
         )
-        return self.out(y.transpose(1, 2).reshape(b, s, c))
+        return self.out(y.transpose(1, 2).reshape(b, n, c))
 
 
 class Block(nn.Module):
@@ -136,8 +154,10 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.norm_attention(x), mask))
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, cache: LayerCache | None = None, start: int = 0
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.norm_attention(x), mask, cache, start))
         return x + self.dropout(self.mlp(self.norm_mlp(x)))
 
 
@@ -182,20 +202,41 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         positions = torch.arange(text.shape[1], device=text.device)
         return torch.where(text == PAD_ID, self.config.text_vocab_size + positions, text)
 
-    def embed(self, text: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """``text`` ``[B, L]`` (pads already per position), ``image`` ``[B, n < H*W]``."""
-        b = text.shape[0]
-        c = self.config
-        start = self.start.expand(b, 1, c.width)
-        text_h = torch.cat([start, self.text_embedding(text)], dim=1)  # [B, L + 1, C]
-        text_h = text_h + self.text_position(torch.arange(text_h.shape[1], device=text.device))
-        index = torch.arange(image.shape[1], device=image.device)
-        image_h = (
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        """``[B, L]`` ids (pads already per position) -> ``[B, L + 1, C]``, start token first."""
+        start = self.start.expand(text.shape[0], 1, self.config.width)
+        h = torch.cat([start, self.text_embedding(text)], dim=1)
+        return h + self.text_position(torch.arange(h.shape[1], device=text.device))
+
+    def embed_image(self, image: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """``[B, n]`` image tokens at raster indices ``first ..`` -> ``[B, n, C]``."""
+        index = torch.arange(first, first + image.shape[1], device=image.device)
+        grid = self.config.image_grid
+        return (
             self.image_embedding(image)
-            + self.row_embedding(index // c.image_grid)
-            + self.column_embedding(index % c.image_grid)
-        )  # [B, n, C]
-        return torch.cat([text_h, image_h], dim=1)
+            + self.row_embedding(index // grid)
+            + self.column_embedding(index % grid)
+        )
+
+    def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> list[LayerCache]:
+        """Keys and values for every position of a whole sequence, allocated once."""
+        c = self.config
+        shape = (batch, c.heads, c.sequence_length, c.width // c.heads)
+        return [
+            LayerCache(torch.empty(shape, device=device, dtype=dtype),
+                       torch.empty(shape, device=device, dtype=dtype))
+            for _ in range(c.layers)
+        ]  # fmt: skip
+
+    def run_blocks(
+        self, h: torch.Tensor, start: int = 0, cache: list[LayerCache] | None = None
+    ) -> torch.Tensor:
+        """Hidden states ``[B, n, C]`` at positions ``start .. start + n`` -> normalised output."""
+        end = start + h.shape[1]
+        for i, (kind, block) in enumerate(zip(self.config.attention, self.blocks, strict=True)):
+            mask = getattr(self, f"mask_{kind}")[start:end, :end]
+            h = block(h, mask, None if cache is None else cache[i], start)
+        return self.norm(h)
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for the next token at every position.
@@ -210,11 +251,10 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         """
         c = self.config
         text = self.text_with_position_pads(text)
-        h = self.embed(text, image[:, :-1])  # [B, L + n, C]: the last image token is only a target
-        s = h.shape[1]
-        for kind, block in zip(c.attention, self.blocks, strict=True):
-            h = block(h, getattr(self, f"mask_{kind}")[:s, :s])
-        h = self.norm(h)
+        # [B, L + n, C]: the last image token is only a target.
+        h = self.run_blocks(
+            torch.cat([self.embed_text(text), self.embed_image(image[:, :-1])], dim=1)
+        )
         return self.text_head(h[:, : c.text_len]), self.image_head(h[:, c.text_len :])
 
     def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -1,0 +1,1 @@
+"""Generation: sampling image tokens from the transformer."""

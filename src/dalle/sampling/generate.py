@@ -1,0 +1,72 @@
+"""Text to image with a trained model folder (transformer + tokenizer/ + vae/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dalle.data.images import make_grid, to_pil
+from dalle.models.dalle_transformer import DALLETransformer
+from dalle.models.dvae import DiscreteVAE
+from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
+from dalle.tokenizers.text import TextTokenizer
+
+
+@dataclass
+class TextToImage:
+    model: DALLETransformer
+    tokenizer: TextTokenizer
+    vae: DiscreteVAE
+    device: torch.device
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu"
+    ) -> TextToImage:
+        directory = Path(directory)
+        device = torch.device(device)
+        return cls(
+            model=DALLETransformer.from_pretrained(directory, device=device),
+            tokenizer=TextTokenizer.load(directory / "tokenizer"),
+            vae=DiscreteVAE.from_pretrained(directory / "vae", device=device),
+            device=device,
+        )
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str,
+        num_images: int = 1,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 16,
+    ) -> torch.Tensor:
+        """uint8 images ``[num_images, 3, H, W]`` for one prompt."""
+        grid = self.model.config.image_grid
+        text = self.tokenizer.encode([prompt]).ids.to(self.device)
+        images = []
+        for start in range(0, num_images, batch_size):
+            n = min(batch_size, num_images - start)
+            tokens = sample_image_tokens(
+                self.model, text.expand(n, -1), sampling, generator=generator
+            )
+            images.append(self.vae.decode(tokens.view(n, grid, grid)).cpu())
+        return torch.cat(images)
+
+
+def write_images(
+    images: torch.Tensor, prompts: list[str], out_dir: Path, first_index: int = 0
+) -> None:
+    """``NNNN.png`` beside ``NNNN.txt`` holding its prompt, so any judge can check them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for offset, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
+        stem = out_dir / f"{first_index + offset:04d}"
+        to_pil(image).save(stem.with_suffix(".png"))
+        stem.with_suffix(".txt").write_text(prompt, encoding="utf-8")
+
+
+def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_grid(images, columns=min(columns, len(images))).save(path)

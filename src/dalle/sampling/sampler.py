@@ -1,0 +1,99 @@
+"""Autoregressive sampling of image tokens with a preallocated key-value cache.
+
+The caption is run once through the transformer; then each image token costs one step
+over a single position, attending to the cached keys and values through that layer's
+sparse mask row. Classifier-free guidance runs conditional and unconditional (empty
+caption) rows in one batch and mixes their logits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dalle.models.dalle_transformer import DALLETransformer
+from dalle.tokenizers.text import PAD_ID
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0  # the paper samples at 1
+    top_k: int = 0  # keep the k most likely tokens; 0 keeps all
+    top_p: float = 1.0  # keep the smallest set with this much probability; 1 keeps all
+    guidance_scale: float = 1.0  # classifier-free guidance; 1 means none
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("need temperature > 0, 0 < top_p <= 1 and top_k >= 0")
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Sets to -inf every logit outside the top-k and outside the top-p nucleus.
+
+    ``logits``: ``[B, V]``. The most likely token always survives.
+    """
+    out = logits.clone()
+    if 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(out, top_k, dim=-1).values[:, -1:]
+        out[out < kth] = float("-inf")
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(out, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        # Drop a token when the tokens before it already reach top_p.
+        drop_sorted = cumulative - sorted_logits.softmax(dim=-1) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        out[drop] = float("-inf")
+    return out
+
+
+def guided_logits(
+    conditional: torch.Tensor, unconditional: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Classifier-free guidance: ``u + scale * (c - u)`` on log-probabilities."""
+    c, u = conditional.log_softmax(dim=-1), unconditional.log_softmax(dim=-1)
+    return u + scale * (c - u)
+
+
+@torch.no_grad()
+def sample_image_tokens(
+    model: DALLETransformer,
+    text: torch.Tensor,
+    config: SamplingConfig | None = None,
+    prime: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Samples ``[B, H*W]`` image tokens for captions ``text`` ``[B, L]`` (PAD_ID-padded).
+
+    ``prime`` ``[B, m]`` fixes the first ``m`` image tokens (image-prompted completion: keep
+    the top rows of a given image and sample the rest).
+    """
+    config = config or SamplingConfig()
+    c = model.config
+    batch = text.shape[0]
+    guided = config.guidance_scale != 1.0
+    rows = torch.cat([text, torch.full_like(text, PAD_ID)]) if guided else text
+    dtype = next(model.parameters()).dtype
+    cache = model.new_cache(rows.shape[0], text.device, dtype)
+    h = model.run_blocks(model.embed_text(model.text_with_position_pads(rows)), 0, cache)
+    logits = model.image_head(h[:, -1]).float()  # [rows, V]: predicts image token 0
+    tokens = torch.empty(batch, c.image_tokens, dtype=torch.long, device=text.device)
+    primed = 0 if prime is None else prime.shape[1]
+    for j in range(c.image_tokens):
+        if j < primed:
+            next_tokens = prime[:, j]  # type: ignore[index]
+        else:
+            step = (
+                guided_logits(logits[:batch], logits[batch:], config.guidance_scale)
+                if guided
+                else logits
+            )
+            step = filter_logits(step / config.temperature, config.top_k, config.top_p)
+            next_tokens = torch.multinomial(step.softmax(dim=-1), 1, generator=generator).squeeze(1)
+        tokens[:, j] = next_tokens
+        if j == c.image_tokens - 1:
+            break
+        fed = torch.cat([next_tokens, next_tokens]) if guided else next_tokens
+        h = model.run_blocks(model.embed_image(fed[:, None], first=j), c.text_len + 1 + j, cache)
+        logits = model.image_head(h[:, -1]).float()
+    return tokens

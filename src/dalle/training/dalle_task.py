@@ -1,0 +1,150 @@
+"""Training the DALL-E transformer on image tokens from a frozen dVAE and BPE captions."""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dalle.config import ConfigError, load_config, peek_key
+from dalle.data.datasets import Batch, DataConfig
+from dalle.data.images import make_grid
+from dalle.models.dalle_transformer import DALLE_PRESETS, DALLEConfig, DALLETransformer
+from dalle.models.dvae import DiscreteVAE
+from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
+from dalle.tokenizers.text import PAD_ID, TextTokenizer
+from dalle.training.dvae_task import load_images
+from dalle.training.loop import LoopConfig, OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DALLEEvalConfig:
+    samples: int = 256  # held-out pairs for the validation loss
+    grid: int = 8  # held-out captions sampled into the grid at each evaluation
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class DALLETrainConfig:
+    """Everything `dalle train` needs. Vocabulary sizes, caption length and token grid
+    are taken from the tokenizer and dVAE, whatever the preset says."""
+
+    preset: str = "dalle-bench"
+    model: DALLEConfig = field(default_factory=DALLEConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
+    vae: str = ""  # folder of a trained dVAE (config.json + model.safetensors)
+    tokenizer: str = ""  # folder with tokenizer.json
+    bpe_dropout: float = 0.1  # the paper's
+    caption_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    # The paper: AdamW (0.9, 0.96), weight decay 4.5e-2 except gains, biases, embeddings.
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=4.5e-4, final_lr=1.4e-5, warmup_steps=500,
+                                            betas=[0.9, 0.96], weight_decay=4.5e-2, grad_clip=1.0)
+    )  # fmt: skip
+    eval: DALLEEvalConfig = field(default_factory=DALLEEvalConfig)
+
+
+def load_dalle_train_config(path: str | Path | None, overrides: Sequence[str]) -> DALLETrainConfig:
+    preset = peek_key("preset", path, overrides) or DALLETrainConfig.preset
+    if preset not in DALLE_PRESETS:
+        raise ConfigError(
+            f"unknown transformer preset {preset!r}; choose from {sorted(DALLE_PRESETS)}"
+        )
+    base = DALLETrainConfig(preset=preset, model=copy.deepcopy(DALLE_PRESETS[preset]))
+    config = load_config(DALLETrainConfig, path, overrides, base=base)
+    for key in ("vae", "tokenizer"):
+        if not getattr(config, key):
+            raise ConfigError(f"'{key}' is required: the folder of a trained {key}")
+    return config
+
+
+def fit_to_tokenizers(config: DALLETrainConfig, tokenizer: TextTokenizer, vae: DiscreteVAE) -> None:
+    """Sets the model's vocabularies, caption length and grid from what it is trained on."""
+    m = config.model
+    m.text_vocab_size = tokenizer.vocab_size
+    m.text_len = tokenizer.max_length
+    m.image_vocab_size = vae.config.vocab_size
+    m.image_grid = vae.config.token_grid(config.data.image_size)
+
+
+class DALLETask:
+    def __init__(self, config: DALLETrainConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.tokenizer = TextTokenizer.load(config.tokenizer)
+        self.vae = DiscreteVAE.from_pretrained(config.vae, device=device).requires_grad_(False)
+        fit_to_tokenizers(config, self.tokenizer, self.vae)
+        self.model = DALLETransformer(config.model).to(device)
+        holdout = DataConfig(**{**asdict(config.data), "subset": "holdout"})
+        images, self.eval_captions = load_images(holdout, config.eval.samples)
+        self.eval_text = self.tokenizer.encode(self.eval_captions).ids
+        self.eval_tokens = torch.cat(
+            [self.vae.encode(b.to(device)).flatten(1).cpu() for b in images.split(128)]
+        )
+
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        decay, no_decay = [], []
+        for module in self.model.modules():
+            for name, param in module.named_parameters(recurse=False):
+                # Only the weight matrices of linear layers decay: not gains, biases,
+                # embeddings or the start token.
+                (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(
+                    param
+                )
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+
+    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            image = self.vae.encode(batch.images.to(self.device, non_blocking=True)).flatten(1)
+        text = self.tokenizer.encode(batch.captions, dropout=self.config.bpe_dropout).ids.to(
+            self.device
+        )
+        if self.config.caption_dropout > 0:
+            empty = torch.rand(text.shape[0], device=self.device) < self.config.caption_dropout
+            text = torch.where(empty[:, None], torch.full_like(text, PAD_ID), text)
+        out = self.model.loss(text, image)
+        return out["loss"], {k: v.item() for k, v in out.items()}
+
+    @torch.no_grad()
+    def validation_loss(self, batch_size: int = 64) -> dict[str, float]:
+        totals = {"loss": 0.0, "text_loss": 0.0, "image_loss": 0.0}
+        count = len(self.eval_captions)
+        for start in range(0, count, batch_size):
+            text = self.eval_text[start : start + batch_size].to(self.device)
+            image = self.eval_tokens[start : start + batch_size].to(self.device)
+            out = self.model.loss(text, image)
+            for key in totals:
+                totals[key] += out[key].item() * len(text) / count
+        return {f"val_{k}": v for k, v in totals.items()}
+
+    def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
+        metrics = self.validation_loss()
+        n = min(self.config.eval.grid, len(self.eval_captions))
+        generator = torch.Generator(device=self.device).manual_seed(step)
+        tokens = sample_image_tokens(self.model, self.eval_text[:n].to(self.device),
+                                     self.config.eval.sampling, generator=generator)  # fmt: skip
+        grid = self.config.model.image_grid
+        images = self.vae.decode(tokens.view(n, grid, grid)).cpu()
+        (out_dir / "samples").mkdir(exist_ok=True)
+        make_grid(images, columns=min(8, n)).save(out_dir / "samples" / f"samples-{step:07d}.png")
+        (out_dir / "samples" / f"samples-{step:07d}.json").write_text(
+            json.dumps(self.eval_captions[:n], indent=1)
+        )
+        return metrics
+
+    def export(self, out_dir: Path) -> None:
+        """A self-contained model folder: transformer, tokenizer/ and vae/."""
+        self.model.save_pretrained(out_dir)
+        self.tokenizer.save(out_dir / "tokenizer")
+        self.vae.save_pretrained(out_dir / "vae")
