@@ -134,3 +134,21 @@ def test_weight_decay_spares_gains_biases_and_embeddings(stages: dict[str, Path]
 def test_train_needs_a_vae_and_tokenizer(tmp_path: Path, capsys) -> None:
     assert main(["train", "--out", str(tmp_path)]) == 2
     assert "'vae' is required" in capsys.readouterr().err
+
+
+def test_score_prints_bits_per_dimension(stages: dict[str, Path], capsys) -> None:
+    run = stages["root"] / "run"
+    if not (run / "config.json").exists():
+        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+    from PIL import Image
+
+    from dalle.data.shapes_world import render_scene, sample_scene
+
+    scene = sample_scene(0, 3, 32)
+    path = stages["root"] / "scene.png"
+    Image.fromarray(render_scene(scene)).save(path)
+    assert main(["score", str(path), scene.caption, "--model", str(run), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # An untrained-ish model: about log2(128) = 7 bits per token; 256 tokens over 3 * 32 * 32 dims.
+    assert 3 < result["bits_per_token"] < 10
+    assert result["bits_per_dim"] == pytest.approx(result["bits_per_token"] * 256 / (3 * 32 * 32))

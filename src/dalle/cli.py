@@ -263,6 +263,34 @@ def _check_resumable(out: Path, config: dict) -> None:
             )
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    """Prints how likely the model finds an image for a caption, in bits per dimension."""
+    from dalle.data.images import load_image
+    from dalle.sampling.generate import TextToImage, bits_per_dimension
+    from dalle.training.loop import resolve_device
+
+    pipe = TextToImage.from_pretrained(args.model, resolve_device(args.device))
+    size = pipe.model.config.image_grid * pipe.vae.config.downsample
+    image = load_image(args.image, size)[None]  # [1, 3, S, S]
+    nats = pipe.log_likelihood(image, [args.caption])
+    tokens = pipe.model.config.image_tokens
+    result = {
+        "image": str(args.image), "caption": args.caption, "log_likelihood_nats": float(nats[0]),
+        "bits_per_token": float(bits_per_dimension(nats, tokens)[0]),
+        "bits_per_dim": float(bits_per_dimension(nats, 3 * size * size)[0]),
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+    else:
+        per_dim, per_token = result["bits_per_dim"], result["bits_per_token"]
+        nats = result["log_likelihood_nats"]
+        print(
+            f"{per_dim:.4f} bits per dimension ({per_token:.3f} bits per image token; "
+            f"log p(tokens | caption) = {nats:.1f} nats)"
+        )
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -365,6 +393,14 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--batch-size", type=int, default=16)
     generate.add_argument("--device", default="auto")
     generate.set_defaults(func=cmd_generate)
+
+    score = commands.add_parser("score", help="log-likelihood of an image given a caption")
+    score.add_argument("image", type=Path)
+    score.add_argument("caption")
+    score.add_argument("--model", type=Path, required=True, help="a `dalle train` run folder")
+    score.add_argument("--device", default="auto")
+    score.add_argument("--json", action="store_true")
+    score.set_defaults(func=cmd_score)
 
     demo = commands.add_parser("demo", help="the main job on built-in data")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"))

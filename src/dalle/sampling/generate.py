@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,25 @@ class TextToImage:
             )
             images.append(self.vae.decode(tokens.view(n, grid, grid)).cpu())
         return torch.cat(images)
+
+    @torch.no_grad()
+    def log_likelihood(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """Natural-log likelihood of each image's tokens given its caption, ``[B]``.
+
+        ``images``: uint8 ``[B, 3, H, W]`` at the size the model was trained on. DALL-E is
+        a density model over image tokens: this is ``sum_j log p(token_j | caption,
+        tokens before j)``.
+        """
+        text = self.tokenizer.encode(captions).ids.to(self.device)
+        tokens = self.vae.encode(images.to(self.device)).flatten(1)  # [B, H*W]
+        _, image_logits = self.model(text, tokens)
+        log_probs = image_logits.float().log_softmax(dim=-1)
+        return log_probs.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=1).cpu()
+
+
+def bits_per_dimension(log_likelihood: torch.Tensor, dimensions: int) -> torch.Tensor:
+    """Negative log-likelihood in bits, divided by the number of dimensions."""
+    return -log_likelihood / (dimensions * math.log(2))
 
 
 def write_images(
