@@ -91,3 +91,34 @@ def test_save_and_load_pretrained(tmp_path: Path) -> None:
     text, image = _batch(model.config, b=2)
     assert torch.equal(loaded(text, image)[1], model(text, image)[1])
     assert loaded.config == model.config
+
+
+def _sdpa_and_flex(device: str) -> tuple[DALLETransformer, DALLETransformer]:
+    torch.manual_seed(0)
+    base = DALLE_PRESETS["dalle-tiny"]
+    fields = {**base.__dict__, "attention": ["row", "column", "full", "conv"]}
+    sdpa = DALLETransformer(DALLEConfig(**fields)).to(device)
+    flex = DALLETransformer(DALLEConfig(**{**fields, "attention_backend": "flex"})).to(device)
+    flex.load_state_dict(sdpa.state_dict())
+    return sdpa, flex
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_flex_attention_back_end_agrees_with_sdpa() -> None:
+    sdpa, flex = _sdpa_and_flex("cpu")
+    text, image = _batch(sdpa.config, b=2)
+    with torch.no_grad():  # FlexAttention has no backward on the CPU
+        for a, b in zip(sdpa(text, image), flex(text, image), strict=True):
+            assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="dropout"):
+        DALLEConfig(**{**sdpa.config.__dict__, "attention_backend": "flex", "dropout": 0.1})
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
+def test_flex_attention_gradients_agree_on_cuda() -> None:
+    sdpa, flex = _sdpa_and_flex("cuda")
+    text, image = (t.cuda() for t in _batch(sdpa.config, b=2))
+    for model in (sdpa, flex):
+        model.loss(text, image)["loss"].backward()
+    for (name, a), b in zip(sdpa.named_parameters(), flex.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-4), name

@@ -18,12 +18,14 @@ Written for one device; sharding and activation checkpointing are applied from o
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from dalle.models.attention_masks import (
     IMAGE_ATTENTION_KINDS,
@@ -51,6 +53,10 @@ class DALLEConfig:
     mlp_ratio: int = 4
     dropout: float = 0.0
     text_loss_weight: float = 1 / 8  # the image loss weighs 1 - this
+    # "sdpa": masked scaled_dot_product_attention, anywhere. "flex": FlexAttention with
+    # block-sparse masks (compiled on CUDA, where fully masked blocks cost nothing); used
+    # for whole-sequence passes, while cached sampling steps stay on sdpa.
+    attention_backend: str = "sdpa"
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -66,6 +72,12 @@ class DALLEConfig:
             raise ValueError(
                 f"unknown image attention kinds {unknown}; use {IMAGE_ATTENTION_KINDS}"
             )
+        if self.attention_backend not in ("sdpa", "flex"):
+            raise ValueError(
+                f"attention_backend must be sdpa or flex, not {self.attention_backend!r}"
+            )
+        if self.attention_backend == "flex" and self.dropout:
+            raise ValueError("the flex attention back-end has no attention dropout; set dropout=0")
 
     @property
     def image_tokens(self) -> int:
@@ -103,6 +115,14 @@ DALLE_PRESETS: dict[str, DALLEConfig] = {
 }
 
 
+@functools.cache
+def flex_attention_kernel(device: torch.device):
+    """FlexAttention, compiled where it can skip masked blocks (CUDA), eager elsewhere."""
+    if device.type == "cuda":
+        return torch.compile(flex_attention, dynamic=False)
+    return flex_attention
+
+
 @dataclass
 class LayerCache:
     """Preallocated keys and values of one layer: ``[B, heads, S, C / heads]`` each."""
@@ -120,7 +140,11 @@ class SelfAttention(nn.Module):
         self.dropout = config.dropout
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, cache: LayerCache | None = None, start: int = 0
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | BlockMask,
+        cache: LayerCache | None = None,
+        start: int = 0,
     ) -> torch.Tensor:
         """``x``: ``[B, n, C]`` at positions ``start .. start + n``.
 
@@ -134,9 +158,12 @@ class SelfAttention(nn.Module):
             cache.keys[:, :, start : start + n] = k
             cache.values[:, :, start : start + n] = v
             k, v = cache.keys[:, :, : start + n], cache.values[:, :, : start + n]
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-        )
+        if isinstance(mask, BlockMask):
+            y = flex_attention_kernel(q.device)(q, k, v, block_mask=mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
+            )
         return self.out(y.transpose(1, 2).reshape(b, n, c))
 
 
@@ -155,7 +182,11 @@ class Block(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
-        self, x: torch.Tensor, mask: torch.Tensor, cache: LayerCache | None = None, start: int = 0
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | BlockMask,
+        cache: LayerCache | None = None,
+        start: int = 0,
     ) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.norm_attention(x), mask, cache, start))
         return x + self.dropout(self.mlp(self.norm_mlp(x)))
@@ -183,6 +214,7 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         for kind in sorted(set(c.attention)):
             mask = text_image_mask(kind, c.text_len + 1, c.image_grid, c.conv_kernel)
             self.register_buffer(f"mask_{kind}", mask[:-1, :-1], persistent=False)
+        self._block_masks: dict[tuple[str, int, str], BlockMask] = {}
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -233,10 +265,26 @@ class DALLETransformer(PretrainedMixin, nn.Module):
     ) -> torch.Tensor:
         """Hidden states ``[B, n, C]`` at positions ``start .. start + n`` -> normalised output."""
         end = start + h.shape[1]
+        use_flex = self.config.attention_backend == "flex" and cache is None and start == 0
         for i, (kind, block) in enumerate(zip(self.config.attention, self.blocks, strict=True)):
-            mask = getattr(self, f"mask_{kind}")[start:end, :end]
+            dense = getattr(self, f"mask_{kind}")[start:end, :end]
+            mask = self._block_mask(kind, dense) if use_flex else dense
             h = block(h, mask, None if cache is None else cache[i], start)
         return self.norm(h)
+
+    def _block_mask(self, kind: str, dense: torch.Tensor) -> BlockMask:
+        """The FlexAttention block mask of ``dense`` ``[S, S]``, built once per kind and S."""
+        key = (kind, dense.shape[0], str(dense.device))
+        if key not in self._block_masks:
+
+            def allowed(b, h, q_index, kv_index):
+                return dense[q_index, kv_index]
+
+            self._block_masks[key] = create_block_mask(
+                allowed, B=None, H=None, Q_LEN=dense.shape[0], KV_LEN=dense.shape[1],
+                device=dense.device,
+            )  # fmt: skip
+        return self._block_masks[key]
 
     def forward(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits for the next token at every position.
