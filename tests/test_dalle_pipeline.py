@@ -152,3 +152,40 @@ def test_score_prints_bits_per_dimension(stages: dict[str, Path], capsys) -> Non
     # An untrained-ish model: about log2(128) = 7 bits per token; 256 tokens over 3 * 32 * 32 dims.
     assert 3 < result["bits_per_token"] < 10
     assert result["bits_per_dim"] == pytest.approx(result["bits_per_token"] * 256 / (3 * 32 * 32))
+
+
+def test_generate_completes_a_primed_image(stages: dict[str, Path]) -> None:
+    run = stages["root"] / "run"
+    if not (run / "config.json").exists():
+        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+    from PIL import Image
+
+    from dalle.data.shapes_world import render_scene, sample_scene
+    from dalle.sampling.generate import TextToImage
+
+    image = torch.from_numpy(render_scene(sample_scene(0, 5, 32))).permute(2, 0, 1)
+    pipe = TextToImage.from_pretrained(run)
+    decoded: list[torch.Tensor] = []
+    decode = pipe.vae.decode
+    pipe.vae.decode = lambda tokens: decoded.append(tokens) or decode(tokens)  # type: ignore[method-assign]
+    out = pipe("a red circle", num_images=2, prime_image=image, prime_rows=3)
+    assert out.shape == (2, 3, 32, 32)
+    own = pipe.vae.encode(image[None])  # [1, 16, 16]
+    assert torch.equal(decoded[0][:, :3], own[:, :3].expand(2, -1, -1))  # the kept rows
+    path = stages["root"] / "prime.png"
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+    out_dir = stages["root"] / "primed"
+    args = [
+        "generate",
+        "a red circle",
+        "--model",
+        str(run),
+        "--num",
+        "2",
+        "--out-dir",
+        str(out_dir),
+    ]
+    assert main([*args, "--prime-image", str(path), "--prime-rows", "3"]) == 0
+    assert len(list(out_dir.glob("*.png"))) == 2
+    with pytest.raises(ValueError, match="prime_rows"):
+        pipe("a red circle", prime_image=image, prime_rows=16)

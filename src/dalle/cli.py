@@ -233,8 +233,16 @@ def cmd_generate(args: argparse.Namespace) -> int:
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.guidance)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     every, captions = [], []
+    prime = None
+    if args.prime_image:
+        from dalle.data.images import load_image
+
+        size = pipe.model.config.image_grid * pipe.vae.config.downsample
+        prime = load_image(args.prime_image, size)
     for prompt in prompts:
-        images = pipe(prompt, args.num, sampling, generator, args.batch_size)
+        images = pipe(
+            prompt, args.num, sampling, generator, args.batch_size, prime, args.prime_rows
+        )
         every.append(images)
         captions += [prompt] * len(images)
     images = torch.cat(every)
@@ -391,6 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--batch-size", type=int, default=16)
+    generate.add_argument("--prime-image", type=Path, help="complete this image ...")
+    generate.add_argument(
+        "--prime-rows", type=int, default=0, help="... keeping its top token rows"
+    )
     generate.add_argument("--device", default="auto")
     generate.set_defaults(func=cmd_generate)
 
