@@ -26,9 +26,12 @@ class Crash(RuntimeError):
 
 
 def _run(
-    out: Path, stop_at_call: int | None = None, error: type[BaseException] = KeyboardInterrupt
+    out: Path,
+    stop_at_call: int | None = None,
+    error: type[BaseException] = KeyboardInterrupt,
+    extra: tuple[str, ...] = (),
 ):
-    config = load_dvae_train_config(CONFIGS / "dvae-tiny-cpu.yaml", SMALL_RUN)
+    config = load_dvae_train_config(CONFIGS / "dvae-tiny-cpu.yaml", [*SMALL_RUN, *extra])
     seed_everything(config.loop.seed)
     task = DVAETask(config, torch.device("cpu"))
     if stop_at_call is not None:
@@ -47,17 +50,42 @@ def _run(
     return task.model.state_dict()
 
 
-@pytest.mark.parametrize(("error", "stop_at"), [(KeyboardInterrupt, 6), (Crash, 5)])
-def test_resume_is_exact(tmp_path: Path, error: type[BaseException], stop_at: int) -> None:
-    straight = _run(tmp_path / "straight")
+@pytest.mark.parametrize(
+    ("error", "stop_at", "extra"),
+    [(KeyboardInterrupt, 6, ()), (Crash, 5, ()), (KeyboardInterrupt, 6, ("optim.ema_decay=0.9",))],
+)
+def test_resume_is_exact(
+    tmp_path: Path, error: type[BaseException], stop_at: int, extra: tuple[str, ...]
+) -> None:
+    straight = _run(tmp_path / "straight", extra=extra)
     with pytest.raises(error):
-        _run(tmp_path / "stopped", stop_at_call=stop_at, error=error)
+        _run(tmp_path / "stopped", stop_at_call=stop_at, error=error, extra=extra)
     saved = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
     # An interrupt checkpoints the last step boundary; a crash leaves the periodic one.
     assert saved["loop"]["step"] == (5 if error is KeyboardInterrupt else 3)
-    resumed = _run(tmp_path / "stopped")
+    resumed = _run(tmp_path / "stopped", extra=extra)
     for name, tensor in straight.items():
         assert torch.equal(tensor, resumed[name]), name
+    for run in ("straight", "stopped"):  # the exported model is the same too
+        assert (tmp_path / run / "model.safetensors").exists()
+    assert (tmp_path / "straight" / "model.safetensors").read_bytes() == (
+        tmp_path / "stopped" / "model.safetensors"
+    ).read_bytes()
+
+
+def test_weight_average_is_what_gets_exported(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    raw = _run(tmp_path / "run", extra=("optim.ema_decay=0.5",))
+    exported = load_file(tmp_path / "run" / "model.safetensors")
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    averaged = {
+        k.removeprefix("module."): v for k, v in saved["ema"].items() if k.startswith("module.")
+    }
+    name = "encoder.to_logits.1.weight"
+    assert torch.equal(exported[name], averaged[name])
+    assert not torch.equal(exported[name], raw[name])  # the training weights differ
+    assert torch.equal(saved["model"][name], raw[name])  # and the checkpoint keeps them
 
 
 def test_train_vae_cli_writes_model_metrics_and_grids(tmp_path: Path, capsys) -> None:

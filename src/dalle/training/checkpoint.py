@@ -62,6 +62,7 @@ def save_checkpoint(
     loop: LoopState,
     config: dict[str, Any],
     rng: dict[str, Any] | None = None,
+    ema: torch.nn.Module | None = None,
 ) -> Path:
     """Writes the checkpoint atomically (temporary file, fsync, rename).
 
@@ -77,6 +78,8 @@ def save_checkpoint(
         "rng": rng if rng is not None else rng_state(),
         "config": config,
     }
+    if ema is not None:
+        payload["ema"] = ema.state_dict()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as handle:
         torch.save(payload, handle)
@@ -91,10 +94,18 @@ def load_checkpoint(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     restore_rng: bool = True,
+    ema: torch.nn.Module | None = None,
 ) -> tuple[LoopState, dict[str, Any]]:
-    """Restores model (and optimizer, RNG) in place; returns the loop state and payload."""
+    """Restores model (and optimizer, RNG, weight average) in place.
+
+    Returns the loop state and the whole payload.
+    """
     payload = torch.load(path, map_location="cpu", weights_only=False)
     model.load_state_dict(payload["model"])
+    if ema is not None:
+        if "ema" not in payload:
+            raise ValueError(f"{path} has no weight average; resume with optim.ema_decay=0")
+        ema.load_state_dict(payload["ema"])
     if optimizer is not None:
         optimizer.load_state_dict(payload["optimizer"])
     if restore_rng:

@@ -18,13 +18,14 @@ import math
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dalle.data.datasets import Batch, DataConfig, SkipLog, make_loader, open_source
@@ -52,12 +53,16 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 1e-4
     grad_clip: float = 0.0  # max global gradient norm; 0 disables clipping
+    # Exponential moving average of the weights, used for evaluation and export; 0 is off.
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2:
             raise ValueError(f"optim.betas needs two values, got {list(self.betas)}")
         if self.lr <= 0 or self.final_lr < 0:
             raise ValueError("optim.lr must be positive and optim.final_lr not negative")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"optim.ema_decay must be in [0, 1), not {self.ema_decay}")
 
 
 @dataclass
@@ -191,10 +196,15 @@ def train(
         betas=(optim.betas[0], optim.betas[1]),
         eps=optim.eps,
     )
+    ema = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(optim.ema_decay))
+        if optim.ema_decay > 0
+        else None
+    )
     checkpoint_path = out_dir / CHECKPOINT_FILE
     state = LoopState()
     if checkpoint_path.exists():
-        state, _ = load_checkpoint(checkpoint_path, model, optimizer)
+        state, _ = load_checkpoint(checkpoint_path, model, optimizer, ema=ema)
         log.info("resuming from %s at step %d", checkpoint_path, state.step)
     else:
         seed_everything(loop_config.seed)
@@ -203,7 +213,7 @@ def train(
                    "parameters": sum(p.numel() for p in model.parameters())})  # fmt: skip
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, model, optimizer, state, run_config)
+        save_checkpoint(checkpoint_path, model, optimizer, state, run_config, ema=ema)
 
     # The loop position and random state at the start of the step in progress: an
     # interrupt mid-step checkpoints these, so the resumed run redoes that step with the
@@ -252,6 +262,8 @@ def train(
                 )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(model)
             state.step += 1
             state.elapsed_s = time.perf_counter() - session_start
             progress.update(1)
@@ -274,7 +286,8 @@ def train(
                     )  # fmt: skip
             if state.step % loop_config.eval_every == 0 or state.step == loop_config.steps:
                 model.eval()
-                evaluated = task.evaluate(state.step, out_dir)
+                with averaged_weights(model, ema):
+                    evaluated = task.evaluate(state.step, out_dir)
                 model.train()
                 metrics.write({"step": state.step, "eval": evaluated})
                 progress.write(
@@ -286,7 +299,9 @@ def train(
         progress.close()
         optimizer.zero_grad(set_to_none=True)
         last_state, last_rng = boundary
-        save_checkpoint(checkpoint_path, model, optimizer, last_state, run_config, rng=last_rng)
+        save_checkpoint(
+            checkpoint_path, model, optimizer, last_state, run_config, rng=last_rng, ema=ema
+        )
         log.warning(
             "interrupted: checkpoint written at step %d; run again to resume", last_state.step
         )
@@ -296,14 +311,31 @@ def train(
         progress.close()
         if skip_log.total:
             log.warning(skip_log.summary())
-    if state.step < loop_config.steps:  # stopped by the time budget
-        checkpoint()
-        model.eval()
-        metrics.write({"step": state.step, "eval": task.evaluate(state.step, out_dir)})
-    task.export(out_dir)
+    stopped_early = state.step < loop_config.steps  # by the time budget
+    if stopped_early:
+        checkpoint()  # the raw weights: the average goes in the checkpoint beside them
+    model.eval()
+    with averaged_weights(model, ema):
+        if stopped_early:
+            metrics.write({"step": state.step, "eval": task.evaluate(state.step, out_dir)})
+        task.export(out_dir)
     metrics.write({"event": "end", "step": state.step, "elapsed_s": state.elapsed_s,
                    "skipped": skip_log.to_json()})  # fmt: skip
     return state
+
+
+@contextmanager
+def averaged_weights(model: nn.Module, ema: AveragedModel | None) -> Iterator[None]:
+    """Puts the weight average into ``model`` for the duration, then restores its own."""
+    if ema is None:
+        yield
+        return
+    own = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
+    model.load_state_dict(ema.module.state_dict())
+    try:
+        yield
+    finally:
+        model.load_state_dict(own)
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:
