@@ -134,15 +134,12 @@ def _batches(data: DataConfig, loop: LoopState, skip_log: SkipLog) -> Iterator[B
     discards them, so the data order after a resume is the one without the stop.
     """
     dataset = open_source(data)
-    first = True
+    skip_log.add(getattr(dataset, "index_skips", []))  # what indexing a folder found missing
     while True:
         if hasattr(dataset, "epoch"):
             dataset.epoch = loop.epoch  # WebDataset shard/sample shuffle seed
         config = DataConfig(**{**asdict(data), "seed": data.seed + loop.epoch})
         loader = make_loader(dataset, config, drop_last=True)
-        if first:
-            skip_log.add(getattr(dataset, "index_skips", []))
-            first = False
         produced = False
         for index, batch in enumerate(loader):
             if index < loop.batches_in_epoch:
