@@ -88,9 +88,8 @@ def test_weight_average_is_what_gets_exported(tmp_path: Path) -> None:
     assert torch.equal(saved["model"][name], raw[name])  # and the checkpoint keeps them
 
 
-def test_train_vae_cli_writes_model_metrics_and_grids(tmp_path: Path, capsys) -> None:
-    out = tmp_path / "run"
-    args = [
+def _train_vae_args(out: Path) -> list[str]:
+    return [
         "train-vae",
         "--config",
         str(CONFIGS / "dvae-tiny-cpu.yaml"),
@@ -98,6 +97,11 @@ def test_train_vae_cli_writes_model_metrics_and_grids(tmp_path: Path, capsys) ->
         str(out),
         *SMALL_RUN,
     ]
+
+
+def test_train_vae_cli_writes_model_metrics_and_grids(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    args = _train_vae_args(out)
     assert main(args) == 0
     names = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "checkpoint.pt", "metrics.jsonl",
@@ -116,14 +120,7 @@ def test_train_vae_cli_writes_model_metrics_and_grids(tmp_path: Path, capsys) ->
 
 def test_resume_with_a_different_model_is_refused(tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    args = [
-        "train-vae",
-        "--config",
-        str(CONFIGS / "dvae-tiny-cpu.yaml"),
-        "--out",
-        str(out),
-        *SMALL_RUN,
-    ]
+    args = _train_vae_args(out)
     assert main(args) == 0
     assert main([*args, "model.vocab_size=64"]) == 2
     assert "different 'model' config" in capsys.readouterr().err

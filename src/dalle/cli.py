@@ -311,6 +311,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
+def _add_train_command(
+    commands, name: str, what: str, default_preset: str
+) -> argparse.ArgumentParser:
+    """A training subcommand with the flags every trainer shares."""
+    parser = commands.add_parser(name, help=f"train {what}")
+    parser.add_argument("--data", help="image-caption source (see `dalle data check`)")
+    parser.add_argument("--preset", help=f"model preset to start from (default {default_preset})")
+    parser.add_argument("--steps", type=int, help="optimizer updates")
+    parser.add_argument("--out", type=Path, required=True, help="run folder; re-run to resume")
+    _add_config_args(parser)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dalle", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -366,22 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_model_info)
 
-    vae = commands.add_parser("train-vae", help="train the discrete VAE image tokenizer")
-    vae.add_argument("--data", help="image source (see `dalle data check`)")
-    vae.add_argument("--preset", help="model preset to start from (default dvae-small)")
-    vae.add_argument("--steps", type=int, help="optimizer updates")
-    vae.add_argument("--out", type=Path, required=True, help="run folder; re-run to resume")
-    _add_config_args(vae)
+    vae = _add_train_command(
+        commands, "train-vae", "the discrete VAE image tokenizer", "dvae-small"
+    )
     vae.set_defaults(func=cmd_train_vae)
 
-    dalle_train = commands.add_parser("train", help="train the DALL-E transformer")
-    dalle_train.add_argument("--data", help="image-caption source (see `dalle data check`)")
+    dalle_train = _add_train_command(commands, "train", "the DALL-E transformer", "dalle-bench")
     dalle_train.add_argument("--vae", type=Path, help="trained dVAE folder")
     dalle_train.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
-    dalle_train.add_argument("--preset", help="transformer preset (default dalle-bench)")
-    dalle_train.add_argument("--steps", type=int, help="optimizer updates")
-    dalle_train.add_argument("--out", type=Path, required=True, help="run folder; re-run to resume")
-    _add_config_args(dalle_train)
     dalle_train.set_defaults(func=cmd_train)
 
     generate = commands.add_parser("generate", help="images from a caption")
