@@ -8,7 +8,6 @@ error that names the key, not a silently ignored setting.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -64,11 +63,6 @@ def load_config(
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as err:
         raise _explain(err, "config") from None
-
-
-def config_to_dict(config: Any) -> dict:
-    """A plain, JSON-ready dict of a (nested) config dataclass."""
-    return dataclasses.asdict(config)
 
 
 def save_config(config: Any, path: str | Path) -> None:

@@ -16,7 +16,7 @@ import os
 import zlib
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -434,6 +434,20 @@ def new_skip_log(dataset: Dataset | IterableDataset) -> SkipLog:
     skip_log = SkipLog()
     skip_log.add(getattr(dataset, "index_skips", []))
     return skip_log
+
+
+def load_images(data: DataConfig, count: int) -> tuple[torch.Tensor, list[str]]:
+    """The first ``count`` images (uint8 ``[N, 3, S, S]``) and captions of a source."""
+    config = replace(data, shuffle=False, num_workers=0, batch_size=64)
+    images, captions = [], []
+    for batch in make_loader(open_source(config), config):
+        images.append(batch.images)
+        captions += batch.captions
+        if len(captions) >= count:
+            break
+    if not images:
+        raise ValueError(f"no held-out images in {data.source} (subset {data.subset})")
+    return torch.cat(images)[:count], captions[:count]
 
 
 def iter_captions(config: DataConfig, limit: int | None = None) -> Iterator[str]:

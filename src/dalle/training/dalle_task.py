@@ -6,7 +6,7 @@ import copy
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +14,12 @@ import torch
 from torch import nn
 
 from dalle.config import ConfigError, load_config, peek_key
-from dalle.data.datasets import Batch, DataConfig
+from dalle.data.datasets import Batch, DataConfig, load_images
 from dalle.data.images import make_grid
 from dalle.models.dalle_transformer import DALLE_PRESETS, DALLEConfig, DALLETransformer
 from dalle.models.dvae import DiscreteVAE
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
-from dalle.training.dvae_task import load_images
 from dalle.training.loop import LoopConfig, OptimConfig
 from dalle.training.parallelize import apply_activation_checkpointing
 
@@ -89,7 +88,7 @@ class DALLETask:
         self.model = DALLETransformer(config.model).to(device)
         if config.activation_checkpointing:
             apply_activation_checkpointing(self.model.blocks)
-        holdout = DataConfig(**{**asdict(config.data), "subset": "holdout"})
+        holdout = replace(config.data, subset="holdout")
         images, self.eval_captions = load_images(holdout, config.eval.samples)
         self.eval_text = self.tokenizer.encode(self.eval_captions).ids
         self.eval_tokens = torch.cat(

@@ -5,14 +5,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dalle.config import ConfigError, load_config, peek_key
-from dalle.data.datasets import Batch, DataConfig, make_loader, open_source
+from dalle.data.datasets import Batch, DataConfig, load_images
 from dalle.data.images import make_grid
 from dalle.losses.dvae import dvae_loss, gumbel_softmax
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE, DVAEConfig
@@ -76,26 +76,12 @@ def reconstruction_metrics(original: torch.Tensor, recon: torch.Tensor) -> dict[
     return {"mse": float(per_image.mean()), "psnr": float(psnr)}
 
 
-def load_images(data: DataConfig, count: int) -> tuple[torch.Tensor, list[str]]:
-    """The first ``count`` images (uint8 ``[N, 3, S, S]``) and captions of a source."""
-    config = DataConfig(**{**asdict(data), "shuffle": False, "num_workers": 0, "batch_size": 64})
-    images, captions = [], []
-    for batch in make_loader(open_source(config), config):
-        images.append(batch.images)
-        captions += batch.captions
-        if len(captions) >= count:
-            break
-    if not images:
-        raise ValueError(f"no held-out images in {data.source} (subset {data.subset})")
-    return torch.cat(images)[:count], captions[:count]
-
-
 class DVAETask:
     def __init__(self, config: DVAETrainConfig, device: torch.device) -> None:
         self.config = config
         self.device = device
         self.model = DiscreteVAE(config.model).to(device)
-        holdout = DataConfig(**{**asdict(config.data), "subset": "holdout"})
+        holdout = replace(config.data, subset="holdout")
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -138,7 +138,7 @@ def _batches(data: DataConfig, loop: LoopState, skip_log: SkipLog) -> Iterator[B
     while True:
         if hasattr(dataset, "epoch"):
             dataset.epoch = loop.epoch  # WebDataset shard/sample shuffle seed
-        config = DataConfig(**{**asdict(data), "seed": data.seed + loop.epoch})
+        config = dataclasses.replace(data, seed=data.seed + loop.epoch)
         loader = make_loader(dataset, config, drop_last=True)
         produced = False
         for index, batch in enumerate(loader):
