@@ -8,14 +8,16 @@ mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 common=(loop.steps=6000 objective.kl_warmup_steps=1000 objective.temperature_steps=5000
         loop.eval_every=1000 eval.samples=512 data.num_workers=2 "$@")
+# Default variants (override with VARIANTS_FILE, one "NAME overrides..." a line).
 variants=(
-  "lr1e-4 optim.lr=1e-4 optim.warmup_steps=500"
-  "lr3e-4-clip optim.lr=3e-4 optim.grad_clip=1.0"
-  "lr3e-4-kl1.65 optim.lr=3e-4 objective.kl_weight=1.65"
-  "lr3e-4-wide optim.lr=3e-4 model.hidden_width=128 model.decoder_input_width=128"
-  "lr1e-4-b256 optim.lr=1e-4 optim.warmup_steps=500 data.batch_size=256"
-  "lr3e-4-v512 optim.lr=3e-4 model.vocab_size=512"
+  "init optim.lr=3e-4 optim.grad_clip=1.0"
+  "noinit optim.lr=3e-4 optim.grad_clip=1.0 init_from_data=false"
+  "init-lr1e-3 optim.lr=1e-3 optim.grad_clip=1.0"
+  "init-st optim.lr=3e-4 optim.grad_clip=1.0 objective.straight_through=true"
+  "init-ema optim.lr=3e-4 optim.grad_clip=1.0 optim.ema_decay=0.999"
+  "init-kl1.65 optim.lr=3e-4 optim.grad_clip=1.0 objective.kl_weight=1.65"
 )
+if [[ -n "${VARIANTS_FILE:-}" ]]; then mapfile -t variants < "$VARIANTS_FILE"; fi
 for v in "${variants[@]}"; do
   read -r name args <<< "$v"
   # shellcheck disable=SC2086

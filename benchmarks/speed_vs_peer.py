@@ -47,7 +47,7 @@ def main() -> None:
     step_s = (time.perf_counter() - start) / steps
     seq = config.sequence_length
     out = {
-        "project": "dalle", "attn": attention, "schedule": config.attention,
+        "project": "dalle", "attn": attention, "schedule": config.layer_attention,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "batch": batch, "seq": seq, "threads": threads,
         "train_step_s": round(step_s, 3), "train_tokens_per_s": round(batch * seq / step_s),

@@ -52,12 +52,18 @@ def test_judge_empty_directory_is_an_error(tmp_path: Path, capsys) -> None:
     assert "no .png images" in capsys.readouterr().err
 
 
-def test_demo_runs_and_reuses_stages(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--smoke", "--out", str(out)]) == 0
     first = capsys.readouterr().out
-    results = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert results["seen"]["accuracy"] == 1.0 and results["heldout"]["accuracy"] == 1.0
-    assert (tmp_path / "demo" / "seen_grid.png").exists()
     assert "reusing" not in first
-    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
-    assert capsys.readouterr().out.count("reusing finished stage") == 3
+    results = json.loads((out / "results.json").read_text())
+    for name in ("seen", "heldout"):
+        assert results[name]["images"] == 4  # judged, whatever the verdict after 4 updates
+        assert len(list((out / name).glob("*.png"))) == 4
+        assert len(list((out / name).glob("*.txt"))) == 4
+        assert (out / f"{name}_grid.png").exists()
+    for model in ("vae", "dalle"):
+        assert (out / model / "model.safetensors").exists()
+    assert main(["demo", "--smoke", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("reusing the finished stage") == 5

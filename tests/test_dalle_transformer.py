@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def test_paper_preset_is_twelve_billion_parameters_on_meta() -> None:
     )
     assert config.sequence_length == 256 + 1024
     assert 11.5e9 < model.parameter_counts()["total"] < 12.5e9
-    assert config.attention[-1] == "conv" and config.attention.count("column") == 16
+    assert config.layer_attention[-1] == "conv" and config.layer_attention.count("column") == 16
 
 
 def _batch(config: DALLEConfig, b: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +83,14 @@ def test_bad_configs_are_named() -> None:
         DALLEConfig(layers=2, heads=2, width=8, attention=["row", "diagonal"])
     with pytest.raises(ValueError, match="3 layers"):
         DALLEConfig(layers=2, heads=2, width=8, attention=["row", "row", "conv"])
+
+
+def test_the_paper_schedule_follows_an_overridden_depth() -> None:
+    from dalle.training.dalle_task import load_dalle_train_config
+
+    config = load_dalle_train_config(None, ["vae=v", "tokenizer=t", "model.layers=3"])
+    assert config.model.layer_attention == ["row", "column", "conv"]
+    assert len(DALLETransformer(replace(config.model, width=16, heads=2)).blocks) == 3
 
 
 def test_save_and_load_pretrained(tmp_path: Path) -> None:

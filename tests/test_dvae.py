@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from dalle.losses.dvae import dvae_loss, gumbel_softmax, kl_to_uniform, logit_laplace_nll
+from dalle.losses.dvae import (
+    dvae_loss,
+    gaussian_nll,
+    gumbel_softmax,
+    kl_to_uniform,
+    logit_laplace_nll,
+)
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE, DVAEConfig, map_pixels, unmap_pixels
 from dalle.training.dvae_task import DVAEObjectiveConfig, codebook_usage, reconstruction_metrics
 from dalle.training.schedules import cosine_anneal, warmup_cosine
@@ -81,6 +87,43 @@ def test_loss_is_normalised_by_subpixels() -> None:
         2 * 3 * 64
     )
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_gaussian_likelihood_is_a_fixed_scale_normal_around_the_decoded_mean() -> None:
+    x = map_pixels(torch.rand(2, 3, 4, 4))
+    stats = torch.randn(2, 6, 4, 4)
+    expected = -torch.distributions.Normal(torch.sigmoid(stats[:, :3]), 0.07).log_prob(x)
+    assert torch.allclose(gaussian_nll(x, stats, 0.07), expected, atol=1e-5)
+    logits = torch.randn(2, 32, 1, 1)
+    out = dvae_loss(x, stats, logits, 6.6, likelihood="gaussian", pixel_std=0.07)
+    total = gaussian_nll(x, stats, 0.07).sum() + 6.6 * kl_to_uniform(logits).sum()
+    assert out.loss.item() == pytest.approx((total / (2 * 3 * 16)).item(), rel=1e-5)
+    with pytest.raises(ValueError, match="likelihood"):
+        dvae_loss(x, stats, logits, 1.0, likelihood="laplace")
+    with pytest.raises(ValueError, match="objective.likelihood"):
+        DVAEObjectiveConfig(likelihood="mse")
+
+
+def test_straight_through_sample_is_one_hot_with_the_relaxed_gradient() -> None:
+    logits = torch.randn(2, 16, 3, 3, requires_grad=True)
+    hard = gumbel_softmax(logits, temperature=1.0, hard=True)
+    assert torch.equal(hard.sum(dim=1), torch.ones(2, 3, 3))
+    assert set(hard.detach().unique().tolist()) == {0.0, 1.0}
+    (hard * torch.randn_like(hard)).sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def test_decoder_can_start_at_the_background_colour() -> None:
+    torch.manual_seed(0)
+    model = DiscreteVAE(DVAE_PRESETS["dvae-tiny"])
+    tokens = torch.randint(0, 128, (4, 8, 8))
+    grey = model.decode(tokens).float()
+    model.init_output_bias(torch.tensor([1.0, 1.0, 1.0]))
+    white = model.decode(tokens).float()
+    # The residual branches are still random, so not exactly white, but close to it.
+    assert white.median() >= 250 and white.mean() > grey.mean() + 50
+    head = model.decoder.blocks[-1]
+    assert torch.allclose(head.bias[:3], torch.full((3,), math.log(0.9 / 0.1)))
 
 
 def test_schedules_end_points() -> None:

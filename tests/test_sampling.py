@@ -29,7 +29,7 @@ def test_guidance_mixes_log_probabilities() -> None:
 def _model(attention: list[str] | None = None) -> DALLETransformer:
     torch.manual_seed(0)
     base = DALLE_PRESETS["dalle-tiny"]
-    config = DALLEConfig(**{**base.__dict__, "attention": attention or list(base.attention)})
+    config = DALLEConfig(**{**base.__dict__, "attention": attention or base.layer_attention})
     return DALLETransformer(config).eval()
 
 

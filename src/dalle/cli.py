@@ -173,43 +173,27 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_training(config, make_task, out: Path) -> int:
-    """Shared by the train commands: resume check, seeding, the loop, a summary."""
-    from dalle.training.checkpoint import seed_everything
-    from dalle.training.loop import resolve_device, train
-
-    device = resolve_device(config.loop.device)
-    seed_everything(config.loop.seed)  # the model's initial weights depend on it
-    task = make_task(config, device)  # may fill derived config fields
-    _check_resumable(out, dataclasses.asdict(config))
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(config, out / "train_config.yaml")
-    state = train(task, config.data, config.loop, config.optim, out, dataclasses.asdict(config))
-    evals = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    final = next((r["eval"] for r in reversed(evals) if "eval" in r), {})
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in final.items())
-    print(f"trained {state.step} steps in {state.elapsed_s:.0f}s; held-out {summary}")
-    print(f"model saved to {out} (config.json + model.safetensors)")
-    return 0
-
-
 def cmd_train_vae(args: argparse.Namespace) -> int:
     from dalle.training.dvae_task import DVAETask, load_dvae_train_config
+    from dalle.training.runner import run_training
 
     flags = {"preset": args.preset, "data.source": args.data, "loop.steps": args.steps}
     config = load_dvae_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
-    return _run_training(config, DVAETask, Path(args.out))
+    run_training(config, DVAETask, Path(args.out))
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from dalle.training.dalle_task import DALLETask, load_dalle_train_config
+    from dalle.training.runner import run_training
 
     flags = {
         "preset": args.preset, "data.source": args.data, "loop.steps": args.steps,
         "vae": args.vae and str(args.vae), "tokenizer": args.tokenizer and str(args.tokenizer),
     }  # fmt: skip
     config = load_dalle_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
-    return _run_training(config, DALLETask, Path(args.out))
+    run_training(config, DALLETask, Path(args.out))
+    return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -255,22 +239,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_resumable(out: Path, config: dict) -> None:
-    """Refuses to resume a run whose model or data no longer match its checkpoint."""
-    import torch
-
-    checkpoint = out / "checkpoint.pt"
-    if not checkpoint.exists():
-        return
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]
-    for section in ("model", "data"):
-        if saved.get(section) != config.get(section):
-            raise ConfigError(
-                f"{out} holds a checkpoint trained with a different '{section}' config; "
-                "use a new --out, or the same settings to resume"
-            )
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     """Prints how likely the model finds an image for a caption, in bits per dimension."""
     from dalle.data.images import load_image
@@ -303,9 +271,11 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dalle.demo import run_demo
+    from dalle.demo import DemoConfig, run_demo, smoke_config
 
-    return run_demo(Path(args.out), seed=args.seed)
+    config = smoke_config() if args.smoke else DemoConfig()
+    config.seed = args.seed
+    return run_demo(Path(args.out), config)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -422,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on built-in data")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--smoke", action="store_true", help="a few updates per stage: checks the pipeline only"
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -39,6 +39,18 @@ def logit_laplace_nll(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     )
 
 
+def gaussian_nll(x: torch.Tensor, stats: torch.Tensor, std: float) -> torch.Tensor:
+    """Negative log density of mapped pixels under a Gaussian of fixed ``std``, per sub-pixel.
+
+    The mean is ``sigmoid(mu)`` with ``mu`` the same decoder channels as the logit-Laplace
+    location, so a model trained under either likelihood decodes the same way; the
+    log-scale channels go unused. ``x``: ``[B, C, H, W]`` in (0, 1); returns the same shape.
+    """
+    channels = x.shape[1]
+    mean = torch.sigmoid(stats[:, :channels].float())
+    return (x.float() - mean) ** 2 / (2 * std**2) + math.log(std * math.sqrt(2 * math.pi))
+
+
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(logits) || uniform) per latent position, in nats.
 
@@ -49,9 +61,16 @@ def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     return (log_q.exp() * log_q).sum(dim=1) + math.log(vocab)
 
 
-def gumbel_softmax(logits: torch.Tensor, temperature: float, dim: int = 1) -> torch.Tensor:
-    """A relaxed one-hot sample along ``dim`` (Jang et al.; Maddison et al.)."""
-    return F.gumbel_softmax(logits.float(), tau=temperature, hard=False, dim=dim)
+def gumbel_softmax(
+    logits: torch.Tensor, temperature: float, dim: int = 1, hard: bool = False
+) -> torch.Tensor:
+    """A relaxed one-hot sample along ``dim`` (Jang et al.; Maddison et al.).
+
+    With ``hard`` the forward value is the exact one-hot of the sample while the gradient
+    is the relaxed one's (straight-through), so the decoder trains on the same inputs it
+    gets from ``encode`` at inference.
+    """
+    return F.gumbel_softmax(logits.float(), tau=temperature, hard=hard, dim=dim)
 
 
 @dataclass
@@ -62,14 +81,26 @@ class DVAELoss:
 
 
 def dvae_loss(
-    x: torch.Tensor, stats: torch.Tensor, logits: torch.Tensor, kl_weight: float
+    x: torch.Tensor,
+    stats: torch.Tensor,
+    logits: torch.Tensor,
+    kl_weight: float,
+    likelihood: str = "logit_laplace",
+    pixel_std: float = 0.07,
 ) -> DVAELoss:
     """The negative ELB, normalised by sub-pixel count as in the paper.
 
     ``loss = (sum NLL + kl_weight * sum KL) / (C H W)``, averaged over the batch.
+    ``likelihood`` is the paper's ``"logit_laplace"``, or ``"gaussian"`` with a fixed
+    ``pixel_std`` (on mapped pixels).
     """
     batch, channels, height, width = x.shape
-    nll = logit_laplace_nll(x, stats)  # [B, C, H, W]
+    if likelihood == "logit_laplace":
+        nll = logit_laplace_nll(x, stats)  # [B, C, H, W]
+    elif likelihood == "gaussian":
+        nll = gaussian_nll(x, stats, pixel_std)
+    else:
+        raise ValueError(f"likelihood must be logit_laplace or gaussian, not {likelihood!r}")
     kl = kl_to_uniform(logits)  # [B, h, w]
     subpixels = channels * height * width
     loss = (nll.sum() + kl_weight * kl.sum()) / (batch * subpixels)

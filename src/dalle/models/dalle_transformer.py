@@ -61,13 +61,11 @@ class DALLEConfig:
     def __post_init__(self) -> None:
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by {self.heads} heads")
-        if not self.attention:
-            self.attention = paper_layer_schedule(self.layers)
-        if len(self.attention) != self.layers:
+        if self.attention and len(self.attention) != self.layers:
             raise ValueError(
                 f"attention lists {len(self.attention)} layers, the model has {self.layers}"
             )
-        unknown = sorted(set(self.attention) - set(IMAGE_ATTENTION_KINDS))
+        unknown = sorted(set(self.layer_attention) - set(IMAGE_ATTENTION_KINDS))
         if unknown:
             raise ValueError(
                 f"unknown image attention kinds {unknown}; use {IMAGE_ATTENTION_KINDS}"
@@ -78,6 +76,12 @@ class DALLEConfig:
             )
         if self.attention_backend == "flex" and self.dropout:
             raise ValueError("the flex attention back-end has no attention dropout; set dropout=0")
+
+    @property
+    def layer_attention(self) -> list[str]:
+        """Image attention of each layer: ``attention``, or the paper's schedule if empty
+        (left empty, it follows ``layers`` when a preset's depth is overridden)."""
+        return list(self.attention) or paper_layer_schedule(self.layers)
 
     @property
     def image_tokens(self) -> int:
@@ -211,7 +215,7 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         self.text_head = nn.Linear(c.width, c.text_vocab_size + c.text_len, bias=False)
         self.image_head = nn.Linear(c.width, c.image_vocab_size, bias=False)
         # One [S, S] mask per distinct attention kind, shared by the layers that use it.
-        for kind in sorted(set(c.attention)):
+        for kind in sorted(set(c.layer_attention)):
             mask = text_image_mask(kind, c.text_len + 1, c.image_grid, c.conv_kernel)
             self.register_buffer(f"mask_{kind}", mask[:-1, :-1], persistent=False)
         self._block_masks: dict[tuple[str, int, str], BlockMask] = {}
@@ -266,7 +270,7 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         """Hidden states ``[B, n, C]`` at positions ``start .. start + n`` -> normalised output."""
         end = start + h.shape[1]
         use_flex = self.config.attention_backend == "flex" and cache is None and start == 0
-        for i, (kind, block) in enumerate(zip(self.config.attention, self.blocks, strict=True)):
+        for i, (kind, block) in enumerate(zip(self.config.layer_attention, self.blocks, strict=True)):
             dense = getattr(self, f"mask_{kind}")[start:end, :end]
             mask = self._block_mask(kind, dense) if use_flex else dense
             h = block(h, mask, None if cache is None else cache[i], start)

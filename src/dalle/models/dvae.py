@@ -209,6 +209,21 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
         images = self.stats_to_images(self.decode_stats(one_hot.to(dtype)))
         return (images * 255).round().to(torch.uint8)
 
+    @torch.no_grad()
+    def init_output_bias(self, pixels: torch.Tensor, log_scale: float = -1.0) -> None:
+        """Starts the decoder at a constant image of ``pixels`` (``[C]`` in [0, 1]).
+
+        On mostly-background data (Shapes World is ~85% white) a decoder that starts at
+        grey first learns to paint the background, and the fastest way there is to route
+        every position to one code: the encoder's softmax saturates on it and the codebook
+        collapses before objects are learned. Starting at the background colour removes
+        that first lesson, so codes are spent on what differs from it.
+        """
+        head = self.decoder.blocks[-1]  # the 1x1 conv to [location; log-scale] channels
+        mapped = map_pixels(pixels.float().clamp(0, 1), self.config.logit_laplace_eps)
+        head.bias[: self.config.channels] = torch.logit(mapped).to(head.bias)
+        head.bias[self.config.channels :] = log_scale
+
     def parameter_counts(self) -> dict[str, int]:
         encoder = sum(p.numel() for p in self.encoder.parameters())
         decoder = sum(p.numel() for p in self.decoder.parameters())

@@ -46,14 +46,29 @@ class TextToImage:
         prime_image: torch.Tensor | None = None,
         prime_rows: int = 0,
     ) -> torch.Tensor:
-        """uint8 images ``[num_images, 3, H, W]`` for one prompt.
+        """uint8 images ``[num_images, 3, H, W]`` for one prompt (see :meth:`generate`)."""
+        return self.generate(
+            [prompt] * num_images, sampling, generator, batch_size, prime_image, prime_rows
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        batch_size: int = 16,
+        prime_image: torch.Tensor | None = None,
+        prime_rows: int = 0,
+    ) -> torch.Tensor:
+        """One uint8 image ``[3, H, W]`` per prompt, ``[len(prompts), 3, H, W]``; different
+        prompts share a batch.
 
         With ``prime_image`` (uint8 ``[3, H, W]``), the top ``prime_rows`` rows of its
         tokens are kept and the rest is sampled: completion of a given image (the paper
         primes 14 of 32 rows).
         """
         grid = self.model.config.image_grid
-        text = self.tokenizer.encode([prompt]).ids.to(self.device)
         prime = None
         if prime_image is not None and prime_rows > 0:
             if not 0 < prime_rows < grid:
@@ -61,13 +76,14 @@ class TextToImage:
             codes = self.vae.encode(prime_image[None].to(self.device)).flatten(1)  # [1, H*W]
             prime = codes[:, : prime_rows * grid]
         images = []
-        for start in range(0, num_images, batch_size):
-            n = min(batch_size, num_images - start)
-            primed = None if prime is None else prime.expand(n, -1)
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            text = self.tokenizer.encode(chunk).ids.to(self.device)  # [n, L]
+            primed = None if prime is None else prime.expand(len(chunk), -1)
             tokens = sample_image_tokens(
-                self.model, text.expand(n, -1), sampling, prime=primed, generator=generator
+                self.model, text, sampling, prime=primed, generator=generator
             )
-            images.append(self.vae.decode(tokens.view(n, grid, grid)).cpu())
+            images.append(self.vae.decode(tokens.view(len(chunk), grid, grid)).cpu())
         return torch.cat(images)
 
     @torch.no_grad()

@@ -29,6 +29,24 @@ class DVAEObjectiveConfig:
     temperature_start: float = 1.0
     temperature_end: float = 1 / 16
     temperature_steps: int = 150_000  # tau anneals on a cosine over these updates
+    # Not in the paper (dalle-pytorch and taming's Gumbel quantiser offer it): feed the
+    # decoder exact one-hot samples, with the relaxed sample's gradient.
+    straight_through: bool = False
+    # The paper's "logit_laplace", or "gaussian" with a fixed std on mapped pixels. On
+    # Shapes World's flat colours the logit-Laplace learns a wide scale on object pixels
+    # and leaves their colour to chance for many updates; the fixed-scale Gaussian cannot
+    # buy its loss down that way and gets colours right several times sooner
+    # (BENCHMARKS.md). Not in the paper.
+    likelihood: str = "logit_laplace"
+    pixel_std: float = 0.07
+
+    def __post_init__(self) -> None:
+        if self.likelihood not in ("logit_laplace", "gaussian"):
+            raise ValueError(
+                f"objective.likelihood must be logit_laplace or gaussian, not {self.likelihood!r}"
+            )
+        if self.pixel_std <= 0:
+            raise ValueError("objective.pixel_std must be positive")
 
 
 @dataclass
@@ -50,6 +68,9 @@ class DVAETrainConfig:
         default_factory=lambda: OptimConfig(lr=1.2e-4, final_lr=1.25e-6, weight_decay=1e-4)
     )
     eval: DVAEEvalConfig = field(default_factory=DVAEEvalConfig)
+    # Start the decoder at the median colour of the held-out images (their background):
+    # keeps the codebook from collapsing early on mostly-background data. Not in the paper.
+    init_from_data: bool = True
 
 
 def load_dvae_train_config(path: str | Path | None, overrides: Sequence[str]) -> DVAETrainConfig:
@@ -83,6 +104,10 @@ class DVAETask:
         self.model = DiscreteVAE(config.model).to(device)
         holdout = replace(config.data, subset="holdout")
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
+        if config.init_from_data:
+            # [N, 3, H, W] uint8 -> per-channel median over every pixel, [3] in [0, 1]
+            pixels = self.eval_images.permute(1, 0, 2, 3).flatten(1).float() / 255
+            self.model.init_output_bias(pixels.median(dim=1).values.to(device))
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         decay = [p for p in self.model.parameters() if p.ndim > 1]
@@ -103,9 +128,11 @@ class DVAETask:
         x = self.model.images_to_input(images)
         logits = self.model.encoder(x)  # [B, V, h, w]
         kl_weight, temperature = self.schedules(step)
-        z = gumbel_softmax(logits, temperature)  # relaxed one-hot, [B, V, h, w]
+        # relaxed (or, straight-through, exact) one-hot sample, [B, V, h, w]
+        z = gumbel_softmax(logits, temperature, hard=self.config.objective.straight_through)
         stats = self.model.decoder(z)  # [B, 6, H, W]
-        out = dvae_loss(x, stats, logits, kl_weight)
+        o = self.config.objective
+        out = dvae_loss(x, stats, logits, kl_weight, o.likelihood, o.pixel_std)
         with torch.no_grad():
             relaxed = self.model.stats_to_images(stats)
             mse = ((relaxed - images.float() / 255) ** 2).mean()
