@@ -100,7 +100,7 @@ def test_gaussian_likelihood_is_a_fixed_scale_normal_around_the_decoded_mean() -
     assert out.loss.item() == pytest.approx((total / (2 * 3 * 16)).item(), rel=1e-5)
     with pytest.raises(ValueError, match="likelihood"):
         dvae_loss(x, stats, logits, 1.0, likelihood="laplace")
-    with pytest.raises(ValueError, match="objective.likelihood"):
+    with pytest.raises(ValueError, match=r"objective\.likelihood"):
         DVAEObjectiveConfig(likelihood="mse")
 
 

@@ -55,13 +55,13 @@ class DemoConfig:
 def smoke_config() -> DemoConfig:
     """Every stage in seconds: a few updates each; for tests, not for looking at."""
     short = ["loop.steps=4", "loop.eval_every=4", "loop.checkpoint_every=4", "loop.log_every=2"]
+    small = ["data.batch_size=4", "eval.samples=8", "eval.grid=2"]
     return DemoConfig(
         prompts=4,
         tokenizer_captions=500,
         tokenizer_vocab=300,
-        vae_overrides=[*short, "data.batch_size=4", "eval.samples=8", "eval.grid=4"],
-        dalle_overrides=[*short, "data.batch_size=4", "eval.samples=8", "eval.grid=2",
-                         "model.width=32", "model.layers=2", "model.heads=2"],  # fmt: skip
+        vae_overrides=[*short, *small],
+        dalle_overrides=[*short, *small, "model.width=32", "model.layers=2", "model.heads=2"],
     )
 
 

@@ -270,7 +270,8 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         """Hidden states ``[B, n, C]`` at positions ``start .. start + n`` -> normalised output."""
         end = start + h.shape[1]
         use_flex = self.config.attention_backend == "flex" and cache is None and start == 0
-        for i, (kind, block) in enumerate(zip(self.config.layer_attention, self.blocks, strict=True)):
+        schedule = self.config.layer_attention
+        for i, (kind, block) in enumerate(zip(schedule, self.blocks, strict=True)):
             dense = getattr(self, f"mask_{kind}")[start:end, :end]
             mask = self._block_mask(kind, dense) if use_flex else dense
             h = block(h, mask, None if cache is None else cache[i], start)
