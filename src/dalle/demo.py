@@ -22,13 +22,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
-from dalle.data.datasets import SHAPES_HOLDOUT_START, DataConfig, iter_captions
-from dalle.data.images import make_grid
-from dalle.data.shapes_world import sample_scene
+from dalle.data.datasets import DataConfig, iter_captions
 from dalle.evaluation.shapes_judge import judge_directory
-from dalle.sampling.generate import TextToImage, write_images
+from dalle.evaluation.text_to_image import generate_and_judge, shapes_prompts
+from dalle.sampling.generate import TextToImage
 from dalle.sampling.sampler import SamplingConfig
 from dalle.tokenizers.text import TextTokenizer, TokenizerConfig
 
@@ -44,7 +41,7 @@ class DemoConfig:
     prompts: int = 64  # per split
     tokenizer_captions: int = 20_000
     tokenizer_vocab: int = 512
-    caption_length: int = 32
+    caption_length: int = 24  # captions are at most 13 BPE tokens; BPE dropout lengthens them
     vae_config: Path = CONFIG_DIR / "dvae.yaml"
     vae_overrides: list[str] = field(default_factory=list)
     dalle_config: Path = CONFIG_DIR / "dalle.yaml"
@@ -81,12 +78,6 @@ def _train_stage(name: str, out: Path, load_config, make_task) -> float:
     run_training(load_config(), make_task, out)
     marker.touch()
     return time.perf_counter() - start
-
-
-def demo_prompts(split: str, count: int, size: int, seed: int) -> list[str]:
-    """Captions of Shapes World scenes outside every training index (see data.subset)."""
-    return [sample_scene(seed, SHAPES_HOLDOUT_START + i, size, split).caption  # type: ignore[arg-type]
-            for i in range(count)]  # fmt: skip
 
 
 def run_demo(out: Path, config: DemoConfig | None = None) -> int:
@@ -134,11 +125,8 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         marker = folder / ".complete"
         if _stage(f"{name} samples ({c.prompts} {split}-split prompts)", marker.exists()):
             t = time.perf_counter()
-            prompts = demo_prompts(split, c.prompts, c.image_size, c.seed)
-            generator = torch.Generator().manual_seed(c.seed)
-            images = pipe.generate(prompts, c.sampling, generator, batch_size=32)
-            write_images(images, prompts, folder)
-            make_grid(images[:32], columns=8).save(out / f"{name}_grid.png")
+            prompts = shapes_prompts(split, c.prompts, c.image_size, c.seed)
+            generate_and_judge(pipe, prompts, folder, c.sampling, c.seed)
             marker.touch()
             seconds[f"sample_{name}"] = time.perf_counter() - t
         report = judge_directory(folder)
