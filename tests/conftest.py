@@ -10,7 +10,7 @@ REPO = TESTS.parent
 SHARED = REPO.parent / "shared"
 EMOJI_TAR = SHARED / "data" / "emoji-noto-64" / "train-000000.tar"
 
-sys.path.insert(0, str(TESTS))  # for spec_judge
+sys.path.insert(0, str(TESTS))  # for spec_judge and interrupt
 
 
 @pytest.fixture(scope="session")

@@ -131,6 +131,24 @@ def test_weight_decay_spares_gains_biases_and_embeddings(stages: dict[str, Path]
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
 
 
+def test_resume_is_exact_with_bpe_and_caption_dropout(stages: dict[str, Path]) -> None:
+    from interrupt import run_task
+
+    overrides = [
+        f"vae={stages['vae']}", f"tokenizer={stages['tokenizer']}", "bpe_dropout=0.3",
+        "caption_dropout=0.3", "loop.steps=6", "loop.checkpoint_every=2", "loop.eval_every=6",
+        "eval.samples=4", "eval.grid=2", "data.batch_size=4",
+    ]  # fmt: skip
+    config = load_dalle_train_config(CONFIGS / "dalle-tiny-cpu.yaml", overrides)
+    root = stages["root"] / "resume"
+    straight = run_task(config, DALLETask, root / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run_task(config, DALLETask, root / "stopped", stop_at_call=4)
+    resumed = run_task(config, DALLETask, root / "stopped")
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
 def test_train_needs_a_vae_and_tokenizer(tmp_path: Path, capsys) -> None:
     assert main(["train", "--out", str(tmp_path)]) == 2
     assert "'vae' is required" in capsys.readouterr().err

@@ -66,6 +66,22 @@ def test_bpe_dropout_varies_segmentation_but_not_text(tokenizer: TextTokenizer) 
     assert torch.equal(tokenizer.encode([caption]).ids, plain)
 
 
+def test_bpe_dropout_is_plain_bpe_at_zero_and_seeded(tokenizer: TextTokenizer) -> None:
+    captions = [*iter_captions(DataConfig(source="shapes:zeroshot"), limit=300), "Émoji: 😀!"]
+    # The dropout path merges like `tokenizers` when nothing is dropped (rate ~0).
+    assert torch.equal(
+        tokenizer.encode(captions, dropout=1e-12).ids, tokenizer.encode(captions).ids
+    )
+    draws = [
+        tokenizer.encode(captions, dropout=0.2, generator=torch.Generator().manual_seed(seed)).ids
+        for seed in (1, 1, 2)
+    ]
+    assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
+    # Dropping every merge leaves single bytes: one token per byte of the caption.
+    every = tokenizer.encode(["a red star"], dropout=1.0)
+    assert int(every.lengths[0]) == len("a red star") + 1
+
+
 def test_save_and_load_are_exact(tokenizer: TextTokenizer, tmp_path: Path) -> None:
     path = tokenizer.save(tmp_path / "tok")
     loaded = TextTokenizer.load(tmp_path / "tok")

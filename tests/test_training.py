@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -10,19 +9,14 @@ import pytest
 import torch
 
 from dalle.cli import main
-from dalle.training.checkpoint import seed_everything
 from dalle.training.dvae_task import DVAETask, load_dvae_train_config
-from dalle.training.loop import train
+from interrupt import Crash, run_task
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 SMALL_RUN = [
     "loop.steps=8", "loop.checkpoint_every=3", "loop.eval_every=4", "loop.log_every=2",
     "eval.samples=8", "eval.grid=4", "data.batch_size=4",
 ]  # fmt: skip
-
-
-class Crash(RuntimeError):
-    pass
 
 
 def _run(
@@ -32,22 +26,7 @@ def _run(
     extra: tuple[str, ...] = (),
 ):
     config = load_dvae_train_config(CONFIGS / "dvae-tiny-cpu.yaml", [*SMALL_RUN, *extra])
-    seed_everything(config.loop.seed)
-    task = DVAETask(config, torch.device("cpu"))
-    if stop_at_call is not None:
-        calls = {"n": 0}
-        inner = task.training_loss
-
-        def stopping_loss(batch, step):
-            calls["n"] += 1
-            loss = inner(batch, step)  # consume the batch and the random numbers first
-            if calls["n"] == stop_at_call:
-                raise error("stopped")
-            return loss
-
-        task.training_loss = stopping_loss  # type: ignore[method-assign]
-    train(task, config.data, config.loop, config.optim, out, dataclasses.asdict(config))
-    return task.model.state_dict()
+    return run_task(config, DVAETask, out, stop_at_call, error)
 
 
 @pytest.mark.parametrize(

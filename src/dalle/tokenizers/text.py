@@ -10,6 +10,7 @@ loads back exactly.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterable, Sequence
@@ -49,6 +50,37 @@ class EncodedText:
     truncated: int  # captions in this batch cut to max_length
 
 
+def bpe_with_dropout(
+    symbols: list[str],
+    ranks: dict[tuple[str, str], int],
+    dropout: float,
+    generator: torch.Generator | None = None,
+) -> list[str]:
+    """BPE-dropout (Provilkov et al., 2020) on one pre-tokenised word.
+
+    At every step each merge that applies is skipped with probability ``dropout``, and the
+    best-ranked of the rest is applied; merging stops when none is left. With
+    ``dropout=0`` this is plain BPE. The coin flips come from torch's generator (the
+    global one by default), so a training run that restores its RNG state at resume draws
+    the same segmentations again; ``tokenizers``' own dropout cannot be seeded.
+    """
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        candidates = [
+            (ranks[pair], i) for i, pair in enumerate(itertools.pairwise(symbols)) if pair in ranks
+        ]
+        if not candidates:
+            break
+        if dropout > 0:
+            kept = (torch.rand(len(candidates), generator=generator) >= dropout).tolist()
+            candidates = [c for c, keep in zip(candidates, kept, strict=True) if keep]
+            if not candidates:
+                break
+        _, i = min(candidates)
+        symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
+    return symbols
+
+
 class TextTokenizer:
     """Fixed-length caption encoder around a ``tokenizers.Tokenizer``."""
 
@@ -61,6 +93,12 @@ class TextTokenizer:
         self.max_length: int = tokenizer.truncation["max_length"]
         self.encoded_total = 0
         self.truncated_total = 0
+        model = json.loads(tokenizer.to_str())["model"]
+        merges = [
+            tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]
+        ]
+        self._merge_ranks: dict[tuple[str, str], int] = {m: r for r, m in enumerate(merges)}
+        self._vocab: dict[str, int] = tokenizer.get_vocab()
 
     @property
     def vocab_size(self) -> int:
@@ -88,27 +126,59 @@ class TextTokenizer:
         tokenizer.enable_padding(length=config.max_length, pad_id=PAD_ID, pad_token=PAD)
         return cls(tokenizer)
 
-    def encode(self, captions: Sequence[str], dropout: float = 0.0) -> EncodedText:
-        """Encodes a batch; ``dropout`` > 0 applies BPE dropout (training only)."""
-        self._tokenizer.model.dropout = dropout if dropout > 0 else None
-        try:
+    def encode(
+        self,
+        captions: Sequence[str],
+        dropout: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> EncodedText:
+        """Encodes a batch; ``dropout`` > 0 applies BPE dropout (training only), drawing
+        from ``generator`` (torch's global generator by default)."""
+        if dropout > 0:
+            ids, lengths, truncated = self._encode_with_dropout(captions, dropout, generator)
+        else:
             encodings = self._tokenizer.encode_batch(list(captions))
-        finally:
-            self._tokenizer.model.dropout = None
-        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long).reshape(len(encodings), -1)
-        lengths = torch.tensor([sum(e.attention_mask) for e in encodings], dtype=torch.long)
-        truncated = sum(1 for e in encodings if e.overflowing)
-        self.encoded_total += len(encodings)
-        if truncated:
+            ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+            ids = ids.reshape(len(encodings), -1)
+            lengths = torch.tensor([sum(e.attention_mask) for e in encodings], dtype=torch.long)
+            truncated = [bool(e.overflowing) for e in encodings]
+        self.encoded_total += len(captions)
+        if any(truncated):
             if self.truncated_total == 0:
                 log.warning(
                     "captions longer than %d tokens are truncated (first: %r); "
                     "the run's summary gives the count",
                     self.max_length,
-                    next(c for c, e in zip(captions, encodings, strict=True) if e.overflowing),
+                    next(c for c, t in zip(captions, truncated, strict=True) if t),
                 )
-            self.truncated_total += truncated
-        return EncodedText(ids, lengths, truncated)
+            self.truncated_total += sum(truncated)
+        return EncodedText(ids, lengths, sum(truncated))
+
+    def _encode_with_dropout(
+        self, captions: Sequence[str], dropout: float, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
+        """The same layout as the ``tokenizers`` path: ids, [EOT], then [PAD] to length."""
+        keep = self.max_length - 1  # room for [EOT]
+        ids = torch.full((len(captions), self.max_length), PAD_ID, dtype=torch.long)
+        lengths, truncated = [], []
+        for row, caption in zip(ids, captions, strict=True):
+            tokens = self._ids_with_dropout(caption, dropout, generator)
+            truncated.append(len(tokens) > keep)
+            tokens = [*tokens[:keep], EOT_ID]
+            row[: len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            lengths.append(len(tokens))
+        return ids, torch.tensor(lengths, dtype=torch.long), truncated
+
+    def _ids_with_dropout(
+        self, caption: str, dropout: float, generator: torch.Generator | None
+    ) -> list[int]:
+        """Token ids of one caption (no [EOT], no truncation) under BPE dropout."""
+        normalized = self._tokenizer.normalizer.normalize_str(caption)
+        ids: list[int] = []
+        for word, _ in self._tokenizer.pre_tokenizer.pre_tokenize_str(normalized):
+            pieces = bpe_with_dropout(list(word), self._merge_ranks, dropout, generator)
+            ids += [self._vocab[p] for p in pieces]
+        return ids
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of one id sequence, special tokens (padding, end of text) dropped."""
