@@ -8,6 +8,7 @@ import pytest
 
 from dalle.cli import TokenizerTrainConfig, main
 from dalle.config import ConfigError, load_config, save_config
+from dalle.training.clip_task import load_clip_train_config
 from dalle.training.dalle_task import load_dalle_train_config
 from dalle.training.dvae_task import load_dvae_train_config
 
@@ -16,6 +17,7 @@ LOADERS = {
     "tokenizer-": lambda path: load_config(TokenizerTrainConfig, path),
     "dvae-": lambda path: load_dvae_train_config(path, []),
     "dalle-": lambda path: load_dalle_train_config(path, ["vae=some/vae", "tokenizer=some/tok"]),
+    "clip-": lambda path: load_clip_train_config(path, ["tokenizer=some/tok"]),
 }
 
 
@@ -63,3 +65,10 @@ def test_cli_reports_config_errors_cleanly(tmp_path: Path, capsys) -> None:
 def test_every_shipped_config_loads(path: Path) -> None:
     loader = next(fn for prefix, fn in LOADERS.items() if path.name.startswith(prefix))
     loader(path)
+
+
+def test_the_demo_stage_configs_load() -> None:
+    from dalle.demo import CONFIG_DIR
+
+    LOADERS["dvae-"](CONFIG_DIR / "dvae.yaml")
+    LOADERS["dalle-"](CONFIG_DIR / "dalle.yaml")

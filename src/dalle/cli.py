@@ -196,6 +196,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_clip(args: argparse.Namespace) -> int:
+    from dalle.training.clip_task import CLIPTask, load_clip_train_config
+    from dalle.training.runner import run_training
+
+    flags = {
+        "preset": args.preset, "data.source": args.data, "loop.steps": args.steps,
+        "tokenizer": args.tokenizer and str(args.tokenizer),
+    }  # fmt: skip
+    config = load_clip_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
+    run_training(config, CLIPTask, Path(args.out))
+    return 0
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
@@ -358,6 +371,10 @@ def build_parser() -> argparse.ArgumentParser:
     dalle_train.add_argument("--vae", type=Path, help="trained dVAE folder")
     dalle_train.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
     dalle_train.set_defaults(func=cmd_train)
+
+    clip_train = _add_train_command(commands, "train-clip", "the CLIP model", "clip-small")
+    clip_train.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
+    clip_train.set_defaults(func=cmd_train_clip)
 
     generate = commands.add_parser("generate", help="images from a caption")
     generate.add_argument("prompt", nargs="*", help="caption(s)")

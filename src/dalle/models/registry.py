@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from dalle.models.clip import CLIP, CLIP_PRESETS
 from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
 
 
 def preset_names() -> list[str]:
-    return sorted([*DVAE_PRESETS, *DALLE_PRESETS])
+    return sorted([*DVAE_PRESETS, *DALLE_PRESETS, *CLIP_PRESETS])
 
 
 def build_preset(name: str, device: str = "meta") -> nn.Module:
@@ -22,6 +23,9 @@ def build_preset(name: str, device: str = "meta") -> nn.Module:
     if name in DALLE_PRESETS:
         with torch.device(device):
             return DALLETransformer(DALLE_PRESETS[name])
+    if name in CLIP_PRESETS:
+        with torch.device(device):
+            return CLIP(CLIP_PRESETS[name])
     raise ValueError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
 
 

@@ -1,0 +1,173 @@
+"""CLIP: a contrastive image-text model, used here to re-rank and to measure samples.
+
+As in Radford et al. (2021) and open_clip: a causal text transformer whose feature is
+the output at the end-of-text token, a ViT image encoder whose feature is the output at
+a class token, a linear projection of each into a shared space, and a learnable
+temperature. Training pulls each image towards its own caption and away from the other
+captions in the batch (and vice versa): see :func:`clip_loss`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle.models.pretrained import PretrainedMixin
+from dalle.tokenizers.text import EOT_ID
+
+
+@dataclass
+class CLIPConfig:
+    """Shape of both towers; the defaults are OpenAI's ViT-B/32."""
+
+    text_vocab_size: int = 49408
+    text_len: int = 77  # caption tokens, [EOT] included
+    text_width: int = 512
+    text_layers: int = 12
+    text_heads: int = 8
+    image_size: int = 224
+    patch_size: int = 32
+    image_width: int = 768
+    image_layers: int = 12
+    image_heads: int = 12
+    embed_dim: int = 512  # the shared space both towers project into
+    mlp_ratio: int = 4
+    logit_scale_init: float = math.log(1 / 0.07)
+    logit_scale_max: float = math.log(100)  # the temperature never goes below 1/100
+
+    def __post_init__(self) -> None:
+        if self.text_width % self.text_heads or self.image_width % self.image_heads:
+            raise ValueError("each tower's width must be divisible by its number of heads")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image size {self.image_size} is not a multiple of the patch size")
+
+    @property
+    def patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+CLIP_PRESETS: dict[str, CLIPConfig] = {
+    # OpenAI's ViT-B/32: 151,277,313 parameters with its 49,408-token vocabulary.
+    "clip-vit-b32": CLIPConfig(),
+    # Shapes World and emoji at 64x64: 8x8-pixel patches.
+    "clip-small": CLIPConfig(
+        text_vocab_size=512,
+        text_len=24,
+        text_width=256,
+        text_layers=4,
+        text_heads=4,
+        image_size=64,
+        patch_size=8,
+        image_width=256,
+        image_layers=4,
+        image_heads=4,
+        embed_dim=256,
+    ),
+    # For tests.
+    "clip-tiny": CLIPConfig(
+        text_vocab_size=64,
+        text_len=8,
+        text_width=32,
+        text_layers=2,
+        text_heads=2,
+        image_size=32,
+        patch_size=8,
+        image_width=32,
+        image_layers=2,
+        image_heads=2,
+        embed_dim=16,
+    ),
+}
+
+
+def _encoder(width: int, layers: int, heads: int, mlp_ratio: int) -> nn.TransformerEncoder:
+    """Pre-LayerNorm transformer blocks, as in CLIP."""
+    layer = nn.TransformerEncoderLayer(
+        width,
+        heads,
+        mlp_ratio * width,
+        dropout=0.0,
+        activation="gelu",
+        batch_first=True,
+        norm_first=True,
+    )
+    return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+
+
+class CLIP(PretrainedMixin, nn.Module):
+    config_class = CLIPConfig
+
+    def __init__(self, config: CLIPConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.token_embedding = nn.Embedding(c.text_vocab_size, c.text_width)
+        self.text_positions = nn.Parameter(torch.randn(c.text_len, c.text_width) * 0.01)
+        self.text_blocks = _encoder(c.text_width, c.text_layers, c.text_heads, c.mlp_ratio)
+        self.text_norm = nn.LayerNorm(c.text_width)
+        self.text_projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
+
+        self.patch_embedding = nn.Conv2d(3, c.image_width, c.patch_size, c.patch_size, bias=False)
+        scale = c.image_width**-0.5
+        self.class_token = nn.Parameter(torch.randn(c.image_width) * scale)
+        self.image_positions = nn.Parameter(torch.randn(c.patches + 1, c.image_width) * scale)
+        self.image_pre_norm = nn.LayerNorm(c.image_width)
+        self.image_blocks = _encoder(c.image_width, c.image_layers, c.image_heads, c.mlp_ratio)
+        self.image_norm = nn.LayerNorm(c.image_width)
+        self.image_projection = nn.Linear(c.image_width, c.embed_dim, bias=False)
+
+        self.logit_scale = nn.Parameter(torch.tensor(c.logit_scale_init))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        # CLIP's per-channel normalisation of [0, 1] pixels (its training-set statistics).
+        mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1), persistent=False)
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """Caption ids ``[B, L]`` ([EOT] then [PAD]) -> unit-norm features ``[B, D]``."""
+        length = text.shape[1]
+        h = self.token_embedding(text) + self.text_positions[:length]  # [B, L, W]
+        causal = nn.Transformer.generate_square_subsequent_mask(length, device=text.device)
+        h = self.text_norm(self.text_blocks(h, mask=causal.to(h.dtype), is_causal=True))
+        # The feature is the output at the first [EOT]: causally, it has read the caption.
+        end = (text == EOT_ID).int().argmax(dim=1)  # [B]
+        pooled = h[torch.arange(len(text), device=text.device), end]
+        return F.normalize(self.text_projection(pooled), dim=-1)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (or [0, 1] floats) ``[B, 3, S, S]`` -> unit-norm features ``[B, D]``."""
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        x = ((x - self.pixel_mean) / self.pixel_std).to(self.patch_embedding.weight.dtype)
+        patches = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, P, W]
+        cls = self.class_token.expand(len(x), 1, -1).to(patches.dtype)
+        h = torch.cat([cls, patches], dim=1) + self.image_positions  # [B, 1 + P, W]
+        h = self.image_blocks(self.image_pre_norm(h))
+        return F.normalize(self.image_projection(self.image_norm(h[:, 0])), dim=-1)
+
+    def scale(self) -> torch.Tensor:
+        """exp(logit scale), kept at most exp(logit_scale_max) = 100."""
+        return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+
+    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """Similarity logits ``[B_images, B_text]``: scaled cosines."""
+        return self.scale() * self.encode_image(images) @ self.encode_text(text).T
+
+    def parameter_counts(self) -> dict[str, int]:
+        text = sum(p.numel() for n, p in self.named_parameters() if n.startswith(("token", "text")))
+        image = sum(
+            p.numel()
+            for n, p in self.named_parameters()
+            if n.startswith(("patch", "class", "image"))
+        )
+        total = sum(p.numel() for p in self.parameters())
+        return {"text": text, "image": image, "total": total}
+
+
+def clip_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy over a batch's similarity logits ``[B, B]``: image i's
+    caption is text i, and text i's image is image i. About ln(B) at initialisation."""
+    target = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2

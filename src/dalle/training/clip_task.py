@@ -1,0 +1,168 @@
+"""Training CLIP on image-caption pairs, with the health metrics that tell it is learning.
+
+Evaluation reports, on pairs kept out of training: the contrastive loss, image-to-text
+retrieval R@1 (the top-scoring caption among all held-out captions is the image's own),
+and zero-shot colour and shape accuracy on single-object Shapes World images, classified
+by the prompts ``a {color} {shape}`` alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dalle.config import ConfigError, load_config, peek_key
+from dalle.data.datasets import SHAPES_HOLDOUT_START, Batch, DataConfig, load_images
+from dalle.data.shapes_world import COLORS, SHAPES, render_scene, sample_scene
+from dalle.models.clip import CLIP, CLIP_PRESETS, CLIPConfig, clip_loss
+from dalle.tokenizers.text import TextTokenizer
+from dalle.training.loop import LoopConfig, OptimConfig
+
+
+@dataclass
+class CLIPEvalConfig:
+    samples: int = 512  # held-out pairs: validation loss and retrieval R@1
+    # Single-object Shapes World images for zero-shot colour and shape accuracy; 0: skip.
+    shapes_zero_shot: int = 500
+
+
+@dataclass
+class CLIPTrainConfig:
+    """Everything `dalle train-clip` needs. Vocabulary, caption length and image size are
+    taken from the tokenizer and the data, whatever the preset says."""
+
+    preset: str = "clip-small"
+    model: CLIPConfig = field(default_factory=CLIPConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
+    tokenizer: str = ""  # folder with tokenizer.json
+    bpe_dropout: float = 0.0
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    # open_clip's ViT defaults: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.2.
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=5e-4, final_lr=5e-6, warmup_steps=200,
+                                            betas=[0.9, 0.98], eps=1e-6, weight_decay=0.2)
+    )  # fmt: skip
+    eval: CLIPEvalConfig = field(default_factory=CLIPEvalConfig)
+
+
+def load_clip_train_config(path: str | Path | None, overrides: Sequence[str]) -> CLIPTrainConfig:
+    preset = peek_key("preset", path, overrides) or CLIPTrainConfig.preset
+    if preset not in CLIP_PRESETS:
+        raise ConfigError(f"unknown CLIP preset {preset!r}; choose from {sorted(CLIP_PRESETS)}")
+    base = CLIPTrainConfig(preset=preset, model=copy.deepcopy(CLIP_PRESETS[preset]))
+    config = load_config(CLIPTrainConfig, path, overrides, base=base)
+    if not config.tokenizer:
+        raise ConfigError("'tokenizer' is required: the folder of a trained caption tokenizer")
+    return config
+
+
+def zero_shot_prompts() -> list[tuple[str, str, str]]:
+    """(colour, shape, prompt) for every colour-shape pair, held-out pairs included."""
+    return [(c, s, f"a {c} {s}") for c in COLORS for s in SHAPES]
+
+
+def single_object_scenes(count: int, image_size: int, seed: int = 0) -> list:
+    """``count`` one-object scenes from both splits, outside every training index."""
+    scenes, index = [], SHAPES_HOLDOUT_START
+    while len(scenes) < count:
+        for split in ("train", "zeroshot"):
+            scene = sample_scene(seed, index, image_size, split)  # type: ignore[arg-type]
+            if len(scene.objects) == 1 and len(scenes) < count:
+                scenes.append(scene)
+        index += 1
+    return scenes
+
+
+@torch.no_grad()
+def retrieval_at_1(
+    model: CLIP, images: torch.Tensor, text: torch.Tensor, captions: list[str]
+) -> float:
+    """Share of images whose best caption among all ``captions`` reads as their own (a
+    duplicate caption elsewhere in the set counts as right)."""
+    image_features = torch.cat([model.encode_image(b) for b in images.split(256)])
+    text_features = torch.cat([model.encode_text(t) for t in text.split(256)])
+    best = (image_features @ text_features.T).argmax(dim=1).tolist()
+    return sum(captions[b] == c for b, c in zip(best, captions, strict=True)) / len(captions)
+
+
+class CLIPTask:
+    def __init__(self, config: CLIPTrainConfig, device: torch.device) -> None:
+        self.config = config
+        self.device = device
+        self.tokenizer = TextTokenizer.load(config.tokenizer)
+        m = config.model
+        m.text_vocab_size, m.text_len = self.tokenizer.vocab_size, self.tokenizer.max_length
+        m.image_size = config.data.image_size
+        CLIPConfig.__post_init__(m)  # the image size must still divide into patches
+        self.model = CLIP(m).to(device)
+        holdout = replace(config.data, subset="holdout")
+        self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
+        self.eval_text = self.tokenizer.encode(self.eval_captions).ids
+        self.zero_shot_images, self.zero_shot_labels = torch.empty(0), []
+        if config.eval.shapes_zero_shot:
+            scenes = single_object_scenes(config.eval.shapes_zero_shot, m.image_size)
+            self.zero_shot_images = torch.stack(
+                [torch.from_numpy(render_scene(s)).permute(2, 0, 1) for s in scenes]
+            )
+            self.zero_shot_labels = [(s.objects[0].color, s.objects[0].shape) for s in scenes]
+            prompts = zero_shot_prompts()
+            self.prompt_labels = [(c, s) for c, s, _ in prompts]
+            self.prompt_text = self.tokenizer.encode([p for _, _, p in prompts]).ids
+
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        # As open_clip: no decay on gains, biases and the temperature (every tensor of
+        # fewer than two dimensions).
+        decay = [p for p in self.model.parameters() if p.ndim >= 2]
+        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+
+    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch.images.to(self.device, non_blocking=True)
+        text = self.tokenizer.encode(batch.captions, dropout=self.config.bpe_dropout).ids
+        logits = self.model(images, text.to(self.device))  # [B, B]
+        loss = clip_loss(logits.float())
+        with torch.no_grad():
+            target = torch.arange(len(logits), device=logits.device)
+            accuracy = (logits.argmax(dim=1) == target).float().mean()
+        return loss, {"loss": loss.item(), "batch_accuracy": accuracy.item(),
+                      "logit_scale": self.model.scale().item()}  # fmt: skip
+
+    @torch.no_grad()
+    def zero_shot_accuracy(self) -> dict[str, float]:
+        text_features = self.model.encode_text(self.prompt_text.to(self.device))
+        image_features = torch.cat(
+            [self.model.encode_image(b.to(self.device)) for b in self.zero_shot_images.split(256)]
+        )
+        best = (image_features @ text_features.T).argmax(dim=1).tolist()
+        predicted = [self.prompt_labels[b] for b in best]
+        pairs = list(zip(predicted, self.zero_shot_labels, strict=True))
+        return {
+            "zero_shot_color": sum(p[0] == t[0] for p, t in pairs) / len(pairs),
+            "zero_shot_shape": sum(p[1] == t[1] for p, t in pairs) / len(pairs),
+        }
+
+    @torch.no_grad()
+    def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
+        batch_size = self.config.data.batch_size
+        images, text = self.eval_images.to(self.device), self.eval_text.to(self.device)
+        losses = [clip_loss(self.model(i, t).float()).item()
+                  for i, t in zip(images.split(batch_size), text.split(batch_size), strict=True)
+                  if len(i) > 1]  # fmt: skip
+        metrics = {
+            "val_loss": sum(losses) / max(len(losses), 1),
+            "retrieval_r1": retrieval_at_1(self.model, images, text, self.eval_captions),
+        }
+        if self.zero_shot_labels:
+            metrics.update(self.zero_shot_accuracy())
+        return metrics
+
+    def export(self, out_dir: Path) -> None:
+        """The model and, in ``tokenizer/``, the tokenizer it reads captions with."""
+        self.model.save_pretrained(out_dir)
+        self.tokenizer.save(out_dir / "tokenizer")

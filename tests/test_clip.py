@@ -1,0 +1,121 @@
+"""CLIP: sizes, pooling at end of text, the contrastive loss and temperature, training."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle.cli import main
+from dalle.models.clip import CLIP, CLIP_PRESETS, CLIPConfig, clip_loss
+from dalle.tokenizers.text import EOT_ID, PAD_ID
+from dalle.training.clip_task import CLIPTask, load_clip_train_config
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def test_vit_b32_preset_matches_openai_on_meta() -> None:
+    with torch.device("meta"):
+        model = CLIP(CLIP_PRESETS["clip-vit-b32"])
+    assert model.parameter_counts()["total"] == 151_277_313
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        CLIPConfig(image_size=100, patch_size=32)
+
+
+def _tiny() -> CLIP:
+    torch.manual_seed(0)
+    return CLIP(CLIP_PRESETS["clip-tiny"]).eval()
+
+
+def test_text_feature_is_read_at_end_of_text() -> None:
+    model = _tiny()
+    text = torch.tensor([[5, 6, 7, EOT_ID, PAD_ID, PAD_ID, PAD_ID, PAD_ID]])
+    base = model.encode_text(text)
+    assert base.shape == (1, 16) and torch.allclose(base.norm(dim=-1), torch.ones(1))
+    after = text.clone()
+    after[0, 5] = 9  # past [EOT]: the causal mask keeps it out of the feature
+    assert torch.allclose(model.encode_text(after), base, atol=1e-6)
+    before = text.clone()
+    before[0, 1] = 9
+    assert not torch.allclose(model.encode_text(before), base, atol=1e-3)
+
+
+def test_image_features_are_unit_vectors() -> None:
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    features = _tiny().encode_image(images)
+    assert features.shape == (3, 16) and torch.allclose(features.norm(dim=-1), torch.ones(3))
+
+
+def test_loss_is_symmetric_and_starts_near_log_batch() -> None:
+    logits = torch.randn(8, 8)
+    assert clip_loss(logits).item() == pytest.approx(clip_loss(logits.T).item())
+    assert clip_loss(torch.zeros(8, 8)).item() == pytest.approx(math.log(8))
+    assert clip_loss(100 * torch.eye(8)).item() < 1e-6
+
+
+def test_temperature_starts_at_one_fourteenth_and_is_capped_at_100() -> None:
+    model = _tiny()
+    assert model.scale().item() == pytest.approx(1 / 0.07, rel=1e-5)
+    with torch.no_grad():
+        model.logit_scale.fill_(10.0)
+    assert model.scale().item() == pytest.approx(100.0, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("clip") / "tok"
+    config = str(CONFIGS / "tokenizer-shapes.yaml")
+    args = ["tokenizer", "train", "--config", config, "--out", str(out),
+            "tokenizer.max_captions=1000", "tokenizer.max_length=16"]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tokenizer_dir: Path) -> None:
+    config = load_clip_train_config(
+        CONFIGS / "clip-tiny-cpu.yaml", [f"tokenizer={tokenizer_dir}", "eval.shapes_zero_shot=0"]
+    )
+    torch.manual_seed(0)
+    task = CLIPTask(config, torch.device("cpu"))
+    images, text = task.eval_images[:16], task.eval_text[:16]
+    optimizer = torch.optim.AdamW(task.model.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(30):
+        loss = clip_loss(task.model(images, text))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_train_clip_reports_health_metrics_exports_and_resumes(
+    tokenizer_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from interrupt import run_task
+
+    run = tmp_path / "run"
+    args = ["train-clip", "--config", str(CONFIGS / "clip-tiny-cpu.yaml"),
+            "--tokenizer", str(tokenizer_dir), "--out", str(run), "loop.steps=6",
+            "loop.eval_every=3"]  # fmt: skip
+    assert main(args) == 0
+    assert "retrieval_r1" in capsys.readouterr().out
+    evals = [json.loads(line)["eval"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "eval" in json.loads(line)]  # fmt: skip
+    assert {"val_loss", "retrieval_r1", "zero_shot_color", "zero_shot_shape"} <= set(evals[-1])
+    assert all(0 <= evals[-1][k] <= 1 for k in ("zero_shot_color", "zero_shot_shape"))
+    loaded = CLIP.from_pretrained(run)
+    assert loaded.config.text_len == 16 and (run / "tokenizer" / "tokenizer.json").exists()
+
+    overrides = [f"tokenizer={tokenizer_dir}", "loop.steps=6", "loop.checkpoint_every=2",
+                 "loop.eval_every=6", "eval.shapes_zero_shot=0", "bpe_dropout=0.2"]  # fmt: skip
+    config = load_clip_train_config(CONFIGS / "clip-tiny-cpu.yaml", overrides)
+    straight = run_task(config, CLIPTask, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run_task(config, CLIPTask, tmp_path / "stopped", stop_at_call=4)
+    resumed = run_task(config, CLIPTask, tmp_path / "stopped")
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
