@@ -207,3 +207,43 @@ def test_generate_completes_a_primed_image(stages: dict[str, Path]) -> None:
     assert len(list(out_dir.glob("*.png"))) == 2
     with pytest.raises(ValueError, match="prime_rows"):
         pipe("a red circle", prime_image=image, prime_rows=16)
+
+
+def test_keep_best_orders_by_score() -> None:
+    from dalle.sampling.rerank import keep_best
+
+    images = torch.arange(5).view(5, 1, 1, 1).expand(5, 3, 2, 2)
+    kept, scores = keep_best(images, torch.tensor([0.1, 0.9, -1.0, 0.5, 0.2]), keep=3)
+    assert kept[:, 0, 0, 0].tolist() == [1, 3, 4] and scores.tolist() == pytest.approx(
+        [0.9, 0.5, 0.2]
+    )
+
+
+def test_generate_reranks_by_its_own_likelihood_and_by_clip(
+    stages: dict[str, Path], capsys
+) -> None:
+    run = stages["root"] / "run"
+    if not (run / "config.json").exists():
+        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+    from dalle.sampling.generate import TextToImage
+    from dalle.sampling.rerank import self_scores
+
+    pipe = TextToImage.from_pretrained(run)
+    images = pipe("a red circle", num_images=3)
+    scores = self_scores(pipe, images, ["a red circle"] * 3)
+    expected = pipe.log_likelihood(images, ["a red circle"] * 3) - pipe.log_likelihood(
+        images, [""] * 3
+    )
+    assert torch.allclose(scores, expected)
+
+    clip = stages["root"] / "clip"
+    assert main(["train-clip", "--config", str(CONFIGS / "clip-tiny-cpu.yaml"), "--tokenizer",
+                 str(stages["tokenizer"]), "--out", str(clip), "loop.steps=2",
+                 "eval.shapes_zero_shot=0", "eval.samples=8"]) == 0  # fmt: skip
+    for scorer in ("self", str(clip)):
+        out_dir = stages["root"] / f"reranked-{Path(scorer).name}"
+        args = ["generate", "a red circle", "a blue star", "--model", str(run), "--num", "4",
+                "--rerank", scorer, "--keep", "2", "--out-dir", str(out_dir)]  # fmt: skip
+        assert main(args) == 0
+        assert len(list(out_dir.glob("*.png"))) == 4  # 2 kept for each of 2 prompts
+        assert "kept 2 of 4" in capsys.readouterr().out

@@ -236,15 +236,32 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
         size = pipe.model.config.image_grid * pipe.vae.config.downsample
         prime = load_image(args.prime_image, size)
+    scorer = None
+    if args.rerank and args.rerank != "self":
+        from dalle.sampling.rerank import CLIPScorer
+
+        scorer = CLIPScorer.from_pretrained(args.rerank, device)
     for prompt in prompts:
         images = pipe(
             prompt, args.num, sampling, generator, args.batch_size, prime, args.prime_rows
         )
+        if args.rerank:
+            from dalle.sampling.rerank import keep_best, self_scores
+
+            scores = (
+                scorer(images, [prompt] * len(images))
+                if scorer
+                else self_scores(pipe, images, [prompt] * len(images))
+            )
+            images, kept = keep_best(images, scores, args.keep)
+            print(f"{prompt!r}: kept {len(images)} of {args.num}, scores "
+                  f"{kept[0]:.3f} (best) to {kept[-1]:.3f}")  # fmt: skip
         every.append(images)
         captions += [prompt] * len(images)
     images = torch.cat(every)
     if args.out:
-        save_grid(images, args.out, columns=args.num if len(prompts) > 1 else 8)
+        per_prompt = min(args.keep, args.num) if args.rerank else args.num
+        save_grid(images, args.out, columns=per_prompt if len(prompts) > 1 else 8)
         print(f"wrote a grid of {len(images)} images to {args.out}")
     if args.out_dir:
         write_images(images, captions, args.out_dir)
@@ -391,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--batch-size", type=int, default=16)
+    generate.add_argument(
+        "--rerank",
+        help="a `dalle train-clip` folder, or 'self' (the transformer's own likelihood of the "
+        "caption given the image): keep only the best --keep of --num samples per prompt",
+    )
+    generate.add_argument("--keep", type=int, default=8, help="samples kept per prompt by --rerank")
     generate.add_argument("--prime-image", type=Path, help="complete this image ...")
     generate.add_argument(
         "--prime-rows", type=int, default=0, help="... keeping its top token rows"

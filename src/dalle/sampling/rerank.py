@@ -1,0 +1,68 @@
+"""Re-ranking samples: draw many images for a prompt, keep the ones that match it best.
+
+Two scorers:
+
+- a CLIP trained here (``CLIPScorer``): cosine similarity of image and prompt features;
+- the transformer itself (``self_scores``): how much more likely the image's tokens are
+  with the prompt than without it, ``log p(image | prompt) - log p(image | empty)``. By
+  Bayes this is ``log p(prompt | image)`` up to a term that is the same for every image
+  of one prompt, so it ranks by the likelihood of the caption given the image. The empty
+  caption's likelihood is the one the model learned through caption dropout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dalle.models.clip import CLIP
+from dalle.sampling.generate import TextToImage
+from dalle.tokenizers.text import TextTokenizer
+
+
+@dataclass
+class CLIPScorer:
+    model: CLIP
+    tokenizer: TextTokenizer
+    device: torch.device
+
+    @classmethod
+    def from_pretrained(
+        cls, directory: str | Path, device: str | torch.device = "cpu"
+    ) -> CLIPScorer:
+        """A `dalle train-clip` run folder: the model, and its tokenizer in ``tokenizer/``."""
+        directory, device = Path(directory), torch.device(device)
+        model = CLIP.from_pretrained(directory, device=device).eval()
+        return cls(model, TextTokenizer.load(directory / "tokenizer"), device)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """Cosine similarity of each uint8 image ``[N, 3, H, W]`` with its prompt, ``[N]``.
+        Images of another size are resized to the CLIP's (bilinear, antialiased)."""
+        size = self.model.config.image_size
+        x = images.to(self.device).float() / 255
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).clamp(0, 1)
+        text = self.tokenizer.encode(prompts).ids.to(self.device)
+        image_features = self.model.encode_image(x)
+        text_features = self.model.encode_text(text)
+        return (image_features * text_features).sum(dim=-1).cpu()
+
+
+@torch.no_grad()
+def self_scores(pipe: TextToImage, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """``log p(image | prompt) - log p(image | empty caption)`` in nats, ``[N]``."""
+    conditional = pipe.log_likelihood(images, prompts)
+    unconditional = pipe.log_likelihood(images, [""] * len(prompts))
+    return conditional - unconditional
+
+
+def keep_best(
+    images: torch.Tensor, scores: torch.Tensor, keep: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``keep`` highest-scoring images, best first, and their scores."""
+    order = scores.argsort(descending=True)[:keep]
+    return images[order], scores[order]
