@@ -64,6 +64,19 @@ def test_temperature_starts_at_one_fourteenth_and_is_capped_at_100() -> None:
     assert model.scale().item() == pytest.approx(100.0, rel=1e-5)
 
 
+def test_frechet_distance_of_a_shifted_copy_is_the_squared_shift() -> None:
+    import numpy as np
+
+    from dalle.evaluation.clip_metrics import frechet_distance
+
+    a = np.random.default_rng(0).normal(size=(400, 6))
+    assert abs(frechet_distance(a, a)) < 1e-6
+    shift = np.array([3.0, 0, 0, 4.0, 0, 0])
+    assert frechet_distance(a, a + shift) == pytest.approx(25.0, rel=1e-6)
+    with pytest.raises(ValueError, match="at least two"):
+        frechet_distance(a[:1], a)
+
+
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("clip") / "tok"

@@ -247,3 +247,9 @@ def test_generate_reranks_by_its_own_likelihood_and_by_clip(
         assert main(args) == 0
         assert len(list(out_dir.glob("*.png"))) == 4  # 2 kept for each of 2 prompts
         assert "kept 2 of 4" in capsys.readouterr().out
+    args = ["clip-metrics", str(out_dir), "--clip", str(clip), "--real", "shapes", "--count", "16",
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 4 and result["real_images"] == 16
+    assert 0 <= result["clip_score"] <= 100 and result["frechet_clip_distance"] >= 0

@@ -297,6 +297,34 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_clip_metrics(args: argparse.Namespace) -> int:
+    """CLIP score of generated images against their prompts, and their Frechet distance
+    to real images in the CLIP's feature space."""
+    from dalle.data.datasets import load_images
+    from dalle.evaluation.clip_metrics import clip_score, frechet_distance, image_features
+    from dalle.sampling.rerank import CLIPScorer
+    from dalle.training.loop import resolve_device
+
+    scorer = CLIPScorer.from_pretrained(args.clip, resolve_device(args.device))
+    size = scorer.model.config.image_size
+    images, prompts = load_images(DataConfig(source=str(args.generated), image_size=size), 10**9)
+    result = {"images": len(images), "clip_score": clip_score(scorer, images, prompts)}
+    if args.real:
+        real, _ = load_images(
+            DataConfig(source=args.real, image_size=size, subset=args.real_subset), args.count
+        )
+        result["real_images"] = len(real)
+        result["frechet_clip_distance"] = frechet_distance(
+            image_features(scorer, images), image_features(scorer, real)
+        )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                        for k, v in result.items()))  # fmt: skip
+    return 0
+
+
 # ----------------------------------------------------------------------------- demo
 
 
@@ -428,6 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--device", default="auto")
     score.add_argument("--json", action="store_true")
     score.set_defaults(func=cmd_score)
+
+    metrics = commands.add_parser(
+        "clip-metrics", help="CLIP score and Frechet CLIP distance of generated images"
+    )
+    metrics.add_argument("generated", type=Path, help="folder of NNNN.png + NNNN.txt (prompts)")
+    metrics.add_argument("--clip", type=Path, required=True, help="a `dalle train-clip` folder")
+    metrics.add_argument("--real", help="real images to compare with (any --data source)")
+    metrics.add_argument("--real-subset", default="holdout", choices=["all", "train", "holdout"])
+    metrics.add_argument("--count", type=int, default=1000, help="real images to read")
+    metrics.add_argument("--device", default="auto")
+    metrics.add_argument("--json", action="store_true")
+    metrics.set_defaults(func=cmd_clip_metrics)
 
     demo = commands.add_parser("demo", help="the main job on built-in data")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
