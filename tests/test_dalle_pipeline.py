@@ -231,8 +231,9 @@ def test_generate_reranks_by_its_own_likelihood_and_by_clip(
     pipe = TextToImage.from_pretrained(run)
     images = pipe("a red circle", num_images=3)
     scores = self_scores(pipe, images, ["a red circle"] * 3)
-    expected = pipe.log_likelihood(images, ["a red circle"] * 3) - pipe.log_likelihood(
-        images, [""] * 3
+    captions = ["a red circle"] * 3
+    expected = pipe.log_likelihood(images, captions) - pipe.log_likelihood(
+        images, captions, unconditional=True
     )
     assert torch.allclose(scores, expected)
 

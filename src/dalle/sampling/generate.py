@@ -12,7 +12,7 @@ from dalle.data.images import make_grid, to_pil
 from dalle.models.dalle_transformer import DALLETransformer
 from dalle.models.dvae import DiscreteVAE
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
-from dalle.tokenizers.text import TextTokenizer
+from dalle.tokenizers.text import PAD_ID, TextTokenizer
 
 
 @dataclass
@@ -87,7 +87,9 @@ class TextToImage:
         return torch.cat(images)
 
     @torch.no_grad()
-    def log_likelihood(self, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
+    def log_likelihood(
+        self, images: torch.Tensor, captions: list[str], unconditional: bool = False
+    ) -> torch.Tensor:
         """Natural-log likelihood of each image's tokens given its caption, ``[B]``.
 
         ``images``: uint8 ``[B, 3, H, W]`` at the size the model was trained on. DALL-E is
@@ -95,6 +97,8 @@ class TextToImage:
         tokens before j)``.
         """
         text = self.tokenizer.encode(captions).ids.to(self.device)
+        if unconditional:  # the empty caption of caption dropout: padding only
+            text = torch.full_like(text, PAD_ID)
         tokens = self.vae.encode(images.to(self.device)).flatten(1)  # [B, H*W]
         _, image_logits = self.model(text, tokens)
         log_probs = image_logits.float().log_softmax(dim=-1)

@@ -6,8 +6,8 @@ Two scorers:
 - the transformer itself (``self_scores``): how much more likely the image's tokens are
   with the prompt than without it, ``log p(image | prompt) - log p(image | empty)``. By
   Bayes this is ``log p(prompt | image)`` up to a term that is the same for every image
-  of one prompt, so it ranks by the likelihood of the caption given the image. The empty
-  caption's likelihood is the one the model learned through caption dropout.
+  of one prompt, so it ranks by the likelihood of the caption given the image. The
+  unconditional likelihood is the one the model learned through caption dropout.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class CLIPScorer:
 def self_scores(pipe: TextToImage, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     """``log p(image | prompt) - log p(image | empty caption)`` in nats, ``[N]``."""
     conditional = pipe.log_likelihood(images, prompts)
-    unconditional = pipe.log_likelihood(images, [""] * len(prompts))
+    unconditional = pipe.log_likelihood(images, prompts, unconditional=True)
     return conditional - unconditional
 
 
