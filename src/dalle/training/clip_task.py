@@ -95,10 +95,13 @@ class CLIPTask:
         self.config = config
         self.device = device
         self.tokenizer = TextTokenizer.load(config.tokenizer)
-        m = config.model
-        m.text_vocab_size, m.text_len = self.tokenizer.vocab_size, self.tokenizer.max_length
-        m.image_size = config.data.image_size
-        CLIPConfig.__post_init__(m)  # the image size must still divide into patches
+        # replace() validates again: the data's image size must divide into patches.
+        config.model = m = replace(
+            config.model,
+            text_vocab_size=self.tokenizer.vocab_size,
+            text_len=self.tokenizer.max_length,
+            image_size=config.data.image_size,
+        )
         self.model = CLIP(m).to(device)
         holdout = replace(config.data, subset="holdout")
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
