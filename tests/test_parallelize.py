@@ -13,7 +13,7 @@ def test_activation_checkpointing_keeps_loss_gradients_and_names() -> None:
     plain = DALLETransformer(DALLE_PRESETS["dalle-tiny"])
     wrapped = DALLETransformer(DALLE_PRESETS["dalle-tiny"])
     wrapped.load_state_dict(plain.state_dict())
-    apply_activation_checkpointing(wrapped.blocks)
+    apply_activation_checkpointing(wrapped, list(wrapped.blocks))
     assert set(wrapped.state_dict()) == set(plain.state_dict())
     text = torch.randint(2, 64, (2, 8))
     image = torch.randint(0, 32, (2, 16))

@@ -157,19 +157,35 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from dalle.models.registry import build_preset, parameter_counts
+    from dalle.models.registry import build_preset, parameter_counts, sharded_memory
 
     model = build_preset(args.preset)
     counts = parameter_counts(model)
-    info = {"preset": args.preset, "parameters": counts,
-            "config": dataclasses.asdict(model.config)}  # type: ignore[attr-defined]  # fmt: skip
+    info: dict = {"preset": args.preset, "parameters": counts,
+                  "config": dataclasses.asdict(model.config)}  # type: ignore[attr-defined]  # fmt: skip
+    if args.gpus:
+        info["gpus"] = args.gpus
+        info["bytes_per_gpu"] = sharded_memory(model, args.gpus)
     if args.json:
         print(json.dumps(info, indent=2))
-    else:
-        print(f"{args.preset} ({type(model).__name__})")
-        label = max(len(part) for part in counts)
-        for part, count in counts.items():
-            print(f"  {part:<{label}} {count:>15,d} parameters")
+        return 0
+    print(f"{args.preset} ({type(model).__name__})")
+    label = max(len(part) for part in counts)
+    for part, count in counts.items():
+        print(f"  {part:<{label}} {count:>15,d} parameters")
+    if args.gpus:
+        print(f"training memory per GPU, FSDP2 over {args.gpus} GPUs (activations not included):")
+        label = max(len(part) for part in info["bytes_per_gpu"])
+        for part, size in info["bytes_per_gpu"].items():
+            print(f"  {part:<{label}} {size / 2**30:>10.2f} GiB")
+    return 0
+
+
+def cmd_export_checkpoint(args: argparse.Namespace) -> int:
+    from dalle.training.export import export_checkpoint
+
+    out = export_checkpoint(args.run, args.out)
+    print(f"model saved to {out} (config.json + model.safetensors)")
     return 0
 
 
@@ -404,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model-info", help="parameter counts of a preset (nothing allocated)"
     )
     info.add_argument("--preset", required=True)
+    info.add_argument("--gpus", type=int, help="also memory per GPU when sharded over N GPUs")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_model_info)
 
@@ -420,6 +437,14 @@ def build_parser() -> argparse.ArgumentParser:
     clip_train = _add_train_command(commands, "train-clip", "the CLIP model", "clip-small")
     clip_train.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
     clip_train.set_defaults(func=cmd_train_clip)
+
+    export = commands.add_parser(
+        "export-checkpoint",
+        help="a run's last training checkpoint (sharded or not) as a model folder",
+    )
+    export.add_argument("run", type=Path, help="a training run folder")
+    export.add_argument("--out", type=Path, required=True)
+    export.set_defaults(func=cmd_export_checkpoint)
 
     generate = commands.add_parser("generate", help="images from a caption")
     generate.add_argument("prompt", nargs="*", help="caption(s)")

@@ -23,7 +23,13 @@ from typing import Any
 import braceexpand
 import torch
 import webdataset as wds
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import (
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    IterableDataset,
+    get_worker_info,
+)
 
 from dalle.data.images import IMAGE_EXTENSIONS, load_image
 from dalle.data.shapes_world import SPLIT_CODES, render_scene, sample_caption, sample_scene
@@ -248,6 +254,10 @@ def caption_of(sample: dict, caption_keys: tuple[str, ...] | list[str]) -> str |
     return None
 
 
+def _every_shard(shards: Iterator) -> Iterator:
+    yield from shards
+
+
 class WebDatasetSource(IterableDataset):
     """Image-caption samples from WebDataset tar shards, split by rank and worker.
 
@@ -264,8 +274,10 @@ class WebDatasetSource(IterableDataset):
         seed: int = 0,
         subset: str = "all",
         holdout_fraction: float = 0.1,
+        split_by_rank: bool = False,
     ) -> None:
         self.shards = expand_shards(pattern)
+        self.split_by_rank = split_by_rank
         self.subset, self.holdout_fraction = subset, holdout_fraction
         self.image_size = image_size
         self.caption_keys = tuple(caption_keys)
@@ -290,7 +302,8 @@ class WebDatasetSource(IterableDataset):
             self.shards,
             handler=record,
             shardshuffle=len(self.shards) if self.shuffle_buffer else False,
-            nodesplitter=wds.split_by_node,
+            # Training ranks read disjoint shards; evaluation reads them all everywhere.
+            nodesplitter=wds.split_by_node if self.split_by_rank else _every_shard,
             workersplitter=wds.split_by_worker,
             empty_check=False,
             seed=self.seed + self.epoch,
@@ -315,10 +328,13 @@ class WebDatasetSource(IterableDataset):
 
 
 class ShapesWorldStream(IterableDataset):
-    """Rendered Shapes World samples ``start, start + 1, ...`` split by rank and worker.
+    """Rendered Shapes World samples ``start, start + 1, ...`` split by worker (and, for
+    training, by rank).
 
     Sample ``i`` is a pure function of ``(seed, split, i)``, so each rank and worker draws
-    a disjoint, interleaved share of the indices and nothing is generated twice.
+    a disjoint, interleaved share of the indices and nothing is generated twice. With the
+    global batch split evenly over ranks, step ``k`` then trains on samples
+    ``k B .. (k + 1) B - 1`` however many ranks share them.
     """
 
     def __init__(
@@ -328,6 +344,7 @@ class ShapesWorldStream(IterableDataset):
         seed: int = 0,
         start: int = 0,
         count: int | None = None,
+        split_by_rank: bool = False,
     ) -> None:
         if split not in SPLIT_CODES:
             raise ValueError(
@@ -335,6 +352,7 @@ class ShapesWorldStream(IterableDataset):
             )
         self.image_size, self.split, self.seed = image_size, split, seed
         self.start, self.count = start, count
+        self.split_by_rank = split_by_rank
 
     def __len__(self) -> int:
         if self.count is None:
@@ -342,7 +360,7 @@ class ShapesWorldStream(IterableDataset):
         return self.count
 
     def indices(self) -> Iterator[int]:
-        rank, world = _rank_and_world()
+        rank, world = _rank_and_world() if self.split_by_rank else (0, 1)
         worker = get_worker_info()
         wid, workers = (worker.id, worker.num_workers) if worker else (0, 1)
         stride, offset = world * workers, rank * workers + wid
@@ -374,19 +392,23 @@ def _shapes_split(source: str) -> str | None:
     return None
 
 
-def open_source(config: DataConfig) -> Dataset | IterableDataset:
-    """The dataset that ``config.source`` names; raises with a clear message otherwise."""
+def open_source(config: DataConfig, split_by_rank: bool = False) -> Dataset | IterableDataset:
+    """The dataset that ``config.source`` names; raises with a clear message otherwise.
+
+    With ``split_by_rank`` (training under torchrun), each rank streams its own share;
+    otherwise every process sees the whole source (evaluation).
+    """
     split = _shapes_split(config.source)
     if split is not None:
-        return ShapesWorldStream(config.image_size, split, config.seed, config.start, config.count)
+        return ShapesWorldStream(config.image_size, split, config.seed, config.start,
+                                 config.count, split_by_rank)  # fmt: skip
     path = Path(config.source)
     if path.is_dir():
         return ImageTextFolder(path, config.image_size)
     if ".tar" in config.source:
         buffer = config.shuffle_buffer if config.shuffle else 0
-        return WebDatasetSource(
-            config.source, config.image_size, config.caption_keys, buffer, config.seed
-        )
+        return WebDatasetSource(config.source, config.image_size, config.caption_keys, buffer,
+                                config.seed, split_by_rank=split_by_rank)  # fmt: skip
     raise FileNotFoundError(
         f"data source {config.source!r} is neither 'shapes[:split]', a folder, nor .tar shards"
     )
@@ -410,15 +432,29 @@ def collate(samples: list[dict]) -> Batch:
 
 
 def make_loader(
-    dataset: Dataset | IterableDataset, config: DataConfig, drop_last: bool = False
+    dataset: Dataset | IterableDataset,
+    config: DataConfig,
+    drop_last: bool = False,
+    split_by_rank: bool = False,
 ) -> DataLoader:
-    """A DataLoader that collates to :class:`Batch`; map-style sets are shuffled by seed."""
+    """A DataLoader that collates to :class:`Batch`; map-style sets are shuffled by seed.
+
+    ``config.batch_size`` is what each process gets. With ``split_by_rank``, a map-style
+    set (a folder) is dealt out over the ranks; streams split themselves.
+    """
     generator = torch.Generator().manual_seed(config.seed)
     shuffle = config.shuffle and not isinstance(dataset, IterableDataset)
+    sampler = None
+    rank, world = _rank_and_world()
+    if split_by_rank and world > 1 and not isinstance(dataset, IterableDataset):
+        sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=config.seed,
+                                     drop_last=True)  # fmt: skip
+        shuffle = False
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
         shuffle=shuffle,
+        sampler=sampler,
         num_workers=config.num_workers,
         collate_fn=collate,
         drop_last=drop_last,

@@ -36,6 +36,11 @@ class CLIPConfig:
     image_heads: int = 12
     embed_dim: int = 512  # the shared space both towers project into
     mlp_ratio: int = 4
+    # 0: ViT's patchify, one strided convolution. N > 0: a convolutional stem (Xiao et al.
+    # 2021, "Early convolutions help transformers see better") of stride-2 3x3 convolutions
+    # starting at N channels and doubling, then a 1x1 to the width; the patch size must
+    # be 2 to the number of its layers. It learns shapes from little data much faster.
+    conv_stem_width: int = 0
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = math.log(100)  # the temperature never goes below 1/100
 
@@ -44,6 +49,9 @@ class CLIPConfig:
             raise ValueError("each tower's width must be divisible by its number of heads")
         if self.image_size % self.patch_size:
             raise ValueError(f"image size {self.image_size} is not a multiple of the patch size")
+        if self.conv_stem_width and self.patch_size & (self.patch_size - 1):
+            raise ValueError(f"a convolutional stem needs a power-of-2 patch size, "
+                             f"not {self.patch_size}")  # fmt: skip
 
     @property
     def patches(self) -> int:
@@ -98,6 +106,18 @@ def _encoder(width: int, layers: int, heads: int, mlp_ratio: int) -> nn.Transfor
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
+def _conv_stem(width: int, patch_size: int, out_width: int) -> nn.Sequential:
+    """``[B, 3, S, S]`` -> ``[B, out_width, S / patch, S / patch]`` through log2(patch)
+    stride-2 3x3 convolutions (``width``, ``2 width``, ...) and a 1x1 projection."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for i in range(patch_size.bit_length() - 1):
+        layers += [nn.Conv2d(channels, width * 2**i, 3, 2, padding=1), nn.GELU()]
+        channels = width * 2**i
+    layers.append(nn.Conv2d(channels, out_width, 1))
+    return nn.Sequential(*layers)
+
+
 class CLIP(PretrainedMixin, nn.Module):
     config_class = CLIPConfig
 
@@ -110,7 +130,11 @@ class CLIP(PretrainedMixin, nn.Module):
         self.text_norm = nn.LayerNorm(c.text_width)
         self.text_projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
 
-        self.patch_embedding = nn.Conv2d(3, c.image_width, c.patch_size, c.patch_size, bias=False)
+        if c.conv_stem_width:
+            self.patch_embedding = _conv_stem(c.conv_stem_width, c.patch_size, c.image_width)
+        else:
+            self.patch_embedding = nn.Conv2d(3, c.image_width, c.patch_size, c.patch_size,
+                                             bias=False)  # fmt: skip
         scale = c.image_width**-0.5
         self.class_token = nn.Parameter(torch.randn(c.image_width) * scale)
         self.image_positions = nn.Parameter(torch.randn(c.patches + 1, c.image_width) * scale)
@@ -126,6 +150,9 @@ class CLIP(PretrainedMixin, nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1), persistent=False)
 
+    def residual_blocks(self) -> list[nn.Module]:
+        return [*self.text_blocks.layers, *self.image_blocks.layers]
+
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """Caption ids ``[B, L]`` ([EOT] then [PAD]) -> unit-norm features ``[B, D]``."""
         length = text.shape[1]
@@ -140,7 +167,7 @@ class CLIP(PretrainedMixin, nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (or [0, 1] floats) ``[B, 3, S, S]`` -> unit-norm features ``[B, D]``."""
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        x = ((x - self.pixel_mean) / self.pixel_std).to(self.patch_embedding.weight.dtype)
+        x = ((x - self.pixel_mean) / self.pixel_std).to(self.class_token.dtype)
         patches = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, P, W]
         cls = self.class_token.expand(len(x), 1, -1).to(patches.dtype)
         h = torch.cat([cls, patches], dim=1) + self.image_positions  # [B, 1 + P, W]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from dalle.models import init
 from dalle.models.attention_masks import (
     IMAGE_ATTENTION_KINDS,
     paper_layer_schedule,
@@ -202,6 +203,10 @@ class DALLETransformer(PretrainedMixin, nn.Module):
     def __init__(self, config: DALLEConfig) -> None:
         super().__init__()
         self.config = config
+        # Drawn first, and even on the meta device (where building layers draws no random
+        # numbers), so that weights initialised after sharding are the ones a single-device
+        # build gets (see dalle.models.init).
+        self.init_seed = init.draw_seed()
         c = config
         # Text vocabulary plus one pad token per caption position.
         self.text_embedding = nn.Embedding(c.text_vocab_size + c.text_len, c.width)
@@ -216,22 +221,39 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         self.image_head = nn.Linear(c.width, c.image_vocab_size, bias=False)
         # One [S, S] mask per distinct attention kind, shared by the layers that use it.
         for kind in sorted(set(c.layer_attention)):
-            mask = text_image_mask(kind, c.text_len + 1, c.image_grid, c.conv_kernel)
-            self.register_buffer(f"mask_{kind}", mask[:-1, :-1], persistent=False)
+            self.register_buffer(f"mask_{kind}", self._mask(kind), persistent=False)
         self._block_masks: dict[tuple[str, int, str], BlockMask] = {}
         self.init_weights()
 
+    def _mask(self, kind: str) -> torch.Tensor:
+        c = self.config
+        return text_image_mask(kind, c.text_len + 1, c.image_grid, c.conv_kernel)[:-1, :-1]
+
+    def residual_blocks(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def init_weights(self) -> None:
-        """GPT-2 style: N(0, 0.02), residual projections scaled by 1/sqrt(2 * layers)."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear | nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
-                if isinstance(module, nn.Linear) and module.bias is not None:
-                    nn.init.zeros_(module.bias)
-        for block in self.blocks:
-            for projection in (block.attention.out, block.mlp[2]):
-                nn.init.normal_(projection.weight, std=0.02 / math.sqrt(2 * self.config.layers))
-        nn.init.normal_(self.start, std=0.02)
+        """GPT-2 style: N(0, 0.02), residual projections scaled by 1/sqrt(2 * layers),
+        LayerNorms at identity, biases zero. On the meta device this waits: `parallelize`
+        calls it again once the (possibly sharded) weights exist."""
+        if self.start.is_meta:
+            return
+        residual_std = 0.02 / math.sqrt(2 * self.config.layers)
+        # (A checkpoint wrapper forwards attribute lookups to the block it wraps.)
+        projections = {id(p) for b in self.blocks for p in (b.attention.out, b.mlp[2])}
+        for module_name, module in self.named_modules():
+            for name, param in module.named_parameters(recurse=False):
+                if isinstance(module, nn.LayerNorm):
+                    fill = init.constant(1.0 if name == "weight" else 0.0)
+                elif name == "bias":
+                    fill = init.constant(0.0)
+                else:  # linear and embedding weights, the start token
+                    fill = init.normal(residual_std if id(module) in projections else 0.02)
+                full_name = f"{module_name}.{name}" if module_name else name
+                init.init_parameter_(param, fill, self.init_seed, full_name)
+        # Buffers are not saved: after a meta build they are empty memory until now.
+        for kind in sorted(set(self.config.layer_attention)):
+            getattr(self, f"mask_{kind}").copy_(self._mask(kind))
 
     def text_with_position_pads(self, text: torch.Tensor) -> torch.Tensor:
         """``[B, L]`` caption ids, PAD_ID where empty -> ids with pad ``j`` at position ``j``."""

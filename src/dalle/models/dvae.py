@@ -178,6 +178,9 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
         self.encoder = DVAEEncoder(config)
         self.decoder = DVAEDecoder(config)
 
+    def residual_blocks(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, _ResidualBlock)]
+
     def images_to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, 3, H, W]`` (or floats in [0, 1]) -> mapped float pixels."""
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()

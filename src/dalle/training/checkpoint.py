@@ -8,14 +8,29 @@ previous checkpoint intact.
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+
+from dalle.training.parallelize import unsharded_class
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -63,6 +78,7 @@ def save_checkpoint(
     config: dict[str, Any],
     rng: dict[str, Any] | None = None,
     ema: torch.nn.Module | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Writes the checkpoint atomically (temporary file, fsync, rename).
 
@@ -77,6 +93,8 @@ def save_checkpoint(
         "loop": asdict(loop),
         "rng": rng if rng is not None else rng_state(),
         "config": config,
+        "extra": extra or {},
+        **model_description(model),
     }
     if ema is not None:
         payload["ema"] = ema.state_dict()
@@ -111,3 +129,128 @@ def load_checkpoint(
     if restore_rng:
         set_rng_state(payload["rng"])
     return LoopState(**payload["loop"]), payload
+
+
+# ----------------------------------------------------------------------------- sharded
+
+SHARDED_CHECKPOINT_DIR = "checkpoint"  # torch.distributed.checkpoint: one file per rank
+_LOOP_FILE = "loop.json"
+
+
+def sharded_checkpoint_step(directory: str | Path) -> int | None:
+    """The step of the sharded checkpoint in ``directory``, or None if there is none."""
+    path = Path(directory) / _LOOP_FILE
+    if not path.is_file():
+        return None
+    return int(json.loads(path.read_text())["loop"]["step"])
+
+
+def save_sharded_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loop: LoopState,
+    config: dict[str, Any],
+    rng: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Every rank writes its shard of the weights and optimizer state with
+    ``torch.distributed.checkpoint`` (a collective: all ranks call it), plus its own
+    random state; rank 0 adds the loop position and run config.
+
+    Written to a temporary folder that replaces the old one only once every rank is done,
+    so a kill mid-write leaves the previous checkpoint whole. The result loads on any
+    number of ranks, a single process included.
+    """
+    directory = Path(directory)
+    rank, world = _rank_world()
+    tmp = directory.with_name(directory.name + ".tmp")
+    if rank == 0 and tmp.exists():
+        shutil.rmtree(tmp)
+    _barrier()
+    model_state, optim_state = get_state_dict(model, optimizer)
+    with _single_process_is_fine():
+        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
+    torch.save(rng if rng is not None else rng_state(), tmp / f"rng-rank{rank}.pt")
+    if rank == 0:
+        meta = {
+            "loop": asdict(loop),
+            "world_size": world,
+            "config": config,
+            "extra": extra or {},
+            **model_description(model),
+        }
+        (tmp / _LOOP_FILE).write_text(json.dumps(meta, indent=1, default=str))
+    _barrier()
+    if rank == 0:
+        old = directory.with_name(directory.name + ".old")
+        if directory.exists():
+            directory.replace(old)
+        tmp.replace(directory)
+        if old.exists():
+            shutil.rmtree(old)
+    _barrier()
+    return directory
+
+
+def load_sharded_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    seed: int = 0,
+) -> tuple[LoopState, dict[str, Any]]:
+    """Restores a sharded checkpoint into ``model`` (sharded or not, on any number of
+    ranks) and ``optimizer``. Random state is restored exactly when the number of ranks
+    is the one it was saved with; otherwise each rank is seeded from (seed, step, rank).
+    Returns the loop state and the checkpoint's metadata."""
+    directory = Path(directory)
+    meta = json.loads((directory / _LOOP_FILE).read_text())
+    if optimizer is None:
+        state = {"model": get_model_state_dict(model)}
+        with _single_process_is_fine():
+            dcp.load(state, checkpoint_id=str(directory))
+        set_model_state_dict(model, state["model"])
+    else:
+        model_state, optim_state = get_state_dict(model, optimizer)
+        state = {"model": model_state, "optimizer": optim_state}
+        with _single_process_is_fine():
+            dcp.load(state, checkpoint_id=str(directory))
+        set_state_dict(model, optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])  # fmt: skip
+    loop = LoopState(**meta["loop"])
+    rank, world = _rank_world()
+    rng_file = directory / f"rng-rank{rank}.pt"
+    if world == meta["world_size"] and rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        seed_everything(seed + 1_000_003 * loop.step + rank)
+    return loop, meta
+
+
+def model_description(model: torch.nn.Module) -> dict[str, Any]:
+    """What rebuilds the model from a checkpoint alone: its class name and config."""
+    model_config = getattr(model, "config", None)
+    return {
+        "model_type": unsharded_class(model).__name__,
+        "model_config": asdict(model_config) if model_config is not None else None,
+    }
+
+
+@contextmanager
+def _single_process_is_fine() -> Iterator[None]:
+    # Saving or loading without a process group is how one process resumes a sharded
+    # run; torch warns each time that it assumed so.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()

@@ -21,7 +21,7 @@ from dalle.models.dvae import DiscreteVAE
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
 from dalle.training.loop import LoopConfig, OptimConfig
-from dalle.training.parallelize import apply_activation_checkpointing
+from dalle.training.parallelize import model_build_device
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,6 @@ class DALLETrainConfig:
     tokenizer: str = ""  # folder with tokenizer.json
     bpe_dropout: float = 0.1  # the paper's
     caption_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
-    activation_checkpointing: bool = False  # recompute block activations: less memory
     loop: LoopConfig = field(default_factory=LoopConfig)
     # The paper: AdamW (0.9, 0.96), weight decay 4.5e-2 except gains, biases, embeddings.
     optim: OptimConfig = field(
@@ -85,9 +84,9 @@ class DALLETask:
         self.tokenizer = TextTokenizer.load(config.tokenizer)
         self.vae = DiscreteVAE.from_pretrained(config.vae, device=device).requires_grad_(False)
         fit_to_tokenizers(config, self.tokenizer, self.vae)
-        self.model = DALLETransformer(config.model).to(device)
-        if config.activation_checkpointing:
-            apply_activation_checkpointing(self.model.blocks)
+        # On the meta device under torchrun: the loop shards it, then initialises it.
+        with torch.device(model_build_device(device)):
+            self.model = DALLETransformer(config.model)
         holdout = replace(config.data, subset="holdout")
         images, self.eval_captions = load_images(holdout, config.eval.samples)
         self.eval_text = self.tokenizer.encode(self.eval_captions).ids

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import signal
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -25,17 +26,32 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dalle.data.datasets import Batch, DataConfig, SkipLog, make_loader, open_source
+from dalle.training import distributed
 from dalle.training.checkpoint import (
     CHECKPOINT_FILE,
+    SHARDED_CHECKPOINT_DIR,
     LoopState,
     load_checkpoint,
+    load_sharded_checkpoint,
     rng_state,
     save_checkpoint,
+    save_sharded_checkpoint,
     seed_everything,
+    sharded_checkpoint_step,
+)
+from dalle.training.grad_scaling import BlockGradScaler
+from dalle.training.parallelize import (
+    ParallelPlan,
+    is_sharded,
+    parallelize,
+    residual_blocks,
+    unsharded_copy,
 )
 from dalle.training.schedules import warmup_cosine
 
@@ -69,7 +85,9 @@ class OptimConfig:
 class LoopConfig:
     steps: int = 1000  # optimizer updates
     grad_accum: int = 1  # batches per update
-    precision: str = "auto"  # "auto" (bf16 on CUDA, fp32 on CPU), "fp32" or "bf16"
+    # "auto" (bf16 on CUDA, fp32 on CPU), "fp32", "bf16", or "fp16" (with one dynamic
+    # gradient scale per residual block, as the paper trained)
+    precision: str = "auto"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
     seed: int = 0
     threads: int = 0  # CPU threads for torch; 0 leaves torch's default
@@ -79,10 +97,14 @@ class LoopConfig:
     # Wall-time budget for this session of the run; when spent, the loop checkpoints,
     # evaluates and exports, and a re-run continues. 0 means no budget.
     max_minutes: float = 0.0
+    activation_checkpointing: bool = False  # recompute block activations: less memory
+    compile: bool = False  # torch.compile each residual block
 
     def __post_init__(self) -> None:
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"loop.precision must be auto, fp32 or bf16, not {self.precision!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(
+                f"loop.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
+            )
         if (
             min(self.steps, self.grad_accum, self.log_every, self.eval_every, self.checkpoint_every)
             < 1
@@ -110,36 +132,52 @@ class Task(Protocol):
         ...
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def resolve_device(name: str) -> torch.device:
+    """``auto``: this rank's GPU if there is one, else the CPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device(name)
 
 
-def autocast_context(device: torch.device, precision: str):
+def resolve_precision(device: torch.device, precision: str) -> str:
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_context(device: torch.device, precision: str):
+    precision = resolve_precision(device, precision)
+    if precision not in _DTYPES:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision == "fp32":
         return nullcontext()
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    raise ValueError(f"unknown precision {precision!r}; use auto, fp32 or bf16")
+    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
 
 
 def _batches(data: DataConfig, loop: LoopState, skip_log: SkipLog) -> Iterator[Batch]:
-    """Batches from the loop's position on, epoch after epoch.
+    """This rank's batches from the loop's position on, epoch after epoch.
 
     Each epoch's order depends only on (seed, epoch), and the loader draws from its own
     generator, never the global one; resuming replays the epoch's first batches and
     discards them, so the data order after a resume is the one without the stop.
+    ``data.batch_size`` is the global batch; each of N ranks reads its own 1/N of it.
     """
-    dataset = open_source(data)
+    world = distributed.current().world_size
+    local = distributed.local_batch_size(data.batch_size, world)
+    data = dataclasses.replace(data, batch_size=local)
+    dataset = open_source(data, split_by_rank=True)
     skip_log.add(getattr(dataset, "index_skips", []))  # what indexing a folder found missing
     while True:
         if hasattr(dataset, "epoch"):
             dataset.epoch = loop.epoch  # WebDataset shard/sample shuffle seed
         config = dataclasses.replace(data, seed=data.seed + loop.epoch)
-        loader = make_loader(dataset, config, drop_last=True)
+        loader = make_loader(dataset, config, drop_last=True, split_by_rank=True)
         produced = False
         for index, batch in enumerate(loader):
             if index < loop.batches_in_epoch:
@@ -155,12 +193,14 @@ def _batches(data: DataConfig, loop: LoopState, skip_log: SkipLog) -> Iterator[B
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl``."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path, self.enabled = path, enabled
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -175,8 +215,11 @@ def train(
 ) -> LoopState:
     """Trains ``task.model`` to ``loop_config.steps`` updates, resuming if it can.
 
-    Returns the final loop state. A KeyboardInterrupt writes a checkpoint first.
+    Under torchrun every rank calls this; the model is parallelised (sharded over the
+    ranks), rank 0 alone writes logs and exports, and checkpoints are sharded. Returns the
+    final loop state. A KeyboardInterrupt (or SIGTERM) writes a checkpoint first.
     """
+    rank = distributed.current()
     out_dir.mkdir(parents=True, exist_ok=True)
     if loop_config.threads:
         torch.set_num_threads(loop_config.threads)
@@ -186,7 +229,17 @@ def train(
         # denormal floats, which CPUs process many times slower; flushing them to zero
         # changes nothing that training can see.
         torch.set_flush_denormal(True)
-    model = task.model
+    precision = resolve_precision(device, loop_config.precision)
+    sharded = rank.world_size > 1
+    if sharded and optim.ema_decay > 0:
+        raise ValueError("optim.ema_decay is not supported with sharded (torchrun) training")
+    plan = ParallelPlan(
+        activation_checkpointing=loop_config.activation_checkpointing,
+        compile=loop_config.compile,
+        shard=sharded,
+        compute_dtype=_DTYPES[precision],
+    )
+    model = parallelize(task.model, plan, device)
     optimizer = torch.optim.AdamW(
         task.parameter_groups(optim.weight_decay),
         lr=optim.lr,
@@ -198,19 +251,17 @@ def train(
         if optim.ema_decay > 0
         else None
     )
-    checkpoint_path = out_dir / CHECKPOINT_FILE
-    state = LoopState()
-    if checkpoint_path.exists():
-        state, _ = load_checkpoint(checkpoint_path, model, optimizer, ema=ema)
-        log.info("resuming from %s at step %d", checkpoint_path, state.step)
-    else:
-        seed_everything(loop_config.seed)
-    metrics = MetricsLog(out_dir / "metrics.jsonl")
+    scaler = BlockGradScaler(model, residual_blocks(model)) if precision == "fp16" else None
+    checkpoints = _Checkpoints(out_dir, model, optimizer, ema, scaler, run_config, sharded,
+                               loop_config.seed)  # fmt: skip
+    state = checkpoints.load()
+    if state is None:
+        state = LoopState()
+        seed_everything(loop_config.seed + rank.rank)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=rank.is_main)
     metrics.write({"event": "start", "step": state.step, "device": str(device),
+                   "world_size": rank.world_size, "precision": precision,
                    "parameters": sum(p.numel() for p in model.parameters())})  # fmt: skip
-
-    def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, model, optimizer, state, run_config, ema=ema)
 
     # The loop position and random state at the start of the step in progress: an
     # interrupt mid-step checkpoints these, so the resumed run redoes that step with the
@@ -220,7 +271,7 @@ def train(
     skip_log = SkipLog()
     batches = _batches(data, state, skip_log)
     progress = tqdm(total=loop_config.steps, initial=state.step, unit="step", dynamic_ncols=True,
-                    mininterval=2.0, disable=None)  # fmt: skip
+                    mininterval=2.0, disable=None if rank.is_main else True)  # fmt: skip
     window_start, window_samples = time.perf_counter(), 0
     session_start = time.perf_counter() - state.elapsed_s
     model.train()
@@ -230,7 +281,7 @@ def train(
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while state.step < loop_config.steps:
-            if time.monotonic() > deadline:
+            if _budget_spent(deadline):
                 log.warning(
                     "time budget of %.1f min spent at step %d", loop_config.max_minutes, state.step
                 )
@@ -244,27 +295,34 @@ def train(
             logged: dict[str, float] = {}
             for _ in range(loop_config.grad_accum):
                 batch = next(batches)
-                with autocast_context(device, loop_config.precision):
+                with autocast_context(device, precision):
                     loss, step_metrics = task.training_loss(batch, state.step)
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {state.step}")
-                (loss / loop_config.grad_accum).backward()
+                scaled = scaler.scale(loss) if scaler is not None else loss
+                (scaled / loop_config.grad_accum).backward()
                 for key, value in step_metrics.items():
                     logged[key] = logged.get(key, 0.0) + value / loop_config.grad_accum
-                state.samples_seen += len(batch.captions)
-                window_samples += len(batch.captions)
+                state.samples_seen += len(batch.captions) * rank.world_size
+                window_samples += len(batch.captions) * rank.world_size
+            finite = scaler.unscale_() if scaler is not None else True
             if optim.grad_clip > 0:
-                logged["grad_norm"] = float(
-                    nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-                )
-            optimizer.step()
+                norm = nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+                logged["grad_norm"] = float(_full(norm))
+            if finite:
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                logged["skipped_update"] = float(not finite)
+                logged["loss_scale"] = scaler.loss_scale
+                scaler.update()
             if ema is not None:
                 ema.update_parameters(model)
             state.step += 1
             state.elapsed_s = time.perf_counter() - session_start
             progress.update(1)
             if state.step % loop_config.log_every == 0 or state.step == loop_config.steps:
+                logged = distributed.mean_over_ranks(logged)
                 now = time.perf_counter()
                 rate = window_samples / max(now - window_start, 1e-9)
                 window_start, window_samples = now, 0
@@ -275,33 +333,33 @@ def train(
                     loss=f"{logged.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}"
                 )
                 eta = (loop_config.steps - state.step) * state.elapsed_s / max(state.step, 1)
-                if progress.disable:
+                if progress.disable and rank.is_main:
                     loss_value = logged.get("loss", math.nan)
                     log.info(
                         "step %d/%d  loss %.4f  %.0f img/s  ETA %s",
                         state.step, loop_config.steps, loss_value, rate, _hms(eta),
                     )  # fmt: skip
             if state.step % loop_config.eval_every == 0 or state.step == loop_config.steps:
-                model.eval()
-                with averaged_weights(model, ema):
-                    evaluated = task.evaluate(state.step, out_dir)
-                model.train()
+                evaluated = _evaluate(task, model, ema, state.step, out_dir)
                 metrics.write({"step": state.step, "eval": evaluated})
-                progress.write(
-                    f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items())
-                )
+                if rank.is_main:
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items())
+                    progress.write(f"step {state.step}: {shown}")
             if state.step % loop_config.checkpoint_every == 0 or state.step == loop_config.steps:
-                checkpoint()
+                checkpoints.save(state)
     except KeyboardInterrupt:
         progress.close()
         optimizer.zero_grad(set_to_none=True)
         last_state, last_rng = boundary
-        save_checkpoint(
-            checkpoint_path, model, optimizer, last_state, run_config, rng=last_rng, ema=ema
-        )
-        log.warning(
-            "interrupted: checkpoint written at step %d; run again to resume", last_state.step
-        )
+        if sharded:
+            # The other ranks may be anywhere, even inside a collective: saving now could
+            # hang. The last periodic checkpoint is where a re-run resumes.
+            log.warning("interrupted: run again to resume from the last checkpoint")
+        else:
+            checkpoints.save(last_state, rng=last_rng)
+            log.warning(
+                "interrupted: checkpoint written at step %d; run again to resume", last_state.step
+            )
         raise
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
@@ -310,15 +368,63 @@ def train(
             log.warning(skip_log.summary())
     stopped_early = state.step < loop_config.steps  # by the time budget
     if stopped_early:
-        checkpoint()  # the raw weights: the average goes in the checkpoint beside them
-    model.eval()
-    with averaged_weights(model, ema):
-        if stopped_early:
-            metrics.write({"step": state.step, "eval": task.evaluate(state.step, out_dir)})
-        task.export(out_dir)
+        checkpoints.save(state)  # the raw weights: the average goes in the checkpoint beside them
+        metrics.write(
+            {"step": state.step, "eval": _evaluate(task, model, ema, state.step, out_dir)}
+        )
+    _export(task, model, ema, out_dir)
     metrics.write({"event": "end", "step": state.step, "elapsed_s": state.elapsed_s,
                    "skipped": skip_log.to_json()})  # fmt: skip
     return state
+
+
+def _budget_spent(deadline: float) -> bool:
+    """Whether the wall-time budget is spent, decided by rank 0 for every rank (ranks that
+    stopped at different steps would wait on each other forever)."""
+    spent = torch.tensor(float(time.monotonic() > deadline))
+    if distributed.current().world_size > 1:
+        torch.distributed.broadcast(spent, src=0)
+    return bool(spent)
+
+
+def _full(value: torch.Tensor) -> torch.Tensor:
+    return value.full_tensor() if isinstance(value, DTensor) else value
+
+
+def _evaluate(
+    task: Task, model: nn.Module, ema: AveragedModel | None, step: int, out_dir: Path
+) -> dict[str, float]:
+    """Every rank evaluates (a sharded model's forward pass needs them all); files are
+    kept from rank 0 only."""
+    model.eval()
+    try:
+        with averaged_weights(model, ema):
+            if distributed.current().is_main:
+                return task.evaluate(step, out_dir)
+            with tempfile.TemporaryDirectory() as scratch:
+                return task.evaluate(step, Path(scratch))
+    finally:
+        model.train()
+
+
+def _export(task: Task, model: nn.Module, ema: AveragedModel | None, out_dir: Path) -> None:
+    """Writes the trained model; a sharded one is first gathered whole on rank 0."""
+    model.eval()
+    if not is_sharded(model):
+        with averaged_weights(model, ema):
+            task.export(out_dir)
+        return
+    whole = get_model_state_dict(
+        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+    if distributed.current().is_main:
+        plain = unsharded_copy(model, whole)
+        task.model = plain
+        try:
+            task.export(out_dir)
+        finally:
+            task.model = model
+    distributed.barrier()
 
 
 @contextmanager
@@ -343,3 +449,64 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class _Checkpoints:
+    """Where and how a run checkpoints: one ``checkpoint.pt`` for a single process, a
+    sharded ``checkpoint/`` folder (torch.distributed.checkpoint) under torchrun. A run
+    that has a sharded checkpoint keeps it, so a run started on N ranks resumes on M,
+    one process included."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ema: AveragedModel | None,
+        scaler: BlockGradScaler | None,
+        run_config: dict[str, Any],
+        sharded: bool,
+        seed: int,
+    ) -> None:
+        self.file = out_dir / CHECKPOINT_FILE
+        self.folder = out_dir / SHARDED_CHECKPOINT_DIR
+        self.model, self.optimizer, self.ema, self.scaler = model, optimizer, ema, scaler
+        self.run_config, self.seed = run_config, seed
+        self.use_folder = sharded or sharded_checkpoint_step(self.folder) is not None
+        if self.use_folder and ema is not None:
+            raise ValueError(f"{self.folder} is a sharded checkpoint, which does not hold a "
+                             "weight average: resume with optim.ema_decay=0")  # fmt: skip
+
+    def _extra(self) -> dict[str, Any]:
+        return {"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+
+    def _restore_extra(self, extra: dict[str, Any]) -> None:
+        if self.scaler is not None and "grad_scaler" in extra:
+            self.scaler.load_state_dict(extra["grad_scaler"])
+
+    def load(self) -> LoopState | None:
+        """Restores the last checkpoint, if any; returns its loop state."""
+        if self.use_folder and sharded_checkpoint_step(self.folder) is not None:
+            state, meta = load_sharded_checkpoint(self.folder, self.model, self.optimizer,
+                                                  self.seed)  # fmt: skip
+            self._restore_extra(meta.get("extra", {}))
+            log.info("resuming from %s (saved on %d ranks) at step %d",
+                     self.folder, meta["world_size"], state.step)  # fmt: skip
+            return state
+        if self.file.exists():
+            if self.use_folder:
+                raise ValueError(f"{self.file} is a single-process checkpoint: resume it "
+                                 "without torchrun")  # fmt: skip
+            state, payload = load_checkpoint(self.file, self.model, self.optimizer, ema=self.ema)
+            self._restore_extra(payload.get("extra", {}))
+            log.info("resuming from %s at step %d", self.file, state.step)
+            return state
+        return None
+
+    def save(self, state: LoopState, rng: dict[str, Any] | None = None) -> None:
+        if self.use_folder:
+            save_sharded_checkpoint(self.folder, self.model, self.optimizer, state,
+                                    self.run_config, rng=rng, extra=self._extra())  # fmt: skip
+        else:
+            save_checkpoint(self.file, self.model, self.optimizer, state, self.run_config,
+                            rng=rng, ema=self.ema, extra=self._extra())  # fmt: skip
