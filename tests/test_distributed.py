@@ -1,0 +1,173 @@
+"""Sharded training under torchrun, on CPUs with the gloo back-end: two ranks against one."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dalle.cli import main
+from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
+from dalle.training.distributed import local_batch_size
+from dalle.training.parallelize import ParallelPlan, parallelize
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+pytestmark = pytest.mark.skipif(
+    not torch.distributed.is_available(), reason="torch.distributed is not available"
+)
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("distributed")
+    vae, tok = root / "vae", root / "tok"
+    assert main(["train-vae", "--config", str(CONFIGS / "dvae-tiny-cpu.yaml"), "--out", str(vae),
+                 "loop.steps=4", "loop.eval_every=4", "eval.samples=8"]) == 0  # fmt: skip
+    assert main(["tokenizer", "train", "--config", str(CONFIGS / "tokenizer-shapes.yaml"),
+                 "--out", str(tok), "tokenizer.max_captions=500",
+                 "tokenizer.max_length=16"]) == 0  # fmt: skip
+    return {"root": root, "vae": vae, "tokenizer": tok}
+
+
+def _train_args(stages: dict[str, Path], out: Path, *overrides: str) -> list[str]:
+    # No random numbers in a step (no dropout of any kind), so that one rank and two
+    # ranks can agree to rounding.
+    return ["train", "--config", str(CONFIGS / "dalle-tiny-cpu.yaml"), "--out", str(out),
+            "--vae", str(stages["vae"]), "--tokenizer", str(stages["tokenizer"]),
+            "bpe_dropout=0", "caption_dropout=0", "loop.log_every=1", "eval.samples=8",
+            "eval.grid=2", "data.batch_size=8", *overrides]  # fmt: skip
+
+
+def _launch(ranks: int, args: list[str]) -> subprocess.Popen:
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={ranks}",
+               "--standalone", "-m", "dalle", *args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)  # fmt: skip
+
+
+def _kill_all(process: subprocess.Popen) -> None:
+    """SIGKILL to torchrun and its workers (which run in sessions of their own)."""
+    pids, frontier = [process.pid], [process.pid]
+    while frontier:
+        found = subprocess.run(["ps", "-o", "pid=", "--ppid", ",".join(map(str, frontier))],
+                               capture_output=True, text=True).stdout.split()  # fmt: skip
+        frontier = [int(p) for p in found]
+        pids += frontier
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _torchrun(ranks: int, args: list[str]) -> str:
+    process = _launch(ranks, args)
+    try:
+        output, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        _kill_all(process)
+        raise
+    assert process.returncode == 0, output
+    return output
+
+
+def _losses(run: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def test_two_ranks_match_one_with_the_same_global_batch(stages: dict[str, Path]) -> None:
+    one, two = stages["root"] / "one", stages["root"] / "two"
+    steps = ["loop.steps=3", "loop.eval_every=3", "loop.checkpoint_every=3"]
+    assert main(_train_args(stages, one, *steps)) == 0
+    _torchrun(2, _train_args(stages, two, *steps))
+    assert (two / "checkpoint" / "loop.json").is_file()  # sharded, one file per rank
+    assert len(list((two / "checkpoint").glob("*.distcp"))) == 2
+    single, sharded = _losses(one), _losses(two)
+    assert sorted(sharded) == [1, 2, 3]
+    for step, loss in single.items():
+        assert abs(loss - sharded[step]) < 1e-4, (step, loss, sharded[step])
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+
+    # The checkpoint two ranks wrote resumes in one process, as the one-process run does.
+    more = ["loop.steps=5", "loop.eval_every=5", "loop.checkpoint_every=5"]
+    assert main(_train_args(stages, one, *more)) == 0
+    assert main(_train_args(stages, two, *more)) == 0
+    single, resumed = _losses(one), _losses(two)
+    for step in (4, 5):
+        assert abs(single[step] - resumed[step]) < 1e-4, step
+
+    # And exports as a model folder that generation loads.
+    exported = stages["root"] / "exported"
+    assert main(["export-checkpoint", str(two), "--out", str(exported)]) == 0
+    weights = load_file(exported / "model.safetensors")
+    final = load_file(two / "model.safetensors")
+    for name in final:
+        assert torch.equal(weights[name], final[name]), name
+    assert (exported / "vae" / "model.safetensors").is_file()
+
+
+def test_killed_two_rank_run_resumes_to_the_same_weights(stages: dict[str, Path]) -> None:
+    straight, killed = stages["root"] / "straight", stages["root"] / "killed"
+    steps = ["loop.steps=150", "loop.eval_every=150", "loop.checkpoint_every=10"]
+    _torchrun(2, _train_args(stages, straight, *steps))
+
+    process = _launch(2, _train_args(stages, killed, *steps))
+    loop_file = killed / "checkpoint" / "loop.json"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if loop_file.is_file() and json.loads(loop_file.read_text())["loop"]["step"] >= 20:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed"
+    _kill_all(process)  # no chance to save anything
+    process.communicate()
+    stopped_at = json.loads(loop_file.read_text())["loop"]["step"]
+    assert 20 <= stopped_at < 150
+
+    output = _torchrun(2, _train_args(stages, killed, *steps))
+    assert f"at step {stopped_at}" in output
+    a, b = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
+
+
+def test_initialising_after_a_meta_build_gives_the_single_device_weights() -> None:
+    torch.manual_seed(3)
+    direct = DALLETransformer(DALLE_PRESETS["dalle-tiny"])
+    torch.manual_seed(3)
+    with torch.device("meta"):
+        deferred = DALLETransformer(DALLE_PRESETS["dalle-tiny"])
+    parallelize(deferred, ParallelPlan(activation_checkpointing=True), torch.device("cpu"))
+    expected = direct.state_dict()
+    for name, tensor in deferred.state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert torch.equal(deferred.mask_row, direct.mask_row)  # buffers rebuilt too
+
+
+def test_global_batch_must_split_evenly() -> None:
+    assert local_batch_size(8, 2) == 4
+    with pytest.raises(ValueError, match="global batch"):
+        local_batch_size(9, 2)
+
+
+def test_model_info_reports_memory_per_gpu_under_sharding(capsys) -> None:
+    assert main(["model-info", "--preset", "dalle-12b", "--gpus", "8", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    total = info["parameters"]["total"]
+    assert 11.5e9 < total < 12.5e9
+    memory = info["bytes_per_gpu"]
+    assert memory["optimizer_adamw_fp32"] == pytest.approx(8 * total / 8)
+    assert memory["weights_fp32"] == pytest.approx(4 * total / 8)
