@@ -171,3 +171,20 @@ def test_model_info_reports_memory_per_gpu_under_sharding(capsys) -> None:
     memory = info["bytes_per_gpu"]
     assert memory["optimizer_adamw_fp32"] == pytest.approx(8 * total / 8)
     assert memory["weights_fp32"] == pytest.approx(4 * total / 8)
+
+
+def test_clip_contrasts_the_global_batch_across_ranks(stages: dict[str, Path]) -> None:
+    """Each rank gathers every rank's features, so two ranks compute the one-rank loss."""
+    runs = {}
+    for ranks in (1, 2):
+        out = stages["root"] / f"clip-{ranks}"
+        args = ["train-clip", "--config", str(CONFIGS / "clip-tiny-cpu.yaml"), "--out", str(out),
+                "--tokenizer", str(stages["tokenizer"]), "loop.steps=3", "loop.log_every=1",
+                "loop.eval_every=3", "loop.checkpoint_every=3"]  # fmt: skip
+        if ranks == 1:
+            assert main(args) == 0
+        else:
+            _torchrun(2, args)
+        runs[ranks] = _losses(out)
+    for step, loss in runs[1].items():
+        assert abs(loss - runs[2][step]) < 1e-4, step

@@ -10,6 +10,7 @@ captions in the batch (and vice versa): see :func:`clip_loss`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -143,7 +144,8 @@ class CLIP(PretrainedMixin, nn.Module):
         self.image_norm = nn.LayerNorm(c.image_width)
         self.image_projection = nn.Linear(c.image_width, c.embed_dim, bias=False)
 
-        self.logit_scale = nn.Parameter(torch.tensor(c.logit_scale_init))
+        # Shape [1], not a scalar: FSDP2 shards only tensors with a dimension.
+        self.logit_scale = nn.Parameter(torch.tensor([c.logit_scale_init]))
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         # CLIP's per-channel normalisation of [0, 1] pixels (its training-set statistics).
         mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -178,9 +180,21 @@ class CLIP(PretrainedMixin, nn.Module):
         """exp(logit scale), kept at most exp(logit_scale_max) = 100."""
         return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
 
-    def forward(self, images: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        """Similarity logits ``[B_images, B_text]``: scaled cosines."""
-        return self.scale() * self.encode_image(images) @ self.encode_text(text).T
+    def forward(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Similarity logits ``[B_images, B_text]``: scaled cosines.
+
+        ``gather`` (data-parallel training) concatenates every rank's features, so that
+        each image is contrasted with the captions of the whole global batch.
+        """
+        image_features, text_features = self.encode_image(images), self.encode_text(text)
+        if gather is not None:
+            image_features, text_features = gather(image_features), gather(text_features)
+        return self.scale() * image_features @ text_features.T
 
     def parameter_counts(self) -> dict[str, int]:
         text = sum(p.numel() for n, p in self.named_parameters() if n.startswith(("token", "text")))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -177,6 +178,19 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
         self.config = config
         self.encoder = DVAEEncoder(config)
         self.decoder = DVAEDecoder(config)
+
+    def forward(
+        self, images: torch.Tensor, sample: Callable[[torch.Tensor], torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The training pass. ``sample`` turns token logits into (relaxed) one-hot maps,
+        e.g. a Gumbel-softmax at the current temperature.
+
+        Returns the mapped input pixels ``[B, 3, H, W]``, the token logits ``[B, V, h, w]``
+        and the decoder's stats ``[B, 6, H, W]`` for the sampled tokens.
+        """
+        x = self.images_to_input(images)
+        logits = self.encoder(x)
+        return x, logits, self.decoder(sample(logits))
 
     def residual_blocks(self) -> list[nn.Module]:
         return [m for m in self.modules() if isinstance(m, _ResidualBlock)]

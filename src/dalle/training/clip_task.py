@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from dalle.config import ConfigError, load_config, peek_key
 from dalle.data.datasets import SHAPES_HOLDOUT_START, Batch, DataConfig, load_images
 from dalle.data.shapes_world import COLORS, SHAPES, render_scene, sample_scene
 from dalle.models.clip import CLIP, CLIP_PRESETS, CLIPConfig, clip_loss
 from dalle.tokenizers.text import TextTokenizer
+from dalle.training import distributed
 from dalle.training.loop import LoopConfig, OptimConfig
 
 
@@ -128,13 +130,19 @@ class CLIPTask:
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch.images.to(self.device, non_blocking=True)
         text = self.tokenizer.encode(batch.captions, dropout=self.config.bpe_dropout).ids
-        logits = self.model(images, text.to(self.device))  # [B, B]
+        # [B, B] over the global batch: under torchrun every rank's features are gathered,
+        # and every rank computes the same loss (the gradients of its own samples flow
+        # back through the gather, which sums them over ranks; sharding then averages).
+        logits = self.model(images, text.to(self.device), gather=distributed.gather_batch)
         loss = clip_loss(logits.float())
         with torch.no_grad():
             target = torch.arange(len(logits), device=logits.device)
             accuracy = (logits.argmax(dim=1) == target).float().mean()
+            scale = self.model.logit_scale.detach()
+            scale = scale.full_tensor() if isinstance(scale, DTensor) else scale
+            scale = scale.clamp(max=self.model.config.logit_scale_max).exp()
         return loss, {"loss": loss.item(), "batch_accuracy": accuracy.item(),
-                      "logit_scale": self.model.scale().item()}  # fmt: skip
+                      "logit_scale": scale.item()}  # fmt: skip
 
     @torch.no_grad()
     def zero_shot_accuracy(self) -> dict[str, float]:

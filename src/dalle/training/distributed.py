@@ -83,6 +83,17 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, stacked.tolist(), strict=True))
 
 
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` ``[b, ...]`` concatenated in rank order, ``[world * b, ...]``, with
+    gradients flowing back to each rank's own part (a contrastive loss over the global
+    batch needs every rank's features)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x))
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

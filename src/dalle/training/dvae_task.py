@@ -125,13 +125,16 @@ class DVAETask:
 
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch.images.to(self.device, non_blocking=True)
-        x = self.model.images_to_input(images)
-        logits = self.model.encoder(x)  # [B, V, h, w]
         kl_weight, temperature = self.schedules(step)
-        # relaxed (or, straight-through, exact) one-hot sample, [B, V, h, w]
-        z = gumbel_softmax(logits, temperature, hard=self.config.objective.straight_through)
-        stats = self.model.decoder(z)  # [B, 6, H, W]
         o = self.config.objective
+
+        def sample(logits: torch.Tensor) -> torch.Tensor:
+            # relaxed (or, straight-through, exact) one-hot sample, [B, V, h, w]
+            return gumbel_softmax(logits, temperature, hard=o.straight_through)
+
+        # Through forward(), which is where sharding gathers weights: [B, 3, H, W] mapped
+        # pixels, [B, V, h, w] logits, [B, 6, H, W] decoder stats.
+        x, logits, stats = self.model(images, sample)
         out = dvae_loss(x, stats, logits, kl_weight, o.likelihood, o.pixel_std)
         with torch.no_grad():
             relaxed = self.model.stats_to_images(stats)

@@ -51,6 +51,7 @@ from dalle.training.parallelize import (
     is_sharded,
     parallelize,
     residual_blocks,
+    root_unsharded,
     unsharded_copy,
 )
 from dalle.training.schedules import warmup_cosine
@@ -398,7 +399,7 @@ def _evaluate(
     kept from rank 0 only."""
     model.eval()
     try:
-        with averaged_weights(model, ema):
+        with averaged_weights(model, ema), root_unsharded(model):
             if distributed.current().is_main:
                 return task.evaluate(step, out_dir)
             with tempfile.TemporaryDirectory() as scratch:

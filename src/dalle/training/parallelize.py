@@ -10,6 +10,8 @@ each rank then only ever holds its share.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -107,6 +109,21 @@ def parallelize(model: nn.Module, plan: ParallelPlan, device: torch.device) -> n
         model.to_empty(device=device)
         init()
     return model
+
+
+@contextmanager
+def root_unsharded(model: nn.Module) -> Iterator[None]:
+    """Gathers the weights that live outside the blocks (embeddings, heads) for code that
+    uses them without calling the model's ``forward`` (evaluation, sampling); blocks
+    gather their own whenever they are called."""
+    if not is_sharded(model):
+        yield
+        return
+    model.unshard()  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        model.reshard()  # type: ignore[operator]
 
 
 def unsharded_class(model: nn.Module) -> type[nn.Module]:
