@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from dalle.evaluation.shapes_judge import judge_directory
 from dalle.evaluation.text_to_image import generate_and_judge, shapes_prompts
 from dalle.sampling.generate import TextToImage
 from dalle.sampling.sampler import SamplingConfig
@@ -39,7 +40,8 @@ def main() -> None:
     for name, split in (("seen", "train"), ("heldout", "zeroshot")):
         start = time.perf_counter()
         prompts = shapes_prompts(split, args.count, size, args.seed)
-        report = generate_and_judge(pipe, prompts, args.out / name, sampling, args.seed)
+        generate_and_judge(pipe, prompts, args.out / name, sampling, args.seed)
+        report = judge_directory(args.out / name)
         seconds = time.perf_counter() - start
         results[name] = {"accuracy": report.accuracy, "per_attribute": report.per_attribute(),
                          "images": report.total, "seconds": seconds}  # fmt: skip
