@@ -132,3 +132,40 @@ def test_train_clip_reports_health_metrics_exports_and_resumes(
     resumed = run_task(config, CLIPTask, tmp_path / "stopped")
     for name, tensor in straight.items():
         assert torch.equal(tensor, resumed[name]), name
+
+
+def test_loss_with_hard_negatives_matches_each_image_to_its_own_caption() -> None:
+    torch.manual_seed(0)
+    square = torch.randn(4, 4)
+    # No extra captions: the grouped form is the plain loss.
+    assert torch.allclose(clip_loss(square, 4, 4), clip_loss(square))
+    # Two groups (ranks) of 2 images, each group with 2 captions then 2 negatives:
+    # image 2 (group 1, first) matches text column 4.
+    logits = torch.full((4, 8), -10.0)
+    for image, column in enumerate([0, 1, 4, 5]):
+        logits[image, column] = 10.0
+    assert clip_loss(logits, 2, 4) < 1e-3
+    logits[2, 6] = 20.0  # a negative scored above the image's own caption
+    assert clip_loss(logits, 2, 4) > 1.0
+
+
+def test_hard_negatives_swap_exactly_one_word_within_its_group() -> None:
+    from dalle.data.hard_negatives import hard_negatives, swap_one_word
+
+    groups = [["circle", "square", "star"], ["red", "blue"]]
+    torch.manual_seed(0)
+    for _ in range(20):
+        negative = swap_one_word("a small red circle in the top left", groups)
+        assert negative is not None and negative != "a small red circle in the top left"
+        changed = [(a, b) for a, b in zip("a small red circle in the top left".split(),
+                                          negative.split(), strict=True) if a != b]  # fmt: skip
+        assert len(changed) == 1
+        assert any(changed[0][0] in g and changed[0][1] in g for g in groups)
+    # A forbidden phrase is never produced; nothing to swap gives the next caption.
+    for _ in range(20):
+        assert swap_one_word("a red circle", [["circle", "star"]], ["red star"]) is None
+    assert hard_negatives(["no match here", "a red star"], groups)[0] == "a red star"
+    torch.manual_seed(1)
+    first = hard_negatives(["a red circle", "a blue star"], groups)
+    torch.manual_seed(1)
+    assert hard_negatives(["a red circle", "a blue star"], groups) == first  # seeded

@@ -19,6 +19,7 @@ from torch.distributed.tensor import DTensor
 
 from dalle.config import ConfigError, load_config, peek_key
 from dalle.data.datasets import SHAPES_HOLDOUT_START, Batch, DataConfig, load_images
+from dalle.data.hard_negatives import hard_negatives
 from dalle.data.shapes_world import COLORS, SHAPES, render_scene, sample_scene
 from dalle.models.clip import CLIP, CLIP_PRESETS, CLIPConfig, clip_loss
 from dalle.tokenizers.text import TextTokenizer
@@ -34,6 +35,15 @@ class CLIPEvalConfig:
 
 
 @dataclass
+class HardNegativesConfig:
+    """A second caption per image, its own with one word swapped within a group (see
+    :mod:`dalle.data.hard_negatives`); no groups, no negatives."""
+
+    groups: list[list[str]] = field(default_factory=list)
+    forbidden: list[str] = field(default_factory=list)  # phrases a negative may not hold
+
+
+@dataclass
 class CLIPTrainConfig:
     """Everything `dalle train-clip` needs. Vocabulary, caption length and image size are
     taken from the tokenizer and the data, whatever the preset says."""
@@ -43,6 +53,7 @@ class CLIPTrainConfig:
     data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
     tokenizer: str = ""  # folder with tokenizer.json
     bpe_dropout: float = 0.0
+    hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     # open_clip's ViT defaults: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.2.
     optim: OptimConfig = field(
@@ -129,15 +140,20 @@ class CLIPTask:
 
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch.images.to(self.device, non_blocking=True)
-        text = self.tokenizer.encode(batch.captions, dropout=self.config.bpe_dropout).ids
-        # [B, B] over the global batch: under torchrun every rank's features are gathered,
+        captions = list(batch.captions)
+        negatives = self.config.hard_negatives
+        if negatives.groups:
+            captions += hard_negatives(captions, negatives.groups, negatives.forbidden)
+        text = self.tokenizer.encode(captions, dropout=self.config.bpe_dropout).ids
+        # [B, T] over the global batch: under torchrun every rank's features are gathered,
         # and every rank computes the same loss (the gradients of its own samples flow
         # back through the gather, which sums them over ranks; sharding then averages).
         logits = self.model(images, text.to(self.device), gather=distributed.gather_batch)
-        loss = clip_loss(logits.float())
+        loss = clip_loss(logits.float(), len(images), len(text))
         with torch.no_grad():
-            target = torch.arange(len(logits), device=logits.device)
-            accuracy = (logits.argmax(dim=1) == target).float().mean()
+            image = torch.arange(len(logits), device=logits.device)
+            own = image // len(images) * len(text) + image % len(images)
+            accuracy = (logits.argmax(dim=1) == own).float().mean()
             scale = self.model.logit_scale.detach()
             scale = scale.full_tensor() if isinstance(scale, DTensor) else scale
             scale = scale.clamp(max=self.model.config.logit_scale_max).exp()
