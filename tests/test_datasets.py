@@ -183,3 +183,18 @@ def test_iter_captions_reads_without_images(emoji_tar: Path) -> None:
     assert len(captions) == 50 and all(isinstance(c, str) and c for c in captions)
     shapes = list(iter_captions(DataConfig(source="shapes:zeroshot"), limit=5))
     assert len(shapes) == 5
+
+
+def test_training_ranks_split_shapes_indices_and_refuse_too_few_shards(
+    emoji_tar: Path, monkeypatch
+) -> None:
+    from dalle.data import datasets
+
+    monkeypatch.setattr(datasets, "_rank_and_world", lambda: (1, 2))
+    stream = datasets.ShapesWorldStream(32, count=6, split_by_rank=True)
+    assert list(stream.indices()) == [1, 3, 5]  # rank 1 of 2
+    everything = datasets.ShapesWorldStream(32, count=6)  # evaluation reads it all
+    assert list(everything.indices()) == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="cannot be split over 2 ranks"):
+        datasets.WebDatasetSource(str(emoji_tar), 32, split_by_rank=True)
+    datasets.WebDatasetSource(str(emoji_tar), 32)  # fine when not split

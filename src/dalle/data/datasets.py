@@ -278,6 +278,13 @@ class WebDatasetSource(IterableDataset):
     ) -> None:
         self.shards = expand_shards(pattern)
         self.split_by_rank = split_by_rank
+        world = _rank_and_world()[1]
+        if split_by_rank and len(self.shards) < world:
+            # A rank without a shard would wait forever for the others at the first step.
+            raise ValueError(
+                f"{len(self.shards)} WebDataset shard(s) cannot be split over {world} ranks: "
+                "write the data set as at least as many shards as ranks"
+            )
         self.subset, self.holdout_fraction = subset, holdout_fraction
         self.image_size = image_size
         self.caption_keys = tuple(caption_keys)

@@ -72,12 +72,20 @@ def local_batch_size(global_batch: int, world_size: int) -> int:
     return global_batch // world_size
 
 
+def collective_device() -> torch.device:
+    """Where small tensors for collectives must live: NCCL only moves GPU memory."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     """Averages scalar metrics over ranks (each computed on that rank's share)."""
     if not (dist.is_available() and dist.is_initialized()) or not values:
         return values
     keys = sorted(values)
-    stacked = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    stacked = torch.tensor([values[k] for k in keys], dtype=torch.float64,
+                           device=collective_device())  # fmt: skip
     dist.all_reduce(stacked)
     stacked /= dist.get_world_size()
     return dict(zip(keys, stacked.tolist(), strict=True))

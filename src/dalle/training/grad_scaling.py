@@ -71,8 +71,10 @@ class BlockGradScaler:
     ) -> None:
         self.growth_factor, self.backoff_factor = growth_factor, backoff_factor
         self.min_scale, self.max_scale = min_scale, max_scale
-        self.scales = torch.full((len(blocks) + 1,), float(init_scale))
-        self.overflow = torch.zeros(len(blocks) + 1)
+        # On the model's device: the hooks and checks then never wait on the host.
+        self.device = next(model.parameters()).device
+        self.scales = torch.full((len(blocks) + 1,), float(init_scale), device=self.device)
+        self.overflow = torch.zeros(len(blocks) + 1, device=self.device)
         in_block = {id(p): i + 1 for i, b in enumerate(blocks) for p in b.parameters()}
         self.regions = [(p, in_block.get(id(p), 0)) for p in model.parameters()]
         self._hooks = []
@@ -86,7 +88,7 @@ class BlockGradScaler:
             at = _first_tensor(args)
             if at is None or not torch.is_grad_enabled():
                 return None
-            factor = (self.scales[0] / self.scales[i]).to(args[at].device)
+            factor = self.scales[0] / self.scales[i]
             scaled = _ScaleGradient.apply(args[at], factor, (self.overflow, i))
             return (*args[:at], scaled, *args[at + 1 :])
 
@@ -99,12 +101,12 @@ class BlockGradScaler:
                 return None
             factor = self.scales[i] / self.scales[0]
             if isinstance(output, torch.Tensor):
-                return _ScaleGradient.apply(output, factor.to(output.device), None)
+                return _ScaleGradient.apply(output, factor, None)
             at = _first_tensor(tuple(output))
             if at is None:
                 return None
             items = list(output)
-            items[at] = _ScaleGradient.apply(items[at], factor.to(items[at].device), None)
+            items[at] = _ScaleGradient.apply(items[at], factor, None)
             return type(output)(items)
 
         return hook
@@ -114,7 +116,7 @@ class BlockGradScaler:
         return float(self.scales[0])
 
     def scale(self, loss: torch.Tensor) -> torch.Tensor:
-        return loss * self.scales[0].to(loss.device)
+        return loss * self.scales[0]
 
     @torch.no_grad()
     def unscale_(self) -> bool:
@@ -124,10 +126,9 @@ class BlockGradScaler:
         for param, region in self.regions:
             if param.grad is None:
                 continue
-            param.grad.div_(self.scales[region].to(param.grad.device))
+            param.grad.div_(self.scales[region])
             local = param.grad.to_local() if isinstance(param.grad, DTensor) else param.grad
-            if not torch.isfinite(local).all():
-                found[region] = 1.0
+            found[region] = torch.maximum(found[region], (~torch.isfinite(local)).any().float())
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(found, op=dist.ReduceOp.MAX)
         self.overflow = found
@@ -143,7 +144,7 @@ class BlockGradScaler:
         return {"scales": self.scales.tolist()}
 
     def load_state_dict(self, state: dict[str, list[float]]) -> None:
-        scales = torch.tensor(state["scales"])
+        scales = torch.tensor(state["scales"], device=self.device)
         if scales.shape != self.scales.shape:
             raise ValueError(f"checkpoint has {len(scales)} gradient scales, the model "
                              f"{len(self.scales)}")  # fmt: skip

@@ -382,7 +382,7 @@ def train(
 def _budget_spent(deadline: float) -> bool:
     """Whether the wall-time budget is spent, decided by rank 0 for every rank (ranks that
     stopped at different steps would wait on each other forever)."""
-    spent = torch.tensor(float(time.monotonic() > deadline))
+    spent = torch.tensor(float(time.monotonic() > deadline), device=distributed.collective_device())
     if distributed.current().world_size > 1:
         torch.distributed.broadcast(spent, src=0)
     return bool(spent)
