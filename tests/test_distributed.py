@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -63,10 +64,8 @@ def _kill_all(process: subprocess.Popen) -> None:
         frontier = [int(p) for p in found]
         pids += frontier
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):  # already gone
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _torchrun(ranks: int, args: list[str]) -> str:
