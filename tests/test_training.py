@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from dalle.cli import main
+from dalle.training.checkpoint import seed_everything
 from dalle.training.dvae_task import DVAETask, load_dvae_train_config
 from interrupt import Crash, run_task
 
@@ -116,3 +118,43 @@ def test_model_info_counts_without_allocating(capsys) -> None:
     assert main(["model-info", "--preset", "dvae-paper", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["parameters"] == {"encoder": 53_786_240, "decoder": 43_829_766, "total": 97_616_006}
+
+
+@pytest.mark.parametrize("where", ["evaluation", "checkpoint write"])
+def test_interrupt_outside_a_step_resumes_exactly(tmp_path: Path, monkeypatch, where: str) -> None:
+    """Ctrl-C during evaluation (step 4) or a periodic checkpoint write (step 6) comes after
+    the update: the checkpoint it leaves must hold that step, not the one before with
+    weights already one update further."""
+    from dalle.training import loop
+
+    straight = _run(tmp_path / "straight")
+    config = load_dvae_train_config(CONFIGS / "dvae-tiny-cpu.yaml", SMALL_RUN)
+    seed_everything(config.loop.seed)
+    task = DVAETask(config, torch.device("cpu"))
+    if where == "evaluation":
+        evaluate = task.evaluate
+
+        def interrupted_evaluate(step: int, out_dir: Path) -> dict[str, float]:
+            if step == 4:
+                raise KeyboardInterrupt
+            return evaluate(step, out_dir)
+
+        task.evaluate = interrupted_evaluate
+    else:
+        save = loop.save_checkpoint
+
+        def interrupted_save(path, model, optimizer, state, *args, **kwargs):
+            if state.step == 6 and not kwargs.get("rng"):  # the periodic write, not the rescue
+                raise KeyboardInterrupt
+            return save(path, model, optimizer, state, *args, **kwargs)
+
+        monkeypatch.setattr(loop, "save_checkpoint", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        loop.train(task, config.data, config.loop, config.optim, tmp_path / "stopped",
+                   dataclasses.asdict(config))  # fmt: skip
+    monkeypatch.undo()
+    saved = torch.load(tmp_path / "stopped" / "checkpoint.pt", weights_only=False)
+    assert saved["loop"]["step"] == (4 if where == "evaluation" else 6)
+    resumed = _run(tmp_path / "stopped")
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name

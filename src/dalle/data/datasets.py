@@ -1,15 +1,18 @@
 """Image-caption sources: a folder, WebDataset tar shards, and the Shapes World stream.
 
 Every source yields samples ``{"image": uint8 [3, S, S], "caption": str, "key": str,
-"skipped": list[Skip]}``. A broken sample (unreadable image, empty caption, missing part)
-never stops a run and is never dropped silently: it becomes a :class:`Skip` that rides
-along with the next good sample, so that the counts reach the main process from any
-DataLoader worker, and batches keep their size. :class:`SkipLog` adds them up and prints
-what was skipped and why.
+"skipped": list[Skip]}``. A broken sample (unreadable or oversized image, empty or
+non-UTF-8 caption, missing or duplicated part, duplicate key) never stops a run and is
+never dropped silently: it becomes a :class:`Skip` that rides along with the next good
+sample, or, where none follows, in a record of its own with ``image`` None that
+:func:`collate` leaves out of the batch. So the counts reach the main process from any
+DataLoader worker, and :class:`SkipLog` adds them up and prints what was skipped and why.
+A bad sample is never replaced by another: each usable sample is read once an epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -31,7 +34,7 @@ from torch.utils.data import (
     get_worker_info,
 )
 
-from dalle.data.images import IMAGE_EXTENSIONS, load_image
+from dalle.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, UnreadableImage, load_image
 from dalle.data.shapes_world import SPLIT_CODES, render_scene, sample_caption, sample_scene
 
 log = logging.getLogger(__name__)
@@ -59,8 +62,16 @@ class DataConfig:
     # Shapes World, holdout samples come from a far-off index range instead).
     subset: str = "all"
     holdout_fraction: float = 0.1
+    # Images of more pixels than this (after any reduced-scale JPEG decode) are skipped
+    # before they are decoded, which bounds what one image may cost a worker.
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
 
     def __post_init__(self) -> None:
+        for name in ("image_size", "batch_size", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name} must be at least 1, not {getattr(self, name)}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must not be negative, not {self.num_workers}")
         if self.subset not in ("all", "train", "holdout"):
             raise ValueError(f"subset must be all, train or holdout, not {self.subset!r}")
         if not 0 < self.holdout_fraction < 1:
@@ -116,24 +127,46 @@ class SkipLog:
         return {"total": self.total, "by_reason": dict(self.counts), "examples": self.examples}
 
 
-def _decode(key: str, image: bytes | Path | None, caption: str | None, size: int):
+def decode_caption(raw: bytes | str | None) -> str | None:
+    """A caption as text, or None if it is not UTF-8 (one rule for every source: such a
+    caption is skipped, never kept with replacement characters)."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _decode(
+    key: str, image: bytes | Path | None, caption: bytes | str | None, size: int, max_pixels: int
+):
     """A sample dict, or a Skip saying why there is none."""
     if image is None:
         return Skip(key, "missing image")
     if caption is None:
         return Skip(key, "missing caption")
-    caption = caption.strip()
-    if not caption:
+    text = decode_caption(caption)
+    if text is None:
+        return Skip(key, "caption is not UTF-8")
+    text = text.strip()
+    if not text:
         return Skip(key, "empty caption")
     try:
-        tensor = load_image(image, size)
-    except (OSError, ValueError, SyntaxError) as err:  # PIL raises all three on bad data
-        return Skip(key, f"unreadable image ({type(err).__name__})")
-    return {"image": tensor, "caption": caption, "key": key}
+        tensor = load_image(image, size, max_pixels)
+    except UnreadableImage as err:
+        return Skip(key, err.reason)
+    return {"image": tensor, "caption": text, "key": key}
+
+
+def skips_only(skips: list[Skip]) -> dict:
+    """A record that carries skips and no sample; :func:`collate` keeps only the skips."""
+    return {"image": None, "caption": None, "key": None, "skipped": skips}
 
 
 def _attach_skips(results) -> Iterator[dict]:
-    """Yields the good samples, each carrying the Skips that came just before it."""
+    """Yields the good samples, each carrying the Skips that came just before it; skips at
+    the end of the stream come in a record of their own."""
     pending: list[Skip] = []
     for result in results:
         if isinstance(result, Skip):
@@ -143,7 +176,7 @@ def _attach_skips(results) -> Iterator[dict]:
         pending = []
         yield result
     if pending:
-        log.warning("%d samples at the end of the stream were skipped: %s", len(pending), pending)
+        yield skips_only(pending)
 
 
 def _rank_and_world() -> tuple[int, int]:
@@ -158,68 +191,73 @@ def _rank_and_world() -> tuple[int, int]:
 class ImageTextFolder(Dataset):
     """Images under ``root`` (recursive), each with a same-stem ``.txt`` caption.
 
-    An image without a caption, or a caption without an image, is recorded in
-    ``index_skips`` when the folder is indexed. An image that fails to decode is replaced
-    by the next readable one, and the failure travels with that sample.
+    An image without a caption, a caption without an image, and a second image of the
+    same stem (``a.png`` beside ``a.jpg``: which one the caption describes is unknown, so
+    the first in name order is kept) are recorded in ``index_skips`` when the folder is
+    indexed. An item that fails to decode yields a record with its Skip and no sample.
     """
 
     def __init__(
-        self, root: str | Path, image_size: int, subset: str = "all", holdout_fraction: float = 0.1
+        self,
+        root: str | Path,
+        image_size: int,
+        subset: str = "all",
+        holdout_fraction: float = 0.1,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.root = Path(root)
-        self.image_size = image_size
+        self.image_size, self.max_image_pixels = image_size, max_image_pixels
         images: dict[Path, Path] = {}
         captions: set[Path] = set()
+        self.index_skips: list[Skip] = []
         for path in sorted(self.root.rglob("*")):
             suffix = path.suffix.lower().lstrip(".")
             if suffix in IMAGE_EXTENSIONS and path.is_file():
-                images[path.with_suffix("")] = path
+                stem = path.with_suffix("")
+                if stem in images:
+                    kept = images[stem].name
+                    self.index_skips.append(
+                        Skip(self._key(path), f"same stem as another image (kept {kept})")
+                    )
+                    continue
+                images[stem] = path
             elif suffix == "txt":
                 captions.add(path.with_suffix(""))
-        self.index_skips: list[Skip] = []
         self.items: list[tuple[Path, Path]] = []
         for stem, image in images.items():
-            if not in_subset(str(image.relative_to(self.root)), subset, holdout_fraction):
+            if not in_subset(self._key(image), subset, holdout_fraction):
                 continue
             if stem in captions:
                 self.items.append((image, stem.with_suffix(".txt")))
             else:
-                self.index_skips.append(Skip(str(image.relative_to(self.root)), "missing caption"))
+                self.index_skips.append(Skip(self._key(image), "missing caption"))
         for stem in sorted(captions - images.keys()):
-            self.index_skips.append(
-                Skip(str(stem.relative_to(self.root)) + ".txt", "missing image")
-            )
+            self.index_skips.append(Skip(self._key(stem) + ".txt", "missing image"))
         if not self.items:
             raise FileNotFoundError(
                 f"no image with a same-stem .txt caption under {self.root} "
                 f"(looked for {', '.join(IMAGE_EXTENSIONS)})"
             )
 
+    def _key(self, path: Path) -> str:
+        return str(path.relative_to(self.root))
+
     def __len__(self) -> int:
         return len(self.items)
 
-    def _load(self, index: int):
-        image, caption_path = self.items[index]
-        key = str(image.relative_to(self.root))
-        try:
-            caption = caption_path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as err:
-            return Skip(key, f"unreadable caption ({type(err).__name__})")
-        return _decode(key, image, caption, self.image_size)
-
     def __getitem__(self, index: int) -> dict:
-        skipped: list[Skip] = []
-        for offset in range(len(self.items)):
-            result = self._load((index + offset) % len(self.items))
-            if isinstance(result, Skip):
-                # Only the requested index is recorded: a broken neighbour used as a
-                # fallback is recorded when its own index comes up, so once per epoch.
-                if offset == 0:
-                    skipped.append(result)
-                continue
-            result["skipped"] = skipped
-            return result
-        raise RuntimeError(f"no readable image in {self.root}")
+        image, caption_path = self.items[index]
+        key = self._key(image)
+        try:
+            caption = caption_path.read_bytes()
+        except OSError as err:
+            result = Skip(key, f"unreadable caption ({type(err).__name__})")
+        else:
+            result = _decode(key, image, caption, self.image_size, self.max_image_pixels)
+        if isinstance(result, Skip):
+            return skips_only([result])
+        result["skipped"] = []
+        return result
 
 
 # ----------------------------------------------------------------------------- webdataset
@@ -239,10 +277,11 @@ def expand_shards(pattern: str) -> list[str]:
     return shards
 
 
-def caption_of(sample: dict, caption_keys: tuple[str, ...] | list[str]) -> str | None:
-    """A WebDataset sample's caption: its txt part, else the first json key found."""
+def caption_of(sample: dict, caption_keys: tuple[str, ...] | list[str]) -> bytes | str | None:
+    """A WebDataset sample's caption: its txt part (bytes, decoded by :func:`_decode`),
+    else the first of ``caption_keys`` found in its json part."""
     if "txt" in sample:
-        return sample["txt"].decode("utf-8", errors="replace")
+        return sample["txt"]
     if "json" in sample:
         try:
             meta = json.loads(sample["json"])
@@ -256,6 +295,74 @@ def caption_of(sample: dict, caption_keys: tuple[str, ...] | list[str]) -> str |
 
 def _every_shard(shards: Iterator) -> Iterator:
     yield from shards
+
+
+def unclosed_shards(shards: list[str]) -> list[str]:
+    """Local shards that do not end with a tar end-of-archive marker (two zero blocks).
+
+    A tar cut short exactly at a file boundary reads as a shorter, valid archive; only its
+    missing marker shows that samples were lost.
+    """
+    unclosed = []
+    for shard in shards:
+        if "://" in shard or shard.startswith("pipe:"):
+            continue
+        with open(shard, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(size - 1024, 0))
+            if size < 1024 or handle.read(1024).count(0) != 1024:
+                unclosed.append(shard)
+    return unclosed
+
+
+def read_error(exn: Exception) -> Skip:
+    """An error raised inside the tar reader (a truncated shard, say), as a Skip that
+    names the shard; webdataset appends the shard's url to the exception's args."""
+    shard = next((a for a in reversed(exn.args) if isinstance(a, str)), "?")
+    return Skip(Path(shard).name, f"unreadable shard data ({type(exn).__name__})")
+
+
+def group_parts(files: Iterator[dict]) -> Iterator[dict | Skip]:
+    """Groups a tar's files into samples by key, like ``webdataset.group_by_keys``, but a
+    sample with a part twice (which one is right is unknown) and a key seen before in the
+    same shard become Skips rather than kept or raised.
+
+    ``files`` is what ``webdataset.tariterators.tar_file_expander`` yields: ``{fname,
+    data, __url__}`` per file and ``{}`` at the end of each shard.
+    """
+    seen: set[str] = set()
+    sample: dict | None = None
+    for file in files:
+        if not file:  # end of a shard
+            if sample is not None:
+                yield _finish(sample, seen)
+            sample, seen = None, set()
+            continue
+        key, ext = wds.tariterators.base_plus_ext(file["fname"])
+        if key is None:
+            continue  # a file name without an extension: not part of any sample
+        ext = ext.lower()
+        if sample is None or key != sample["__key__"]:
+            if sample is not None:
+                yield _finish(sample, seen)
+            sample = {"__key__": key, "__url__": file["__url__"], "__repeated__": []}
+        if ext in sample:
+            sample["__repeated__"].append(ext)
+        else:
+            sample[ext] = file["data"]
+    if sample is not None:
+        yield _finish(sample, seen)
+
+
+def _finish(sample: dict, seen: set[str]) -> dict | Skip:
+    key = sample["__key__"]
+    if key in seen:
+        return Skip(key, "duplicate key in shard")
+    seen.add(key)
+    if sample["__repeated__"]:
+        return Skip(key, f"part .{sample['__repeated__'][0]} twice in one sample")
+    return sample
 
 
 class WebDatasetSource(IterableDataset):
@@ -275,6 +382,7 @@ class WebDatasetSource(IterableDataset):
         subset: str = "all",
         holdout_fraction: float = 0.1,
         split_by_rank: bool = False,
+        max_image_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.shards = expand_shards(pattern)
         self.split_by_rank = split_by_rank
@@ -286,45 +394,57 @@ class WebDatasetSource(IterableDataset):
                 "write the data set as at least as many shards as ranks"
             )
         self.subset, self.holdout_fraction = subset, holdout_fraction
-        self.image_size = image_size
+        self.image_size, self.max_image_pixels = image_size, max_image_pixels
         self.caption_keys = tuple(caption_keys)
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.epoch = 0
+        # Found once, reported once (by the main process) however many epochs are read.
+        self.index_skips = [
+            Skip(Path(s).name, "shard cut short (no end-of-archive marker)")
+            for s in unclosed_shards(self.shards)
+        ]
+
+    def samples(self, record) -> Iterator[dict | Skip]:
+        """This rank's and worker's raw samples (dicts of parts), in shuffled order;
+        ``record(exception)`` is told of every read error and reading goes on."""
+        seed = self.seed + self.epoch
+        stages: list = [
+            wds.SimpleShardList(self.shards),
+            # Training ranks read disjoint shards; evaluation reads them all everywhere.
+            wds.split_by_node if self.split_by_rank else _every_shard,
+            wds.split_by_worker,
+        ]
+        if self.shuffle_buffer:
+            stages.append(wds.shuffle(len(self.shards), seed=seed))
+        stages += [
+            wds.cache.StreamingOpen(handler=record),
+            functools.partial(wds.tariterators.tar_file_expander, handler=record),
+            group_parts,
+        ]
+        if self.shuffle_buffer:
+            stages.append(wds.shuffle(self.shuffle_buffer, seed=seed))
+        return iter(wds.DataPipeline(*stages))
 
     def _results(self) -> Iterator[dict | Skip]:
         errors: list[Skip] = []
 
         def record(exn: Exception) -> bool:
-            # Raised inside the tar reader (a truncated shard, say): count it, go on.
-            errors.append(
-                Skip(
-                    str(getattr(exn, "args", [""])[-1])[:200],
-                    f"unreadable shard data ({type(exn).__name__})",
-                )
-            )
+            errors.append(read_error(exn))
             return True
 
-        pipeline = wds.WebDataset(
-            self.shards,
-            handler=record,
-            shardshuffle=len(self.shards) if self.shuffle_buffer else False,
-            # Training ranks read disjoint shards; evaluation reads them all everywhere.
-            nodesplitter=wds.split_by_node if self.split_by_rank else _every_shard,
-            workersplitter=wds.split_by_worker,
-            empty_check=False,
-            seed=self.seed + self.epoch,
-        )
-        if self.shuffle_buffer:
-            pipeline = pipeline.shuffle(self.shuffle_buffer, seed=self.seed + self.epoch)
-        for sample in pipeline:
+        for sample in self.samples(record):
             yield from errors
             errors.clear()
-            key = sample.get("__key__", "?")
+            if isinstance(sample, Skip):
+                yield sample
+                continue
+            key = sample["__key__"]
             if not in_subset(key, self.subset, self.holdout_fraction):
                 continue
             image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
-            yield _decode(key, image, caption_of(sample, self.caption_keys), self.image_size)
+            caption = caption_of(sample, self.caption_keys)
+            yield _decode(key, image, caption, self.image_size, self.max_image_pixels)
         yield from errors
 
     def __iter__(self) -> Iterator[dict]:
@@ -411,11 +531,12 @@ def open_source(config: DataConfig, split_by_rank: bool = False) -> Dataset | It
                                  config.count, split_by_rank)  # fmt: skip
     path = Path(config.source)
     if path.is_dir():
-        return ImageTextFolder(path, config.image_size)
+        return ImageTextFolder(path, config.image_size, max_image_pixels=config.max_image_pixels)
     if ".tar" in config.source:
         buffer = config.shuffle_buffer if config.shuffle else 0
         return WebDatasetSource(config.source, config.image_size, config.caption_keys, buffer,
-                                config.seed, split_by_rank=split_by_rank)  # fmt: skip
+                                config.seed, split_by_rank=split_by_rank,
+                                max_image_pixels=config.max_image_pixels)  # fmt: skip
     raise FileNotFoundError(
         f"data source {config.source!r} is neither 'shapes[:split]', a folder, nor .tar shards"
     )
@@ -423,19 +544,66 @@ def open_source(config: DataConfig, split_by_rank: bool = False) -> Dataset | It
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # uint8 [B, 3, S, S]
+    images: torch.Tensor  # uint8 [B, 3, S, S]; B may be 0 when every record was a skip
     captions: list[str]
     keys: list[str]
     skipped: list[Skip]
 
+    def __len__(self) -> int:
+        return len(self.captions)
+
 
 def collate(samples: list[dict]) -> Batch:
+    """Stacks the samples; records that only carry skips add their skips and nothing else."""
+    kept = [s for s in samples if s["image"] is not None]
     return Batch(
-        images=torch.stack([s["image"] for s in samples]),
-        captions=[s["caption"] for s in samples],
-        keys=[s["key"] for s in samples],
+        images=torch.stack([s["image"] for s in kept])
+        if kept
+        else torch.empty(0, dtype=torch.uint8),
+        captions=[s["caption"] for s in kept],
+        keys=[s["key"] for s in kept],
         skipped=[skip for s in samples for skip in s["skipped"]],
     )
+
+
+def concat(batches: list[Batch]) -> Batch:
+    """One batch of all of ``batches``' samples and skips, in order."""
+    images = [b.images for b in batches if len(b)]
+    return Batch(
+        images=torch.cat(images) if images else torch.empty(0, dtype=torch.uint8),
+        captions=[c for b in batches for c in b.captions],
+        keys=[k for b in batches for k in b.keys],
+        skipped=[s for b in batches for s in b.skipped],
+    )
+
+
+def rebatch(batches: Iterator[Batch], size: int) -> Iterator[Batch]:
+    """Batches of exactly ``size`` samples from batches of any size, in the same order,
+    then one shorter batch with what is left (possibly only skips), if anything is.
+
+    A loader's batch is short when some of its records were skips, or at the end of a
+    worker's stream; training needs full ones. Each batch carries the skips that arrived
+    since the one before, so none is lost with the short remainder.
+    """
+    pending: list[Batch] = []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += len(batch)
+        while held >= size:
+            whole = concat(pending)
+            first = _slice(whole, 0, size)
+            first.skipped = whole.skipped
+            yield first
+            pending = [_slice(whole, size, held)]
+            held -= size
+    rest = concat(pending)
+    if len(rest) or rest.skipped:
+        yield rest
+
+
+def _slice(batch: Batch, start: int, stop: int) -> Batch:
+    return Batch(batch.images[start:stop], batch.captions[start:stop], batch.keys[start:stop], [])
 
 
 def make_loader(
@@ -484,6 +652,8 @@ def load_images(data: DataConfig, count: int) -> tuple[torch.Tensor, list[str]]:
     config = replace(data, shuffle=False, num_workers=0, batch_size=64)
     images, captions = [], []
     for batch in make_loader(open_source(config), config):
+        if not len(batch):
+            continue
         images.append(batch.images)
         captions += batch.captions
         if len(captions) >= count:
@@ -493,8 +663,13 @@ def load_images(data: DataConfig, count: int) -> tuple[torch.Tensor, list[str]]:
     return torch.cat(images)[:count], captions[:count]
 
 
-def iter_captions(config: DataConfig, limit: int | None = None) -> Iterator[str]:
-    """Captions of a source without decoding images (for tokenizer training)."""
+def iter_captions(
+    config: DataConfig, limit: int | None = None, skip_log: SkipLog | None = None
+) -> Iterator[str]:
+    """Captions of a source without decoding images (for tokenizer training), by the same
+    rules as the image loaders: empty and non-UTF-8 captions are skipped and counted in
+    ``skip_log``, and so are a tar's duplicate keys and read errors."""
+    skip_log = skip_log if skip_log is not None else SkipLog()
     split = _shapes_split(config.source)
     if split is not None:
         count = limit if limit is not None else config.count
@@ -504,20 +679,47 @@ def iter_captions(config: DataConfig, limit: int | None = None) -> Iterator[str]
             yield sample_caption(config.seed, index, split)  # type: ignore[arg-type]
         return
     produced = 0
-    path = Path(config.source)
-    if path.is_dir():
-        texts = (
-            p.read_text(encoding="utf-8", errors="replace") for p in sorted(path.rglob("*.txt"))
-        )
-    else:
-        shards = wds.WebDataset(
-            expand_shards(config.source), shardshuffle=False, empty_check=False,
-            handler=wds.warn_and_continue,
-        )  # fmt: skip
-        texts = (c for s in shards if (c := caption_of(s, config.caption_keys)) is not None)
-    for text in texts:
-        if text.strip():
+    for key, raw in _raw_captions(config, skip_log):
+        text = decode_caption(raw) if raw is not None else None
+        if raw is None:
+            skip_log.add([Skip(key, "missing caption")])
+        elif text is None:
+            skip_log.add([Skip(key, "caption is not UTF-8")])
+        elif not text.strip():
+            skip_log.add([Skip(key, "empty caption")])
+        else:
             yield text.strip()
             produced += 1
             if limit is not None and produced >= limit:
                 return
+
+
+def _raw_captions(
+    config: DataConfig, skip_log: SkipLog
+) -> Iterator[tuple[str, bytes | str | None]]:
+    """(key, caption as stored) of every sample of a folder or of tar shards."""
+    path = Path(config.source)
+    if path.is_dir():
+        for text in sorted(path.rglob("*.txt")):
+            key = str(text.relative_to(path))
+            try:
+                yield key, text.read_bytes()
+            except OSError as err:
+                skip_log.add([Skip(key, f"unreadable caption ({type(err).__name__})")])
+        return
+    if ".tar" not in config.source:
+        raise FileNotFoundError(
+            f"data source {config.source!r} is neither 'shapes[:split]', a folder, nor .tar shards"
+        )
+    source = WebDatasetSource(config.source, config.image_size, config.caption_keys)
+    skip_log.add(source.index_skips)
+
+    def record(exn: Exception) -> bool:
+        skip_log.add([read_error(exn)])
+        return True
+
+    for sample in source.samples(record):
+        if isinstance(sample, Skip):
+            skip_log.add([sample])
+        else:
+            yield sample["__key__"], caption_of(sample, config.caption_keys)

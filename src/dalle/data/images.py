@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +14,31 @@ from PIL import Image, ImageOps
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp")
 
 
+# Images beyond this many pixels (after any decode-time reduction) are refused before
+# they are decoded: a 12000x12000 PNG would cost ~0.4 GB per worker just to be shrunk.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class UnreadableImage(ValueError):
+    """Data that is not an image this loader may decode; ``reason`` says why in a few
+    words (the skip reason a data set reports)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Converts any PIL mode to RGB, compositing transparency onto white.
+    """Converts any PIL mode to 8-bit RGB, compositing transparency onto white.
 
     Emoji and other cut-outs are transparent outside the subject; dropping alpha naively
     would reveal whatever colour the transparent pixels happen to store (often black).
+    16-bit and 32-bit grey images are scaled to 8 bits, not clipped (PIL's own
+    conversion clips them, so a 16-bit PNG comes out nearly white).
     """
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or (
+    if image.mode.startswith("I") or image.mode == "F":
+        image = _grey_to_8bit(image)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         image.mode == "P" and "transparency" in image.info
     )
     if has_alpha:
@@ -28,6 +48,17 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _grey_to_8bit(image: Image.Image) -> Image.Image:
+    """An ``I;16*``, ``I`` or ``F`` image as ``L``: 16-bit ranges are divided by 257, float
+    images in [0, 1] multiplied by 255."""
+    values = np.asarray(image).astype(np.float64)
+    if image.mode == "F" and values.size and values.max() <= 1.0:
+        values = values * 255.0
+    elif image.mode.startswith("I;16") or (values.size and values.max() > 255):
+        values = values / 257.0
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+
+
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """Scales the shorter side to ``size`` and crops the centre to ``size x size``."""
     if image.size == (size, size):
@@ -35,15 +66,57 @@ def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     return ImageOps.fit(image, (size, size), method=Image.Resampling.LANCZOS)
 
 
-def load_image(source: bytes | str | Path, size: int) -> torch.Tensor:
-    """Decodes, converts and resizes an image: uint8 tensor ``[3, size, size]``.
+def open_rgb(
+    source: bytes | str | Path, size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
+    """Decodes an image to 8-bit RGB, upright (EXIF orientation applied).
 
-    Raises ``OSError`` or ``ValueError`` (from PIL) for data that is not a readable image.
+    With ``size``, formats that can decode at a reduced scale (JPEG) do so down to no less
+    than ``size`` on the shorter side. An image of more than ``max_pixels`` pixels after
+    that is refused before its pixels are decoded. Raises :class:`UnreadableImage` for
+    anything that is not a readable image within those bounds.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes) else source
-    with Image.open(stream) as image:
-        image.load()  # decode now, so truncated files fail here rather than later
-        rgb = resize_center_crop(to_rgb(image), size)
+    try:
+        with warnings.catch_warnings():
+            # PIL warns above its own bomb limit; ours is lower and refuses instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream) as image:
+                if size is not None:
+                    _draft(image, size)
+                width, height = image.size
+                if width * height > max_pixels:
+                    raise UnreadableImage(
+                        f"image too large ({width}x{height} > {max_pixels:,} pixels)"
+                    )
+                image.load()  # decode now, so truncated files fail here rather than later
+                return to_rgb(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError:
+        raise UnreadableImage("image too large (a decompression bomb)") from None
+    except UnreadableImage:
+        raise
+    except (OSError, ValueError, SyntaxError, EOFError, struct.error, MemoryError) as err:
+        # PIL raises all of these on broken data
+        raise UnreadableImage(f"unreadable image ({type(err).__name__})") from None
+
+
+def _draft(image: Image.Image, size: int) -> None:
+    """Asks the decoder for a reduced scale that keeps the shorter side >= ``size``."""
+    width, height = image.size
+    scale = min(width, height) / size
+    if scale >= 2:
+        image.draft("RGB", (max(size, round(width / scale)), max(size, round(height / scale))))
+
+
+def load_image(
+    source: bytes | str | Path, size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> torch.Tensor:
+    """Decodes, converts and resizes an image: uint8 tensor ``[3, size, size]``.
+
+    Raises :class:`UnreadableImage` (a ``ValueError``) for data that is not a readable
+    image, or one beyond ``max_pixels``.
+    """
+    rgb = resize_center_crop(open_rgb(source, size, max_pixels), size)
     array = np.asarray(rgb, dtype=np.uint8)  # [H, W, 3]
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 

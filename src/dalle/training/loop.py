@@ -15,7 +15,6 @@ import dataclasses
 import json
 import logging
 import math
-import signal
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,7 +30,8 @@ from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from dalle.data.datasets import Batch, DataConfig, SkipLog, make_loader, open_source
+from dalle.data.datasets import Batch, DataConfig, SkipLog, make_loader, open_source, rebatch
+from dalle.interrupts import InterruptGuard
 from dalle.training import distributed
 from dalle.training.checkpoint import (
     CHECKPOINT_FILE,
@@ -43,6 +43,7 @@ from dalle.training.checkpoint import (
     save_checkpoint,
     save_sharded_checkpoint,
     seed_everything,
+    set_rng_state,
     sharded_checkpoint_step,
 )
 from dalle.training.grad_scaling import BlockGradScaler
@@ -168,27 +169,35 @@ def _batches(data: DataConfig, loop: LoopState, skip_log: SkipLog) -> Iterator[B
     generator, never the global one; resuming replays the epoch's first batches and
     discards them, so the data order after a resume is the one without the stop.
     ``data.batch_size`` is the global batch; each of N ranks reads its own 1/N of it.
+    Batches are always full: the samples of short loader batches (skips, a worker's last
+    batch) are carried into the next, and the epoch's remainder is dropped, its skips
+    counted.
     """
     world = distributed.current().world_size
     local = distributed.local_batch_size(data.batch_size, world)
     data = dataclasses.replace(data, batch_size=local)
     dataset = open_source(data, split_by_rank=True)
-    skip_log.add(getattr(dataset, "index_skips", []))  # what indexing a folder found missing
+    skip_log.add(getattr(dataset, "index_skips", []))  # what indexing found missing
     while True:
         if hasattr(dataset, "epoch"):
             dataset.epoch = loop.epoch  # WebDataset shard/sample shuffle seed
         config = dataclasses.replace(data, seed=data.seed + loop.epoch)
-        loader = make_loader(dataset, config, drop_last=True, split_by_rank=True)
+        loader = make_loader(dataset, config, split_by_rank=True)
         produced = False
-        for index, batch in enumerate(loader):
+        for index, batch in enumerate(rebatch(iter(loader), local)):
             if index < loop.batches_in_epoch:
-                continue
-            produced = True
+                continue  # replayed after a resume; its skips were counted before the stop
             skip_log.add(batch.skipped)
+            if len(batch) < local:
+                break  # the epoch's remainder
+            produced = True
             loop.batches_in_epoch = index + 1
             yield batch
         if not produced and loop.batches_in_epoch == 0:
-            raise RuntimeError(f"data source {data.source!r} yielded no complete batch")
+            raise ValueError(
+                f"data source {data.source!r} has fewer usable samples than one batch of "
+                f"{local} (see `dalle data check`)"
+            )
         loop.epoch += 1
         loop.batches_in_epoch = 0
 
@@ -264,9 +273,10 @@ def train(
                    "world_size": rank.world_size, "precision": precision,
                    "parameters": sum(p.numel() for p in model.parameters())})  # fmt: skip
 
-    # The loop position and random state at the start of the step in progress: an
-    # interrupt mid-step checkpoints these, so the resumed run redoes that step with the
-    # same batch and the same random numbers.
+    # The loop position and random state that go with the weights as they are now: taken
+    # after each whole update (evaluation and checkpoint writes leave the random state
+    # alone), so an interrupt anywhere checkpoints one consistent step, and the resumed
+    # run redoes a step cut short with the same batch and the same random numbers.
     boundary: tuple[LoopState, dict[str, Any]] = (dataclasses.replace(state), rng_state())
 
     skip_log = SkipLog()
@@ -279,7 +289,8 @@ def train(
     deadline = (
         time.monotonic() + 60 * loop_config.max_minutes if loop_config.max_minutes else math.inf
     )
-    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
+    guard = InterruptGuard()
+    guard.__enter__()  # left in the finally below
     try:
         while state.step < loop_config.steps:
             if _budget_spent(deadline):
@@ -287,7 +298,6 @@ def train(
                     "time budget of %.1f min spent at step %d", loop_config.max_minutes, state.step
                 )
                 break
-            boundary = (dataclasses.replace(state), rng_state())
             lr = warmup_cosine(
                 state.step, optim.warmup_steps, loop_config.steps, optim.lr, optim.final_lr
             )
@@ -310,17 +320,19 @@ def train(
             if optim.grad_clip > 0:
                 norm = nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
                 logged["grad_norm"] = float(_full(norm))
-            if finite:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                logged["skipped_update"] = float(not finite)
-                logged["loss_scale"] = scaler.loss_scale
-                scaler.update()
-            if ema is not None:
-                ema.update_parameters(model)
-            state.step += 1
-            state.elapsed_s = time.perf_counter() - session_start
+            with guard.deferred():  # the update and its record, whole or not at all
+                if finite:
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    logged["skipped_update"] = float(not finite)
+                    logged["loss_scale"] = scaler.loss_scale
+                    scaler.update()
+                if ema is not None:
+                    ema.update_parameters(model)
+                state.step += 1
+                state.elapsed_s = time.perf_counter() - session_start
+                boundary = (dataclasses.replace(state), rng_state())
             progress.update(1)
             if state.step % loop_config.log_every == 0 or state.step == loop_config.steps:
                 logged = distributed.mean_over_ranks(logged)
@@ -357,13 +369,14 @@ def train(
             # hang. The last periodic checkpoint is where a re-run resumes.
             log.warning("interrupted: run again to resume from the last checkpoint")
         else:
-            checkpoints.save(last_state, rng=last_rng)
+            with guard.deferred():  # a second Ctrl-C waits for this checkpoint
+                checkpoints.save(last_state, rng=last_rng)
             log.warning(
                 "interrupted: checkpoint written at step %d; run again to resume", last_state.step
             )
         raise
     finally:
-        signal.signal(signal.SIGTERM, previous_sigterm)
+        guard.__exit__()
         progress.close()
         if skip_log.total:
             log.warning(skip_log.summary())
@@ -396,8 +409,10 @@ def _evaluate(
     task: Task, model: nn.Module, ema: AveragedModel | None, step: int, out_dir: Path
 ) -> dict[str, float]:
     """Every rank evaluates (a sharded model's forward pass needs them all); files are
-    kept from rank 0 only."""
+    kept from rank 0 only. The random state is put back afterwards, so training draws the
+    same numbers whether or not (and however often) it evaluates."""
     model.eval()
+    random_state = rng_state()
     try:
         with averaged_weights(model, ema), root_unsharded(model):
             if distributed.current().is_main:
@@ -405,6 +420,7 @@ def _evaluate(
             with tempfile.TemporaryDirectory() as scratch:
                 return task.evaluate(step, Path(scratch))
     finally:
+        set_rng_state(random_state)
         model.train()
 
 
@@ -440,11 +456,6 @@ def averaged_weights(model: nn.Module, ema: AveragedModel | None) -> Iterator[No
         yield
     finally:
         model.load_state_dict(own)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    # SIGTERM (a scheduler's kill, `timeout`) stops like Ctrl-C: checkpoint, then exit.
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _hms(seconds: float) -> str:
