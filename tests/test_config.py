@@ -23,12 +23,12 @@ LOADERS = {
 
 def test_defaults_file_and_overrides_merge_in_order(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("data:\n  image_size: 32\ntokenizer:\n  vocab_size: 100\n")
+    path.write_text("data:\n  image_size: 32\ntokenizer:\n  vocab_size: 300\n")
     config = load_config(
-        TokenizerTrainConfig, path, ["tokenizer.vocab_size=200", "data.count=null"]
+        TokenizerTrainConfig, path, ["tokenizer.vocab_size=400", "data.count=null"]
     )
     assert config.data.image_size == 32  # from the file
-    assert config.tokenizer.vocab_size == 200  # override wins
+    assert config.tokenizer.vocab_size == 400  # override wins
     assert config.data.count is None and config.tokenizer.max_length == 256  # defaults
     save_config(config, tmp_path / "saved.yaml")
     assert load_config(TokenizerTrainConfig, tmp_path / "saved.yaml") == config

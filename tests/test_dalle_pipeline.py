@@ -111,7 +111,8 @@ def test_train_exports_a_self_contained_model(stages: dict[str, Path], capsys) -
         and texts[-1].read_text() == "a small blue star in the top left"
     )
     assert main(["judge", str(out_dir), "--json"]) == 0  # the judge reads what generate wrote
-    assert json.loads(capsys.readouterr().out.split("\n", 2)[-1])["images"] == 6
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("{\n") :])["images"] == 6
 
 
 def test_weight_decay_spares_gains_biases_and_embeddings(stages: dict[str, Path]) -> None:

@@ -12,8 +12,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dalle.config import ConfigError, load_config, save_config
+from dalle.cli_support import (
+    DEBUG_ENV,
+    OneLineParser,
+    check_output_dir,
+    check_output_file,
+    debug_requested,
+    finite_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+    read_image,
+    report,
+)
+from dalle.config import load_config, save_config
 from dalle.data.datasets import DataConfig
+from dalle.data.images import DEFAULT_MAX_PIXELS
+from dalle.interrupts import raise_interrupted
 from dalle.tokenizers.text import TokenizerConfig
 
 log = logging.getLogger("dalle")
@@ -69,12 +85,13 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from dalle.data.datasets import make_loader, new_skip_log, open_source
 
     config = DataConfig(source=args.source, image_size=args.size, batch_size=64, shuffle=False,
-                        num_workers=args.workers, count=args.limit)  # fmt: skip
+                        num_workers=args.workers, count=args.limit,
+                        max_image_pixels=args.max_pixels)  # fmt: skip
     dataset = open_source(config)
     skips = new_skip_log(dataset)
     samples = 0
     for batch in tqdm(
-        make_loader(dataset, config), desc="reading", unit="batch", disable=args.json
+        make_loader(dataset, config), desc="reading", unit="batch", disable=args.json, leave=False
     ):
         samples += len(batch.captions)
         skips.add(batch.skipped)
@@ -114,8 +131,8 @@ class TokenizerTrainConfig:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from dalle.data.datasets import iter_captions
-    from dalle.tokenizers.text import TextTokenizer
+    from dalle.data.datasets import SkipLog, iter_captions
+    from dalle.tokenizers.text import TextTokenizer, length_statistics
 
     overrides = _flag_overrides({
         "data.source": args.data,
@@ -124,20 +141,24 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
         "tokenizer.max_captions": args.max_captions,
     })  # fmt: skip
     config = load_config(TokenizerTrainConfig, args.config, [*overrides, *args.overrides])
-    limit = config.tokenizer.max_captions
+    check_output_dir(args.out, "--out")
     start = time.perf_counter()
-    captions = list(iter_captions(config.data, limit))
+    skips = SkipLog()
+    captions = list(iter_captions(config.data, config.tokenizer.max_captions, skips))
+    if skips.total:
+        print(skips.summary())
     if not captions:
-        raise ValueError(f"no captions found in {config.data.source}")
+        raise ValueError(f"no usable captions in {config.data.source}")
     tokenizer = TextTokenizer.train(captions, config.tokenizer)
     tokenizer.save(args.out)
     save_config(config, Path(args.out) / "train_config.yaml")
-    encoded = tokenizer.encode(captions)
     info = tokenizer.describe()
-    mean_len = encoded.lengths.float().mean().item()
+    stats = length_statistics(tokenizer, captions)
     print(f"trained BPE on {len(captions)} captions in {time.perf_counter() - start:.1f}s: "
           f"vocabulary {info['vocab_size']} ({info['merges']} merges), "
-          f"mean {mean_len:.1f} tokens per caption; {tokenizer.truncation_summary()}")  # fmt: skip
+          f"mean {stats.mean:.1f} and longest {stats.longest} tokens per caption; "
+          f"{stats.truncated} of {len(captions)} captions would be cut to "
+          f"{tokenizer.max_length} tokens")  # fmt: skip
     print(f"saved to {Path(args.out) / 'tokenizer.json'}")
     return 0
 
@@ -195,7 +216,7 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
 
     flags = {"preset": args.preset, "data.source": args.data, "loop.steps": args.steps}
     config = load_dvae_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
-    run_training(config, DVAETask, Path(args.out))
+    run_training(config, DVAETask, Path(args.out), args.allow_changes)
     return 0
 
 
@@ -208,7 +229,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "vae": args.vae and str(args.vae), "tokenizer": args.tokenizer and str(args.tokenizer),
     }  # fmt: skip
     config = load_dalle_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
-    run_training(config, DALLETask, Path(args.out))
+    run_training(config, DALLETask, Path(args.out), args.allow_changes)
     return 0
 
 
@@ -221,79 +242,149 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
         "tokenizer": args.tokenizer and str(args.tokenizer),
     }  # fmt: skip
     config = load_clip_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
-    run_training(config, CLIPTask, Path(args.out))
+    run_training(config, CLIPTask, Path(args.out), args.allow_changes)
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
+    """Samples ``--num`` images per prompt and writes each prompt's images as soon as they
+    are done, so an interrupt keeps every finished one."""
+    from tqdm import tqdm
 
-    from dalle.sampling.generate import TextToImage, save_grid, write_images
+    from dalle.sampling.generate import TextToImage, save_grid
     from dalle.sampling.sampler import SamplingConfig
     from dalle.training.loop import resolve_device
 
-    prompts = list(args.prompt)
-    if args.prompts:
-        prompts += [
-            line.strip()
-            for line in args.prompts.read_text(encoding="utf-8").splitlines()
-            if line.strip()
-        ]
-    if not prompts:
-        raise ValueError("give a prompt, or --prompts FILE with one prompt a line")
+    prompts = _read_prompts(args)
+    _check_generate_outputs(args, len(prompts))
     device = resolve_device(args.device)
     pipe = TextToImage.from_pretrained(args.model, device)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.guidance)
-    generator = torch.Generator(device=device).manual_seed(args.seed)
-    every, captions = [], []
-    prime = None
-    if args.prime_image:
-        from dalle.data.images import load_image
+    size = pipe.model.config.image_grid * pipe.vae.config.downsample
+    prime = read_image(args.prime_image, size, "--prime-image") if args.prime_image else None
+    scorer = _reranker(args, pipe, device)
+    kept = min(args.keep, args.num) if args.rerank else args.num
+    choice = f", keeping the best {kept} by {args.rerank}" if args.rerank else ""
+    print(f"generating {args.num} images for each of {len(prompts)} prompt(s) on {device}"
+          f"{choice}", flush=True)  # fmt: skip
+    generator = torch_generator(device, args.seed)
+    grid: list = []
+    written = 0
+    progress = tqdm(total=args.num * len(prompts), unit="image", leave=False)
+    try:
+        for prompt in prompts:
+            images = _images_for_prompt(args, pipe, prompt, sampling, generator, prime, scorer,
+                                        progress)  # fmt: skip
+            if args.out_dir:
+                from dalle.sampling.generate import write_images
 
-        size = pipe.model.config.image_grid * pipe.vae.config.downsample
-        prime = load_image(args.prime_image, size)
-    scorer = None
-    if args.rerank and args.rerank != "self":
-        from dalle.sampling.rerank import CLIPScorer
+                write_images(images, [prompt] * len(images), args.out_dir, first_index=written)
+            written += len(images)
+            if args.out:
+                grid.append(images)
+    finally:
+        progress.close()
+        if args.out_dir and written:
+            print(f"wrote {written} images with their prompts to {args.out_dir}")
+        if args.out and grid:
+            import torch
 
-        scorer = CLIPScorer.from_pretrained(args.rerank, device)
-    for prompt in prompts:
-        images = pipe(
-            prompt, args.num, sampling, generator, args.batch_size, prime, args.prime_rows
-        )
-        if args.rerank:
-            from dalle.sampling.rerank import keep_best, self_scores
-
-            scores = (
-                scorer(images, [prompt] * len(images))
-                if scorer
-                else self_scores(pipe, images, [prompt] * len(images))
-            )
-            images, kept = keep_best(images, scores, args.keep)
-            print(f"{prompt!r}: kept {len(images)} of {args.num}, scores "
-                  f"{kept[0]:.3f} (best) to {kept[-1]:.3f}")  # fmt: skip
-        every.append(images)
-        captions += [prompt] * len(images)
-    images = torch.cat(every)
-    if args.out:
-        per_prompt = min(args.keep, args.num) if args.rerank else args.num
-        save_grid(images, args.out, columns=per_prompt if len(prompts) > 1 else 8)
-        print(f"wrote a grid of {len(images)} images to {args.out}")
-    if args.out_dir:
-        write_images(images, captions, args.out_dir)
-        print(f"wrote {len(images)} images with their prompts to {args.out_dir}")
+            every = torch.cat(grid)
+            save_grid(every, args.out, columns=kept if len(prompts) > 1 else 8)
+            print(f"wrote a grid of {len(every)} images to {args.out}")
     return 0
+
+
+def _read_prompts(args: argparse.Namespace) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompts:
+        try:
+            text = args.prompts.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"--prompts {args.prompts}: not UTF-8 text") from None
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError("give a prompt, or --prompts FILE with one prompt a line")
+    return prompts
+
+
+# A grid is one PNG held in memory: beyond this many images, write them to --out-dir.
+MAX_GRID_IMAGES = 1024
+
+
+def _check_generate_outputs(args: argparse.Namespace, prompts: int) -> None:
+    """Everything about where results go and how they are chosen, before any sampling."""
+    if not args.out and not args.out_dir:
+        raise ValueError("say where the images go: --out GRID.png and/or --out-dir FOLDER")
+    if args.prime_image and not args.prime_rows:
+        raise ValueError("--prime-image needs --prime-rows N: the token rows of it to keep")
+    if args.prime_rows and not args.prime_image:
+        raise ValueError("--prime-rows needs --prime-image")
+    if args.keep is not None and not args.rerank:
+        raise ValueError("--keep needs --rerank (CLIP_DIR or self)")
+    args.keep = args.keep or 8
+    kept = min(args.keep, args.num) if args.rerank else args.num
+    if args.out:
+        check_output_file(args.out, "--out")
+        if kept * prompts > MAX_GRID_IMAGES:
+            raise ValueError(f"--out: a grid of {kept * prompts} images is too large "
+                             f"(at most {MAX_GRID_IMAGES}); use --out-dir")  # fmt: skip
+    if args.out_dir:
+        check_output_dir(args.out_dir, "--out-dir")
+
+
+def _reranker(args: argparse.Namespace, pipe, device):
+    """The scorer that --rerank names: a CLIP folder, 'self', or None."""
+    if not args.rerank:
+        return None
+    if args.rerank == "self":
+        from dalle.sampling.rerank import self_scores
+
+        return lambda images, prompts: self_scores(pipe, images, prompts)
+    from dalle.sampling.rerank import CLIPScorer
+
+    return CLIPScorer.from_pretrained(args.rerank, device)
+
+
+def torch_generator(device, seed: int):
+    import torch
+
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _images_for_prompt(args, pipe, prompt, sampling, generator, prime, scorer, progress):
+    """``--num`` samples of one prompt, batch by batch; with a scorer, only the best
+    ``--keep`` of them are held at any time."""
+    import torch
+
+    from dalle.sampling.rerank import keep_best
+
+    kept, scores = None, None
+    for start in range(0, args.num, args.batch_size):
+        count = min(args.batch_size, args.num - start)
+        images = pipe(prompt, count, sampling, generator, count, prime, args.prime_rows)
+        progress.update(count)
+        if scorer is None:
+            kept = images if kept is None else torch.cat([kept, images])
+            continue
+        new_scores = scorer(images, [prompt] * count)
+        if kept is not None:
+            images, new_scores = torch.cat([kept, images]), torch.cat([scores, new_scores])
+        kept, scores = keep_best(images, new_scores, args.keep)
+    if scores is not None:
+        progress.write(f"{prompt!r}: kept {len(kept)} of {args.num}, scores "
+                       f"{scores[0]:.3f} (best) to {scores[-1]:.3f}")  # fmt: skip
+    return kept
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     """Prints how likely the model finds an image for a caption, in bits per dimension."""
-    from dalle.data.images import load_image
     from dalle.sampling.generate import TextToImage, bits_per_dimension
     from dalle.training.loop import resolve_device
 
     pipe = TextToImage.from_pretrained(args.model, resolve_device(args.device))
     size = pipe.model.config.image_grid * pipe.vae.config.downsample
-    image = load_image(args.image, size)[None]  # [1, 3, S, S]
+    image = read_image(args.image, size, "image")[None]  # [1, 3, S, S]
     nats = pipe.log_likelihood(image, [args.caption])
     tokens = pipe.model.config.image_tokens
     result = {
@@ -362,15 +453,25 @@ def _add_train_command(
     parser = commands.add_parser(name, help=f"train {what}")
     parser.add_argument("--data", help="image-caption source (see `dalle data check`)")
     parser.add_argument("--preset", help=f"model preset to start from (default {default_preset})")
-    parser.add_argument("--steps", type=int, help="optimizer updates")
+    parser.add_argument("--steps", type=positive_int, help="optimizer updates")
     parser.add_argument("--out", type=Path, required=True, help="run folder; re-run to resume")
+    parser.add_argument(
+        "--allow-changes", action="store_true",
+        help="resume even though settings or inputs differ from the checkpoint's (each change "
+        "is logged to config_changes.jsonl)",
+    )  # fmt: skip
     _add_config_args(parser)
     return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dalle", description=__doc__)
+    parser = OneLineParser(prog="dalle", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show tracebacks, anywhere on the line (or {DEBUG_ENV}=1)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="make and check data sets").add_subparsers(
@@ -378,20 +479,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     shapes = data.add_parser("shapes", help="write Shapes World samples")
     shapes.add_argument("--out", type=Path, required=True)
-    shapes.add_argument("--count", type=int, default=1000)
-    shapes.add_argument("--size", type=int, default=64, help="canvas side in pixels")
+    shapes.add_argument("--count", type=positive_int, default=1000)
+    shapes.add_argument("--size", type=positive_int, default=64, help="canvas side in pixels")
     shapes.add_argument("--split", choices=["train", "zeroshot"], default="train")
     shapes.add_argument("--seed", type=int, default=0)
     shapes.add_argument("--format", choices=["folder", "wds"], default="folder")
-    shapes.add_argument("--shard-size", type=int, default=10_000, help="samples per tar (wds)")
-    shapes.add_argument("--workers", type=int, default=1, help="rendering processes")
+    shapes.add_argument(
+        "--shard-size", type=positive_int, default=10_000, help="samples per tar (wds)"
+    )
+    shapes.add_argument("--workers", type=positive_int, default=1, help="rendering processes")
     shapes.set_defaults(func=cmd_data_shapes)
 
     check = data.add_parser("check", help="read a source through the loader; report skips")
     check.add_argument("source", help="'shapes[:split]', a folder, or tar shards")
-    check.add_argument("--size", type=int, default=64)
-    check.add_argument("--limit", type=int, default=None, help="stop after this many samples")
-    check.add_argument("--workers", type=int, default=0)
+    check.add_argument("--size", type=positive_int, default=64)
+    check.add_argument(
+        "--limit", type=positive_int, default=None, help="stop after this many samples"
+    )
+    check.add_argument("--workers", type=non_negative_int, default=0)
+    check.add_argument(
+        "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
+        help="skip images of more pixels than this without decoding them",
+    )  # fmt: skip
     check.add_argument("--json", action="store_true")
     check.set_defaults(func=cmd_data_check)
 
@@ -405,9 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     ).add_subparsers(dest="tokenizer_command", required=True, metavar="TOKENIZER_COMMAND")
     train = tokenizer.add_parser("train", help="train a BPE tokenizer on a source's captions")
     train.add_argument("--data", help="caption source (see `dalle data check`)")
-    train.add_argument("--vocab-size", type=int)
-    train.add_argument("--max-length", type=int)
-    train.add_argument("--max-captions", type=int)
+    train.add_argument("--vocab-size", type=positive_int)
+    train.add_argument("--max-length", type=positive_int)
+    train.add_argument("--max-captions", type=positive_int)
     train.add_argument("--out", type=Path, required=True)
     _add_config_args(train)
     train.set_defaults(func=cmd_tokenizer_train)
@@ -420,7 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
         "model-info", help="parameter counts of a preset (nothing allocated)"
     )
     info.add_argument("--preset", required=True)
-    info.add_argument("--gpus", type=int, help="also memory per GPU when sharded over N GPUs")
+    info.add_argument(
+        "--gpus", type=positive_int, help="also memory per GPU when sharded over N GPUs"
+    )
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_model_info)
 
@@ -450,26 +561,28 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt", nargs="*", help="caption(s)")
     generate.add_argument("--prompts", type=Path, help="a file of prompts, one a line")
     generate.add_argument("--model", type=Path, required=True, help="a `dalle train` run folder")
-    generate.add_argument("--num", type=int, default=8, help="images per prompt")
+    generate.add_argument("--num", type=positive_int, default=8, help="images per prompt")
     generate.add_argument("--out", type=Path, help="grid PNG")
     generate.add_argument("--out-dir", type=Path, help="every image as NNNN.png + NNNN.txt")
-    generate.add_argument("--temperature", type=float, default=1.0)
-    generate.add_argument("--top-k", type=int, default=0)
-    generate.add_argument("--top-p", type=float, default=1.0)
+    generate.add_argument("--temperature", type=positive_float, default=1.0)
+    generate.add_argument("--top-k", type=non_negative_int, default=0, help="0 keeps all")
+    generate.add_argument("--top-p", type=probability, default=1.0)
     generate.add_argument(
-        "--guidance", type=float, default=1.0, help="classifier-free guidance scale"
+        "--guidance", type=finite_float, default=1.0, help="classifier-free guidance scale"
     )
     generate.add_argument("--seed", type=int, default=0)
-    generate.add_argument("--batch-size", type=int, default=16)
+    generate.add_argument("--batch-size", type=positive_int, default=16)
     generate.add_argument(
         "--rerank",
         help="a `dalle train-clip` folder, or 'self' (the transformer's own likelihood of the "
         "caption given the image): keep only the best --keep of --num samples per prompt",
     )
-    generate.add_argument("--keep", type=int, default=8, help="samples kept per prompt by --rerank")
+    generate.add_argument(
+        "--keep", type=positive_int, help="samples kept per prompt by --rerank (default 8)"
+    )
     generate.add_argument("--prime-image", type=Path, help="complete this image ...")
     generate.add_argument(
-        "--prime-rows", type=int, default=0, help="... keeping its top token rows"
+        "--prime-rows", type=positive_int, default=0, help="... keeping its top token rows"
     )
     generate.add_argument("--device", default="auto")
     generate.set_defaults(func=cmd_generate)
@@ -489,7 +602,7 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--clip", type=Path, required=True, help="a `dalle train-clip` folder")
     metrics.add_argument("--real", help="real images to compare with (any --data source)")
     metrics.add_argument("--real-subset", default="holdout", choices=["all", "train", "holdout"])
-    metrics.add_argument("--count", type=int, default=1000, help="real images to read")
+    metrics.add_argument("--count", type=positive_int, default=1000, help="real images to read")
     metrics.add_argument("--device", default="auto")
     metrics.add_argument("--json", action="store_true")
     metrics.set_defaults(func=cmd_clip_metrics)
@@ -505,19 +618,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # SIGTERM (a scheduler's kill, `timeout`) stops like Ctrl-C, exiting 143.
+    previous = _on_sigterm(raise_interrupted)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"dalle {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except (Exception, KeyboardInterrupt) as err:
+        return report(args.command, err, debug)
+    finally:
+        _on_sigterm(previous)
+
+
+def _on_sigterm(handler):
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler) if handler is not None else None
 
 
 if __name__ == "__main__":

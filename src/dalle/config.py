@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 T = TypeVar("T")
@@ -35,17 +35,29 @@ def load_config(
     path: str | Path | None = None,
     overrides: Sequence[str] = (),
     base: T | None = None,
+    data: dict[str, Any] | None = None,
 ) -> T:
     """Builds a ``schema`` instance from its defaults, a YAML file and dotted overrides.
 
-    ``base``, an instance of ``schema``, replaces the schema's defaults (a preset).
+    ``base``, an instance of ``schema``, replaces the schema's defaults (a preset);
+    ``data``, plain values (a saved model's config.json), is merged before the file.
     Raises ConfigError naming the offending key for unknown keys, values that do not
     convert to the field's type, and overrides that are not of the form ``key=value``.
     """
     merged = OmegaConf.structured(base if base is not None else schema)
+    if data is not None:
+        try:
+            merged = OmegaConf.merge(merged, OmegaConf.create(data))
+        except OmegaConfBaseException as err:
+            raise _explain(err, "config") from None
     if path is not None:
         try:
             from_file = OmegaConf.load(path)
+            if not isinstance(from_file, DictConfig):
+                kind = type(from_file).__name__.removesuffix("Config").lower()
+                raise ConfigError(
+                    f"{path}: the top level must be a mapping of settings, not a {kind}"
+                )
             merged = OmegaConf.merge(merged, from_file)
         except OmegaConfBaseException as err:
             raise _explain(err, str(path)) from None

@@ -12,22 +12,31 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from dalle import __version__
+from dalle.config import ConfigError, load_config
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 M = TypeVar("M", bound="PretrainedMixin")
 
 
-def config_from_dict(config_class: type, data: dict[str, Any]) -> Any:
-    """Builds a config dataclass, naming any key it does not know."""
+def config_from_dict(config_class: type, data: dict[str, Any], origin: str = "config") -> Any:
+    """Builds a config dataclass from plain data, checked against its typed fields: an
+    unknown key, a missing one or a value of the wrong type is a ValueError that names it
+    (``origin`` says where the data came from)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{origin}: the model config must be a mapping, not {type(data).__name__}")
     fields = {f.name for f in dataclasses.fields(config_class)}
     unknown = sorted(set(data) - fields)
     if unknown:
-        raise ValueError(f"unknown {config_class.__name__} keys: {', '.join(unknown)}")
-    return config_class(**data)
+        raise ValueError(f"{origin}: unknown {config_class.__name__} keys: {', '.join(unknown)}")
+    try:
+        return load_config(config_class, overrides=(), base=None, data=data)
+    except ConfigError as err:
+        raise ValueError(f"{origin}: {str(err).removeprefix('config: ')}") from None
 
 
 class PretrainedMixin:
@@ -55,21 +64,39 @@ class PretrainedMixin:
         path = Path(directory) / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: not a saved model folder")
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({err})") from None
+        if not isinstance(meta, dict) or "config" not in meta:
+            raise ValueError(f"{path} is not a model config (no 'config' entry)")
         if meta.get("model_type") != cls.__name__:
             raise ValueError(f"{directory} holds a {meta.get('model_type')}, not a {cls.__name__}")
-        return config_from_dict(cls.config_class, meta["config"])
+        return config_from_dict(cls.config_class, meta["config"], str(path))
 
     @classmethod
     def from_pretrained(
         cls: type[M], directory: str | Path, device: str | torch.device = "cpu"
     ) -> M:
-        model = cls(cls.load_config(directory))  # type: ignore[call-arg]
-        missing, unexpected = load_model(
-            model,  # type: ignore[arg-type]
-            str(Path(directory) / WEIGHTS_FILE),
-            strict=True,
-            device=str(device),
-        )
-        del missing, unexpected  # strict=True already raised on any
+        config = cls.load_config(directory)
+        weights = Path(directory) / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"no {WEIGHTS_FILE} in {directory}")
+        try:
+            model = cls(config)  # type: ignore[call-arg]
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise ValueError(f"{Path(directory) / CONFIG_FILE}: {_first_line(err)}") from None
+        try:
+            load_model(model, str(weights), strict=True, device=str(device))  # type: ignore[arg-type]
+        except SafetensorError as err:
+            raise ValueError(f"{weights} is damaged or not a safetensors file ({err})") from None
+        except RuntimeError as err:  # missing, unexpected or mis-shaped tensors
+            raise ValueError(
+                f"{weights} does not match {CONFIG_FILE}: {_first_line(err)}"
+            ) from None
         return model.to(device).eval()  # type: ignore[attr-defined,return-value]
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return " ".join(lines[:2])[:300] if lines else type(err).__name__

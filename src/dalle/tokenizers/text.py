@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 PAD, EOT = "[PAD]", "[EOT]"
 PAD_ID, EOT_ID = 0, 1
 TOKENIZER_FILE = "tokenizer.json"
+MIN_VOCAB_SIZE = 258
 
 
 @dataclass
@@ -41,6 +42,22 @@ class TokenizerConfig:
     max_length: int = 256  # tokens per caption, [EOT] included
     min_frequency: int = 2  # merges seen fewer times than this are not learned
     max_captions: int | None = 1_000_000  # captions read for training (None: all)
+
+    def __post_init__(self) -> None:
+        # Byte-level BPE starts from 256 byte symbols and [PAD], [EOT]: no fewer exist.
+        if self.vocab_size < MIN_VOCAB_SIZE:
+            raise ValueError(
+                f"tokenizer.vocab_size must be at least {MIN_VOCAB_SIZE} (256 byte symbols "
+                f"and 2 special tokens), not {self.vocab_size}"
+            )
+        if self.max_length < 2:
+            raise ValueError(f"tokenizer.max_length must be at least 2, not {self.max_length}")
+        if self.min_frequency < 1:
+            raise ValueError(
+                f"tokenizer.min_frequency must be at least 1, not {self.min_frequency}"
+            )
+        if self.max_captions is not None and self.max_captions < 1:
+            raise ValueError(f"tokenizer.max_captions must be at least 1, not {self.max_captions}")
 
 
 @dataclass
@@ -79,6 +96,35 @@ def bpe_with_dropout(
         _, i = min(candidates)
         symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
     return symbols
+
+
+def shorten(text: str, limit: int = 80) -> str:
+    """``text`` cut to ``limit`` characters with an ellipsis, for messages."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class LengthStatistics:
+    mean: float  # tokens per caption, [EOT] included, before truncation
+    longest: int
+    truncated: int  # captions longer than the tokenizer's max_length
+
+
+def length_statistics(
+    tokenizer: TextTokenizer, captions: Sequence[str], chunk: int = 4096
+) -> LengthStatistics:
+    """Caption lengths in tokens, encoded a chunk at a time without padding (memory stays
+    that of one chunk however many captions there are; Ctrl-C lands between chunks)."""
+    plain = Tokenizer.from_str(tokenizer.to_str())
+    plain.no_padding()
+    plain.no_truncation()
+    total, longest, truncated = 0, 0, 0
+    for start in range(0, len(captions), chunk):
+        lengths = [len(e.ids) for e in plain.encode_batch(list(captions[start : start + chunk]))]
+        total += sum(lengths)
+        longest = max(longest, *lengths)
+        truncated += sum(n > tokenizer.max_length for n in lengths)
+    return LengthStatistics(total / max(len(captions), 1), longest, truncated)
 
 
 class TextTokenizer:
@@ -145,11 +191,13 @@ class TextTokenizer:
         self.encoded_total += len(captions)
         if any(truncated):
             if self.truncated_total == 0:
+                first = next(c for c, t in zip(captions, truncated, strict=True) if t)
                 log.warning(
-                    "captions longer than %d tokens are truncated (first: %r); "
+                    "captions longer than %d tokens are truncated (first: %r, %d characters); "
                     "the run's summary gives the count",
                     self.max_length,
-                    next(c for c, t in zip(captions, truncated, strict=True) if t),
+                    shorten(first),
+                    len(first),
                 )
             self.truncated_total += sum(truncated)
         return EncodedText(ids, lengths, sum(truncated))

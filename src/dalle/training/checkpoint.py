@@ -33,6 +33,29 @@ from torch.distributed.checkpoint.state_dict import (
 from dalle.training.parallelize import unsharded_class
 
 CHECKPOINT_FILE = "checkpoint.pt"
+_PAYLOAD_KEYS = ("model", "optimizer", "loop", "rng", "config")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be read back: the message names it and what to do."""
+
+
+def read_checkpoint(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """A ``checkpoint.pt`` payload, checked for the parts a resume needs. With ``mmap``,
+    tensors stay on disk until touched (cheap, for reading the run's config)."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False, mmap=mmap)
+    except Exception as err:  # unpickling damaged bytes can raise almost anything
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({detail}); restore it, or move it away "
+            "to start the run over"
+        ) from None
+    missing = [k for k in _PAYLOAD_KEYS if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise CheckpointError(f"{path} is not a training checkpoint (no {', '.join(missing)})")
+    return payload
 
 
 @dataclass
@@ -118,8 +141,13 @@ def load_checkpoint(
 
     Returns the loop state and the whole payload.
     """
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(payload["model"])
+    payload = read_checkpoint(path)
+    try:
+        model.load_state_dict(payload["model"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path} does not fit this model: {str(err).splitlines()[0]}"
+        ) from None
     if ema is not None:
         if "ema" not in payload:
             raise ValueError(f"{path} has no weight average; resume with optim.ema_decay=0")
@@ -142,7 +170,23 @@ def sharded_checkpoint_step(directory: str | Path) -> int | None:
     path = Path(directory) / _LOOP_FILE
     if not path.is_file():
         return None
-    return int(json.loads(path.read_text())["loop"]["step"])
+    return int(read_sharded_meta(directory)["loop"]["step"])
+
+
+def read_sharded_meta(directory: str | Path) -> dict[str, Any]:
+    """A sharded checkpoint's ``loop.json`` (loop position, world size, run config)."""
+    path = Path(directory) / _LOOP_FILE
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        int(meta["loop"]["step"]) + int(meta["world_size"])  # both present, both numbers
+        if not isinstance(meta["config"], dict):
+            raise TypeError("config is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint record ({type(err).__name__}); restore it, "
+            "or move the folder away to start the run over"
+        ) from None
+    return meta
 
 
 def save_sharded_checkpoint(
@@ -171,7 +215,10 @@ def save_sharded_checkpoint(
     model_state, optim_state = get_state_dict(model, optimizer)
     with _single_process_is_fine():
         dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp))
-    torch.save(rng if rng is not None else rng_state(), tmp / f"rng-rank{rank}.pt")
+    # Each rank's own data position too: ranks whose shares hold different numbers of
+    # unusable samples reach their epochs' ends at different steps.
+    own = {"rng": rng if rng is not None else rng_state(), "loop": asdict(loop)}
+    torch.save(own, tmp / f"rng-rank{rank}.pt")
     if rank == 0:
         meta = {
             "loop": asdict(loop),
@@ -200,11 +247,12 @@ def load_sharded_checkpoint(
     seed: int = 0,
 ) -> tuple[LoopState, dict[str, Any]]:
     """Restores a sharded checkpoint into ``model`` (sharded or not, on any number of
-    ranks) and ``optimizer``. Random state is restored exactly when the number of ranks
-    is the one it was saved with; otherwise each rank is seeded from (seed, step, rank).
-    Returns the loop state and the checkpoint's metadata."""
+    ranks) and ``optimizer``. Each rank's random state and data position are restored
+    when the number of ranks is the one it was saved with; otherwise every rank takes
+    rank 0's position and is seeded from (seed, step, rank). Returns the loop state and
+    the checkpoint's metadata."""
     directory = Path(directory)
-    meta = json.loads((directory / _LOOP_FILE).read_text())
+    meta = read_sharded_meta(directory)
     if optimizer is None:
         state = {"model": get_model_state_dict(model)}
         with _single_process_is_fine():
@@ -221,7 +269,9 @@ def load_sharded_checkpoint(
     rank, world = _rank_world()
     rng_file = directory / f"rng-rank{rank}.pt"
     if world == meta["world_size"] and rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        own = torch.load(rng_file, weights_only=False)
+        set_rng_state(own["rng"])
+        loop = LoopState(**own["loop"])
     else:
         seed_everything(seed + 1_000_003 * loop.step + rank)
     return loop, meta

@@ -8,7 +8,6 @@ number of ranks wrote it.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,6 +19,8 @@ from dalle.training.checkpoint import (
     CHECKPOINT_FILE,
     SHARDED_CHECKPOINT_DIR,
     load_sharded_checkpoint,
+    read_checkpoint,
+    read_sharded_meta,
     sharded_checkpoint_step,
 )
 
@@ -29,12 +30,12 @@ def export_checkpoint(run: Path, out: Path) -> Path:
     tokenizer and dVAE it was trained with, so ``out`` is self-contained."""
     folder = run / SHARDED_CHECKPOINT_DIR
     if sharded_checkpoint_step(folder) is not None:
-        meta = json.loads((folder / "loop.json").read_text())
+        meta = read_sharded_meta(folder)
         model = _build(meta["model_type"], meta["model_config"])
         load_sharded_checkpoint(folder, model)
         run_config = meta["config"]
     elif (run / CHECKPOINT_FILE).is_file():
-        payload = torch.load(run / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        payload = read_checkpoint(run / CHECKPOINT_FILE)
         if "model_type" not in payload:
             raise ValueError(f"{run / CHECKPOINT_FILE} predates export support: finish the run")
         model = _build(payload["model_type"], payload["model_config"])

@@ -139,12 +139,26 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: this rank's GPU if there is one, else the CPU."""
+    """``auto``: this rank's GPU if there is one, else the CPU. A device this machine
+    does not have is a ValueError that says so."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: this torch build or machine has no CUDA GPU")
+        if device.index is None:
+            return torch.device("cuda", torch.cuda.current_device())
+        if device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} GPU(s) here")
+    elif device.type not in ("cpu", "meta"):
+        backend = getattr(torch, device.type, None)
+        if backend is None or not backend.is_available():
+            raise ValueError(f"device {name!r} is not available on this machine")
+    return device
 
 
 def resolve_precision(device: torch.device, precision: str) -> str:
@@ -203,16 +217,52 @@ def _batches(data: DataConfig, loop: LoopState, skip_log: SkipLog) -> Iterator[B
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only)."""
+    """Appends one JSON object per line to ``metrics.jsonl`` (rank 0 only).
+
+    A line torn by a kill mid-append or a full disk is cut off when the log is opened,
+    so the next record starts on a line of its own.
+    """
 
     def __init__(self, path: Path, enabled: bool = True) -> None:
         self.path, self.enabled = path, enabled
+        if enabled:
+            repair_torn_tail(path)
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with open(self.path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def repair_torn_tail(path: Path) -> None:
+    """Truncates ``path`` after its last complete line if what follows it is not one."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return
+    keep = data.rfind(b"\n") + 1
+    log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted write",
+                path, len(data) - keep)  # fmt: skip
+    with open(path, "r+b") as handle:
+        handle.truncate(keep)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``metrics.jsonl``; lines that are not JSON objects (a torn write)
+    are left out."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def train(

@@ -1,13 +1,23 @@
 """One entry point for every trainer: resume check, seeding, the loop, and a summary.
 
-The CLI commands (`dalle train-vae`, `dalle train`) and `make demo` both go through
-:func:`run_training`, so a run started from either resumes from the other.
+The CLI commands (`dalle train-vae`, `dalle train`, `dalle train-clip`) and `make demo`
+all go through :func:`run_training`, so a run started from either resumes from the other.
+
+A run folder keeps the record of how it began: ``train_config.yaml`` is written once, by
+the first session. A later session resumes only with the settings the checkpoint was
+trained with, and with the same input folders (dVAE, tokenizer: compared by content),
+except for settings that change how long the run goes or how it reports
+(:data:`FREE_TO_CHANGE`). Anything else is refused unless ``allow_changes`` is given;
+every accepted change is logged and appended to ``config_changes.jsonl``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,57 +25,124 @@ from typing import Any
 import torch
 
 from dalle.config import ConfigError, save_config
-from dalle.training.checkpoint import CHECKPOINT_FILE, SHARDED_CHECKPOINT_DIR, seed_everything
+from dalle.training.checkpoint import (
+    CHECKPOINT_FILE,
+    SHARDED_CHECKPOINT_DIR,
+    read_checkpoint,
+    read_sharded_meta,
+    seed_everything,
+    sharded_checkpoint_step,
+)
 from dalle.training.distributed import init_distributed
-from dalle.training.loop import LoopState, Task, resolve_device, train
+from dalle.training.loop import LoopState, Task, read_metrics, resolve_device, train
+
+log = logging.getLogger(__name__)
+
+CONFIG_RECORD = "train_config.yaml"
+CHANGES_FILE = "config_changes.jsonl"
+# Top-level settings that name a trained input folder; resuming needs the same contents.
+INPUT_FOLDERS = ("vae", "tokenizer")
+# Dotted settings (or prefixes ending in ".") a resume may change without a flag: they
+# decide how long the run goes, where, and what it reports, not what it learns.
+FREE_TO_CHANGE = (
+    "loop.steps", "loop.max_minutes", "loop.log_every", "loop.eval_every",
+    "loop.checkpoint_every", "loop.threads", "loop.device", "data.num_workers", "eval.",
+)  # fmt: skip
 
 
-def check_resumable(out: Path, config: dict[str, Any]) -> None:
-    """Refuses to resume a run whose model or data no longer match its checkpoint."""
-    checkpoint, sharded = out / CHECKPOINT_FILE, out / SHARDED_CHECKPOINT_DIR / "loop.json"
-    if sharded.exists():
-        saved = json.loads(sharded.read_text())["config"]
-    elif checkpoint.exists():
-        saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["config"]
-    else:
-        return
-    for section in ("model", "data"):
-        if saved.get(section) != config.get(section):
-            raise ConfigError(
-                f"{out} holds a checkpoint trained with a different '{section}' config; "
-                "use a new --out, or the same settings to resume"
-            )
+def saved_run_config(out: Path) -> dict[str, Any] | None:
+    """The settings of the checkpoint in ``out`` (None when there is none)."""
+    if sharded_checkpoint_step(out / SHARDED_CHECKPOINT_DIR) is not None:
+        return read_sharded_meta(out / SHARDED_CHECKPOINT_DIR)["config"]
+    if (out / CHECKPOINT_FILE).exists():
+        return read_checkpoint(out / CHECKPOINT_FILE, mmap=True)["config"]
+    return None
+
+
+def config_changes(saved: dict[str, Any], config: dict[str, Any]) -> dict[str, tuple]:
+    """``{dotted key: (saved value, new value)}`` for every setting that differs. Input
+    fingerprints are compared only when the saved run has them."""
+    old, new = _flatten(saved), _flatten(config)
+    if not any(k.startswith("inputs.") for k in old):
+        new = {k: v for k, v in new.items() if not k.startswith("inputs.")}
+    return {k: (old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)}  # fmt: skip
+
+
+def is_free(key: str) -> bool:
+    return any(key == f or (f.endswith(".") and key.startswith(f)) for f in FREE_TO_CHANGE)
+
+
+def check_resumable(out: Path, config: dict[str, Any], allow_changes: bool = False) -> dict:
+    """Refuses to resume a run whose settings or inputs differ from its checkpoint's,
+    except those free to change or, with ``allow_changes``, any. Returns the accepted
+    changes (empty for a new run)."""
+    saved = saved_run_config(out)
+    if saved is None:
+        return {}
+    changes = config_changes(saved, config)
+    refused = {k: v for k, v in changes.items() if not is_free(k)}
+    if refused and not allow_changes:
+        shown = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in refused.items())
+        raise ConfigError(
+            f"{out} holds a checkpoint trained with other settings ({shown}); resume with "
+            "the same settings, use a new --out, or pass --allow-changes to go on anyway"
+        )
+    return changes
+
+
+def input_fingerprints(config: Any) -> dict[str, str]:
+    """A content hash of each input folder the config names (dVAE, tokenizer)."""
+    prints = {}
+    for key in INPUT_FOLDERS:
+        folder = getattr(config, key, None)
+        if isinstance(folder, str) and folder and Path(folder).is_dir():
+            prints[key] = folder_hash(Path(folder))
+    return prints
+
+
+def folder_hash(folder: Path) -> str:
+    """SHA-256 over the names and bytes of the files directly in ``folder``."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
 
 
 def final_eval(out: Path) -> dict[str, float]:
     """The last evaluation a run logged to its metrics.jsonl (empty if none)."""
-    path = out / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    records = read_metrics(out / "metrics.jsonl")
     return next((r["eval"] for r in reversed(records) if "eval" in r), {})
 
 
 def run_training(
-    config: Any, make_task: Callable[[Any, torch.device], Task], out: Path
+    config: Any,
+    make_task: Callable[[Any, torch.device], Task],
+    out: Path,
+    allow_changes: bool = False,
 ) -> LoopState:
     """Trains (or resumes) ``config`` into ``out`` and prints a one-line summary.
 
     Launched by torchrun, every rank runs this: the ranks join one process group and
     share each global batch (``data.batch_size``), and rank 0 alone writes and prints.
     """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a run folder")
     rank = init_distributed(config.loop.device)
     device = resolve_device(config.loop.device)
     # The model's initial weights depend on the seed; every rank builds the same model.
     seed_everything(config.loop.seed)
     task = make_task(config, device)  # may fill derived config fields
-    check_resumable(out, dataclasses.asdict(config))
+    run_config = {**dataclasses.asdict(config), "inputs": input_fingerprints(config)}
+    changes = check_resumable(out, run_config, allow_changes)
     if rank.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(config, out / "train_config.yaml")
+        _record(out, config, changes)
     try:
-        state = train(task, config.data, config.loop, config.optim, out,
-                      dataclasses.asdict(config))  # fmt: skip
+        state = train(task, config.data, config.loop, config.optim, out, run_config)
     finally:
         if rank.enabled:
             torch.distributed.destroy_process_group()
@@ -74,3 +151,30 @@ def run_training(
         print(f"trained {state.step} steps in {state.elapsed_s:.0f}s; held-out {summary}")
         print(f"model saved to {out} (config.json + model.safetensors)")
     return state
+
+
+def _record(out: Path, config: Any, changes: dict[str, tuple]) -> None:
+    """Keeps how the run began (written once) and what each resume changed."""
+    if not (out / CONFIG_RECORD).exists():
+        save_config(config, out / CONFIG_RECORD)
+    if not changes:
+        return
+    for key, (old, new) in changes.items():
+        log.warning("resuming with %s changed: %s -> %s", key, _short(old), _short(new))
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": changes}
+    with open(out / CHANGES_FILE, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry, default=str) + "\n")
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): list(tree) if isinstance(tree, tuple) else tree}
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:59] + "…"
