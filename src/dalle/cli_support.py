@@ -13,6 +13,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -98,13 +99,17 @@ def check_output_dir(path: Path, flag: str) -> None:
 
 
 def _check_writable_folder(folder: Path, flag: str, named: Path) -> None:
-    existing = folder
-    while not existing.exists():  # the folder may not exist yet: its nearest ancestor must
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{flag} {named}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {named}: cannot write in {existing} (permission denied)")
+    """Creates ``folder`` if needed and writes (and removes) a probe file in it: the
+    only check that also holds for root, read-only mounts and full disks."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except FileExistsError:
+        raise ValueError(f"{flag} {named}: a part of that path is a file") from None
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ValueError(f"{flag} {named}: cannot write in {folder} ({reason})") from None
 
 
 def read_image(path: Path, size: int, flag: str) -> torch.Tensor:
