@@ -16,6 +16,7 @@ import functools
 import json
 import logging
 import os
+import re
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -319,7 +320,9 @@ def unclosed_shards(shards: list[str]) -> list[str]:
 def read_error(exn: Exception) -> Skip:
     """An error raised inside the tar reader (a truncated shard, say), as a Skip that
     names the shard; webdataset appends the shard's url to the exception's args."""
-    shard = next((a for a in reversed(exn.args) if isinstance(a, str)), "?")
+    paths = [a for a in exn.args[1:] if isinstance(a, str) and not a.startswith("<")]
+    named = re.search(r"name='([^']+)'", " ".join(map(str, exn.args)))  # "@ <BufferedReader ...>"
+    shard = paths[-1] if paths else named.group(1) if named else "?"
     return Skip(Path(shard).name, f"unreadable shard data ({type(exn).__name__})")
 
 
@@ -399,10 +402,12 @@ class WebDatasetSource(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.epoch = 0
-        # Found once, reported once (by the main process) however many epochs are read.
+        # Found once, reported once (by the main process) however many epochs are read;
+        # the read errors at such a shard's cut are the same loss and are not counted again.
+        self.unclosed = {Path(s).name for s in unclosed_shards(self.shards)}
         self.index_skips = [
-            Skip(Path(s).name, "shard cut short (no end-of-archive marker)")
-            for s in unclosed_shards(self.shards)
+            Skip(name, "shard cut short (no end-of-archive marker)")
+            for name in sorted(self.unclosed)
         ]
 
     def samples(self, record) -> Iterator[dict | Skip]:
@@ -430,7 +435,9 @@ class WebDatasetSource(IterableDataset):
         errors: list[Skip] = []
 
         def record(exn: Exception) -> bool:
-            errors.append(read_error(exn))
+            skip = read_error(exn)
+            if skip.key not in self.unclosed:
+                errors.append(skip)
             return True
 
         for sample in self.samples(record):
@@ -715,7 +722,9 @@ def _raw_captions(
     skip_log.add(source.index_skips)
 
     def record(exn: Exception) -> bool:
-        skip_log.add([read_error(exn)])
+        skip = read_error(exn)
+        if skip.key not in source.unclosed:
+            skip_log.add([skip])
         return True
 
     for sample in source.samples(record):
