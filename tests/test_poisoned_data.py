@@ -280,3 +280,13 @@ def test_poisoned_data_costs_no_more_memory_than_clean(tmp_path: Path, kind: str
         assert count >= len(good_samples())
         peaks[poisoned] = peak_kib
     assert peaks[True] < 2 * peaks[False], peaks
+
+
+def test_judge_counts_a_bomb_as_unreadable(tmp_path: Path, capsys) -> None:
+    (tmp_path / "0000.png").write_bytes(_png_header_only(30000, 30000))
+    (tmp_path / "0000.txt").write_text("a red circle")
+    (tmp_path / "0001.png").write_bytes(_png(12000, 12000))
+    (tmp_path / "0001.txt").write_text("a red circle")
+    assert main(["judge", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [u["error"].split(" (")[0] for u in report["unreadable"]] == ["image too large"] * 2

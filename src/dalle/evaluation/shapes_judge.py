@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
-from dalle.data.images import to_rgb
+from dalle.data.images import open_rgb
 from dalle.data.shapes_world import COLORS, POSITIONS, RELATIONS, SHAPES, SIZES, shape_coverage
 
 ATTRIBUTES: tuple[str, ...] = ("count", "color", "shape", "size", "position", "relation")
@@ -277,10 +276,9 @@ class JudgeReport:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """Reads an image as uint8 ``[H, W, 3]``, compositing any alpha onto white."""
-    with Image.open(path) as img:
-        img.load()
-        return np.array(to_rgb(img), dtype=np.uint8)
+    """Reads an image as uint8 ``[H, W, 3]``, compositing any alpha onto white; a file
+    that is not a readable image of bounded size raises ``UnreadableImage``."""
+    return np.array(open_rgb(path), dtype=np.uint8)
 
 
 def judge_directory(directory: Path) -> JudgeReport:
