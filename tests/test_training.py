@@ -104,7 +104,7 @@ def test_resume_with_a_different_model_is_refused(tmp_path: Path, capsys) -> Non
     args = _train_vae_args(out)
     assert main(args) == 0
     assert main([*args, "model.vocab_size=64"]) == 2
-    assert "different 'model' config" in capsys.readouterr().err
+    assert "model.vocab_size: 128 -> 64" in capsys.readouterr().err
 
 
 def test_unknown_preset_and_key_are_named(tmp_path: Path, capsys) -> None:
