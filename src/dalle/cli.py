@@ -85,7 +85,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     from dalle.data.datasets import make_loader, new_skip_log, open_source
 
     config = DataConfig(source=args.source, image_size=args.size, batch_size=64, shuffle=False,
-                        num_workers=args.workers, count=args.limit,
+                        num_workers=args.workers, count=args.limit, subset=args.subset,
+                        holdout_fraction=args.holdout_fraction,
                         max_image_pixels=args.max_pixels)  # fmt: skip
     dataset = open_source(config)
     skips = new_skip_log(dataset)
@@ -100,7 +101,8 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"samples": samples, "skipped": skips.to_json()}, indent=2))
     else:
-        print(f"read {samples} samples from {args.source} at {args.size}x{args.size}")
+        subset = f" ({args.subset} subset)" if args.subset != "all" else ""
+        print(f"read {samples} samples from {args.source}{subset} at {args.size}x{args.size}")
         print(skips.summary())
     return 0
 
@@ -497,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=positive_int, default=None, help="stop after this many samples"
     )
     check.add_argument("--workers", type=non_negative_int, default=0)
+    check.add_argument(
+        "--subset", choices=["all", "train", "holdout"], default="all",
+        help="the samples training reads, or the held-out ones its metrics use",
+    )  # fmt: skip
+    check.add_argument("--holdout-fraction", type=probability, default=0.1,
+                       help="share of keys in the holdout subset")  # fmt: skip
     check.add_argument(
         "--max-pixels", type=positive_int, default=DEFAULT_MAX_PIXELS,
         help="skip images of more pixels than this without decoding them",

@@ -59,8 +59,9 @@ class DataConfig:
     count: int | None = None
     # WebDataset samples with a .json part but no .txt: keys tried for the caption.
     caption_keys: list[str] = field(default_factory=lambda: ["caption", "text"])
-    # "all", or "train" / "holdout": a stable split by a hash of each sample's key (for
-    # Shapes World, holdout samples come from a far-off index range instead).
+    # "all", or "train" / "holdout": a stable split by a hash of each sample's key, the
+    # same under any rank and worker split (for Shapes World, holdout samples come from a
+    # far-off index range instead). Training reads "train"; held-out metrics "holdout".
     subset: str = "all"
     holdout_fraction: float = 0.1
     # Images of more pixels than this (after any reduced-scale JPEG decode) are skipped
@@ -518,6 +519,21 @@ class ShapesWorldStream(IterableDataset):
 # ----------------------------------------------------------------------------- entry points
 
 
+def shapes_start(start: int, count: int | None, subset: str) -> int:
+    """The first Shapes World index a subset reads: holdout samples come from indices
+    ``SHAPES_HOLDOUT_START`` on, which no training run reaches (a train range that would
+    is an error)."""
+    if subset == "holdout":
+        return SHAPES_HOLDOUT_START + start
+    end = start + count if count is not None else None
+    if subset == "train" and (start >= SHAPES_HOLDOUT_START or (end or 0) > SHAPES_HOLDOUT_START):
+        raise ValueError(
+            f"Shapes World training indices must stay below {SHAPES_HOLDOUT_START:,}, "
+            "where the holdout subset begins"
+        )
+    return start
+
+
 def _shapes_split(source: str) -> str | None:
     if source == "shapes":
         return "train"
@@ -534,15 +550,18 @@ def open_source(config: DataConfig, split_by_rank: bool = False) -> Dataset | It
     """
     split = _shapes_split(config.source)
     if split is not None:
-        return ShapesWorldStream(config.image_size, split, config.seed, config.start,
+        return ShapesWorldStream(config.image_size, split, config.seed,
+                                 shapes_start(config.start, config.count, config.subset),
                                  config.count, split_by_rank)  # fmt: skip
     path = Path(config.source)
+    subset = {"subset": config.subset, "holdout_fraction": config.holdout_fraction}
     if path.is_dir():
-        return ImageTextFolder(path, config.image_size, max_image_pixels=config.max_image_pixels)
+        return ImageTextFolder(path, config.image_size, **subset,
+                               max_image_pixels=config.max_image_pixels)  # fmt: skip
     if ".tar" in config.source:
         buffer = config.shuffle_buffer if config.shuffle else 0
         return WebDatasetSource(config.source, config.image_size, config.caption_keys, buffer,
-                                config.seed, split_by_rank=split_by_rank,
+                                config.seed, **subset, split_by_rank=split_by_rank,
                                 max_image_pixels=config.max_image_pixels)  # fmt: skip
     raise FileNotFoundError(
         f"data source {config.source!r} is neither 'shapes[:split]', a folder, nor .tar shards"
@@ -666,7 +685,9 @@ def load_images(data: DataConfig, count: int) -> tuple[torch.Tensor, list[str]]:
         if len(captions) >= count:
             break
     if not images:
-        raise ValueError(f"no held-out images in {data.source} (subset {data.subset})")
+        share = f", {data.holdout_fraction:.0%} of keys" if data.subset == "holdout" else ""
+        raise ValueError(f"no usable images in the {data.subset} subset of {data.source}{share}; "
+                         "a larger data set or data.holdout_fraction gives some")  # fmt: skip
     return torch.cat(images)[:count], captions[:count]
 
 
