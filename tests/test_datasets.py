@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from dalle.data.datasets import (
+    SHAPES_HOLDOUT_START,
     DataConfig,
     ImageTextFolder,
     ShapesWorldStream,
@@ -198,3 +200,64 @@ def test_training_ranks_split_shapes_indices_and_refuse_too_few_shards(
     with pytest.raises(ValueError, match="cannot be split over 2 ranks"):
         datasets.WebDatasetSource(str(emoji_tar), 32, split_by_rank=True)
     datasets.WebDatasetSource(str(emoji_tar), 32)  # fine when not split
+
+
+# ----------------------------------------------------------------------------- holdout
+
+
+def _keys(config: DataConfig, split_by_rank: bool = False) -> list[str]:
+    dataset = open_source(config, split_by_rank=split_by_rank)
+    loader = make_loader(dataset, config, split_by_rank=split_by_rank)
+    return [key for batch in loader for key in batch.keys]
+
+
+def _check_split(config: DataConfig, everything: set[str] | None = None) -> None:
+    train = _keys(replace(config, subset="train"))
+    holdout = _keys(replace(config, subset="holdout"))
+    assert holdout, "the holdout subset is empty"
+    assert not set(train) & set(holdout), "a sample is in both subsets"
+    assert holdout == _keys(replace(config, subset="holdout")), "the holdout is not stable"
+    if everything is not None:
+        assert set(train) | set(holdout) == everything
+        assert 0.03 < len(holdout) / len(everything) < 0.2  # about holdout_fraction (0.1)
+
+
+def test_shapes_holdout_is_far_from_any_training_index() -> None:
+    config = DataConfig(source="shapes", image_size=32, batch_size=16, count=64, num_workers=2)
+    _check_split(config)
+    holdout = _keys(replace(config, subset="holdout"))
+    assert holdout[0] == f"train-{SHAPES_HOLDOUT_START:08d}"
+    with pytest.raises(ValueError, match="must stay below"):
+        open_source(replace(config, subset="train", start=SHAPES_HOLDOUT_START - 10, count=20))
+
+
+def test_folder_and_tar_holdout_by_key_with_workers(emoji_tar: Path, tmp_path: Path) -> None:
+    everything = set(_keys(DataConfig(source=str(emoji_tar), batch_size=256, shuffle=False)))
+    tar = DataConfig(source=str(emoji_tar), image_size=16, batch_size=64, num_workers=2,
+                     shuffle=False)  # fmt: skip
+    _check_split(tar, everything)
+    with tarfile.open(emoji_tar) as archive:
+        members = [m for m in archive.getmembers() if m.name.endswith((".png", ".txt"))][:1000]
+        archive.extractall(tmp_path, members=members, filter="data")
+    folder = DataConfig(source=str(tmp_path), image_size=16, batch_size=32, num_workers=2)
+    _check_split(folder, set(_keys(replace(folder, shuffle=False))))
+
+
+def test_holdout_split_holds_under_ranks(tmp_path: Path, monkeypatch) -> None:
+    """Each of two ranks reads its own share of the training subset; the holdout (read
+    whole by every rank, for evaluation) meets none of them."""
+    from dalle.data import datasets
+    from dalle.data.writers import write_shapes_world
+
+    write_shapes_world(tmp_path / "wds", 400, 32, "train", 0, "wds", 100, 1)
+    config = DataConfig(source=str(tmp_path / "wds" / "shapes-{000000..000003}.tar"),
+                        image_size=16, batch_size=16, shuffle=False, num_workers=2)  # fmt: skip
+    holdout = set(_keys(replace(config, subset="holdout")))
+    shares = []
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))  # what webdataset's node split reads
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setattr(datasets, "_rank_and_world", lambda rank=rank: (rank, 2))
+        shares.append(set(_keys(replace(config, subset="train"), split_by_rank=True)))
+    assert holdout and not (shares[0] & shares[1]) and not ((shares[0] | shares[1]) & holdout)
+    assert len(shares[0] | shares[1] | holdout) == 400
