@@ -1,5 +1,5 @@
 """How often does a trained text-to-image model draw what a Shapes World prompt says?
-One image per prompt for seen-combination and held-out (zero-shot) prompts that no
+One image per prompt for seen-combination and zero-shot prompts that no
 training run reads, each judged against its prompt.
 
     python benchmarks/dalle_shapes_judge.py --model RUN_DIR [--count 500] [--guidance 3]
@@ -37,7 +37,7 @@ def main() -> None:
     size = pipe.model.config.image_grid * pipe.vae.config.downsample
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.guidance)
     results: dict = {"sampling": vars(sampling)}
-    for name, split in (("seen", "train"), ("heldout", "zeroshot")):
+    for name, split in (("seen", "train"), ("zeroshot", "zeroshot")):
         start = time.perf_counter()
         prompts = shapes_prompts(split, args.count, size, args.seed)
         generate_and_judge(pipe, prompts, args.out / name, sampling, args.seed)

@@ -58,7 +58,7 @@ def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path: Path, capsys) 
     first = capsys.readouterr().out
     assert "reusing" not in first
     results = json.loads((out / "results.json").read_text())
-    for name in ("seen", "heldout"):
+    for name in ("seen", "zeroshot"):
         assert results[name]["images"] == 4  # judged, whatever the verdict after 4 updates
         assert len(list((out / name).glob("*.png"))) == 4
         assert len(list((out / name).glob("*.txt"))) == 4

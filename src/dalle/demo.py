@@ -7,15 +7,16 @@ when a previous run was interrupted inside it):
 2. the image tokenizer (discrete VAE), trained on training-split images;
 3. the transformer over ``[caption tokens ; image tokens]``;
 4. a CLIP on the same captions and images;
-5. for seen-combination prompts and for held-out (zero-shot) prompts, several samples
-   per prompt of which the CLIP keeps the best, written as ``NNNN.png`` + ``NNNN.txt``
-   under ``seen/`` and ``heldout/``, with a grid of each and the judge's verdict (and
+5. for seen-combination prompts and for zero-shot prompts, several samples per prompt
+   of which the CLIP keeps the best, written as ``NNNN.png`` + ``NNNN.txt`` under
+   ``seen/`` and ``zeroshot/``, with a grid of each and the judge's verdict (and
    the verdict on the first sample of each prompt, without re-ranking) in
    ``results.json``.
 
-The prompts are captions of Shapes World samples the models never trained on: seen
-prompts come from the training split (their colour-shape pairs were trained on, in other
-scenes), held-out prompts from the zero-shot split (pairs never seen in training).
+The prompts are captions of Shapes World samples the models never trained on (the
+holdout subset): seen prompts come from the training split (their colour-shape pairs were
+trained on, in other scenes), zero-shot prompts from the zero-shot split (pairs never
+seen in training).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class DemoConfig:
     clip_overrides: list[str] = field(default_factory=list)
     # Samples drawn per prompt; the demo's CLIP keeps the best one (1: no re-ranking).
     candidates: int = 8
-    # Sharper than the paper's temperature 1, and guided: +7 points seen, +10 held-out on a
+    # Sharper than the paper's temperature 1, and guided: +7 points seen, +10 zero-shot on a
     # demo-sized model (BENCHMARKS.md).
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=0.5, guidance_scale=2.0)
@@ -159,7 +160,7 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
     pipe = TextToImage.from_pretrained(out / "dalle")
     scorer = CLIPScorer.from_pretrained(out / "clip") if c.candidates > 1 else None
     results: dict = {"clip": final_eval(out / "clip")}
-    for name, split in (("seen", "train"), ("heldout", "zeroshot")):
+    for name, split in (("seen", "train"), ("zeroshot", "zeroshot")):
         folder = out / name
         marker = folder / ".complete"
         rates_file = folder / "pass_rates.json"
@@ -184,6 +185,6 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
 
     results["seconds_this_run"] = {k: round(v, 1) for k, v in seconds.items() if v}
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"[demo] grids: {out / 'seen_grid.png'}, {out / 'heldout_grid.png'}; "
+    print(f"[demo] grids: {out / 'seen_grid.png'}, {out / 'zeroshot_grid.png'}; "
           f"results: {out / 'results.json'} ({time.perf_counter() - start:.0f}s)")  # fmt: skip
     return 0
