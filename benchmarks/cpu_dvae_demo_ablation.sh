@@ -20,7 +20,7 @@ for v in "${variants[@]}"; do
   # shellcheck disable=SC2086
   dalle train-vae --config src/dalle/demo_configs/dvae.yaml --out "$out/$name" loop.max_minutes=0 \
     $args > "$out/$name.log" 2>&1
-  python benchmarks/dvae_shapes_judge.py --model "$out/$name" --count 500 \
+  python benchmarks/tokenizer_shapes_judge.py --model "$out/$name" --count 500 \
     --out "/tmp/judge-$name" --json "$out/$name/judge.json" > "$out/$name-judge.log" 2>&1
   echo "== $name: $(tail -n 2 "$out/$name.log" | head -n 1)"
   grep judged "$out/$name-judge.log"

@@ -12,7 +12,7 @@ common=(--preset dvae-small model.hidden_width=32 model.decoder_input_width=32 d
         optim.warmup_steps=100 optim.final_lr=1e-5 eval.samples=500)
 run() {
   dalle train-vae --out "$out/kl$1" "${common[@]}" objective.kl_weight="$1" > "$out/kl$1.log" 2>&1
-  python benchmarks/dvae_shapes_judge.py --model "$out/kl$1" --size 32 --count 500 \
+  python benchmarks/tokenizer_shapes_judge.py --model "$out/kl$1" --size 32 --count 500 \
     --out "/tmp/judge-kl$1" --json "$out/kl$1/judge.json" > "$out/kl$1-judge.log" 2>&1
 }
 run 6.6 & run 0.1 & wait

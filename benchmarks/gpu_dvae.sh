@@ -12,6 +12,6 @@ python3 -m dalle train-vae --config configs/dvae-shapes.yaml --out "$out/shapes-
 python3 -m dalle train-vae --config configs/dvae-emoji.yaml --out "$out/emoji" data.source="$emoji" "$@" > "$out/emoji.log" 2>&1 &
 wait
 for run in shapes shapes-kl1; do
-  python3 benchmarks/dvae_shapes_judge.py --count "${JUDGE_COUNT:-1000}" --model "$out/$run" --out "/tmp/judge-$run" --json "$out/$run/judge.json" 2>&1 | tee "$out/$run-judge.log"
+  python3 benchmarks/tokenizer_shapes_judge.py --count "${JUDGE_COUNT:-1000}" --model "$out/$run" --out "/tmp/judge-$run" --json "$out/$run/judge.json" 2>&1 | tee "$out/$run-judge.log"
 done
 tail -n 3 "$out"/*.log

@@ -27,7 +27,7 @@ done
 wait
 for v in "${variants[@]}"; do
   read -r name _ <<< "$v"
-  python3 benchmarks/dvae_shapes_judge.py --count "${JUDGE_COUNT:-1000}" --model "$out/$name" \
+  python3 benchmarks/tokenizer_shapes_judge.py --count "${JUDGE_COUNT:-1000}" --model "$out/$name" \
     --out "/tmp/judge-$name" --json "$out/$name/judge.json" > "$out/$name/judge.log" 2>&1
   echo "== $name: $(tail -n 2 "$out/$name.log" | head -n 1)"
   python3 -c "import json; d=json.load(open('$out/$name/judge.json')); print({k: round(v['accuracy'], 4) for k, v in d.items()})"

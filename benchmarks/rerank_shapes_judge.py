@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = TextToImage.from_pretrained(args.model, device)
-    size = pipe.model.config.image_grid * pipe.vae.config.downsample
+    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
     sampling = SamplingConfig(temperature=args.temperature, guidance_scale=args.guidance)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     scorers = {"self": lambda images, prompts: self_scores(pipe, images, prompts)}

@@ -26,7 +26,7 @@ from dalle.cli_support import (
     read_image,
     report,
 )
-from dalle.config import load_config, save_config
+from dalle.config import ConfigError, load_config, save_config
 from dalle.data.datasets import DataConfig
 from dalle.data.images import DEFAULT_MAX_PIXELS
 from dalle.interrupts import raise_interrupted
@@ -121,6 +121,52 @@ def cmd_judge(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- reconstruct
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """An image tokenizer's reconstructions of a source, for `dalle judge` or the eye."""
+    from dalle.evaluation.reconstruction import reconstruct_to_folder
+    from dalle.models.image_tokenizer import load_image_tokenizer
+    from dalle.training.loop import resolve_device
+
+    check_output_dir(args.out_dir, "--out-dir")
+    tokenizer = load_image_tokenizer(args.tokenizer, resolve_device(args.device))
+    data = DataConfig(source=args.data, image_size=args.size, subset=args.subset, shuffle=False)
+    metrics = reconstruct_to_folder(tokenizer, data, args.count, args.out_dir)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"wrote reconstructions to {args.out_dir}: {shown}")
+    return 0
+
+
+def cmd_tokenize_data(args: argparse.Namespace) -> int:
+    """Encodes a data set once into shards of (token grid, caption) for `dalle train`."""
+    from dalle.data.token_shards import shards_pattern, write_token_shards
+    from dalle.files import folder_hash
+    from dalle.models.image_tokenizer import load_image_tokenizer
+    from dalle.training.loop import resolve_device
+
+    check_output_dir(args.out, "--out")
+    tokenizer = load_image_tokenizer(args.tokenizer, resolve_device(args.device))
+    data = DataConfig(source=args.data, image_size=args.size, subset=args.subset,
+                      count=args.count, num_workers=args.workers)  # fmt: skip
+    start = time.perf_counter()
+    meta = write_token_shards(tokenizer, folder_hash(args.tokenizer), data, args.out,
+                              args.shard_size, progress=not args.json)  # fmt: skip
+    if args.json:
+        print(json.dumps(meta))
+        return 0
+    grid, seconds = meta["token_grid"], time.perf_counter() - start
+    print(f"encoded {meta['samples']} samples into {meta['shards']} shard(s) of {grid}x{grid} "
+          f"tokens in {seconds:.0f}s; skipped {meta['skipped']['total']}")  # fmt: skip
+    print(f"train on them with: dalle train --data '{shards_pattern(args.out)}' "
+          f"--image-tokenizer {args.tokenizer} data.image_size={args.size} ...")  # fmt: skip
+    return 0
+
+
 # ----------------------------------------------------------------------------- tokenizer
 
 
@@ -212,13 +258,29 @@ def cmd_export_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_vae(args: argparse.Namespace) -> int:
-    from dalle.training.dvae_task import DVAETask, load_dvae_train_config
+def cmd_train_image_tokenizer(args: argparse.Namespace) -> int:
+    """The paper's dVAE (``dvae-*`` presets) or the FSQ tokenizer (``fsq-*``)."""
+    from dalle.config import peek_key
+    from dalle.models.fsq import FSQ_PRESETS
     from dalle.training.runner import run_training
 
     flags = {"preset": args.preset, "data.source": args.data, "loop.steps": args.steps}
-    config = load_dvae_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
-    run_training(config, DVAETask, Path(args.out), args.allow_changes)
+    overrides = [*_flag_overrides(flags), *args.overrides]
+    preset = peek_key("preset", args.config, overrides)
+    from dalle.models.dvae import DVAE_PRESETS
+
+    if preset is not None and preset not in {**DVAE_PRESETS, **FSQ_PRESETS}:
+        raise ConfigError(f"unknown image tokenizer preset {preset!r}; choose from "
+                          f"{sorted(DVAE_PRESETS)} or {sorted(FSQ_PRESETS)}")  # fmt: skip
+    if preset in FSQ_PRESETS:
+        from dalle.training.fsq_task import FSQTask, load_fsq_train_config
+
+        config, task = load_fsq_train_config(args.config, overrides, preset), FSQTask
+    else:
+        from dalle.training.dvae_task import DVAETask, load_dvae_train_config
+
+        config, task = load_dvae_train_config(args.config, overrides), DVAETask
+    run_training(config, task, Path(args.out), args.allow_changes)
     return 0
 
 
@@ -228,7 +290,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     flags = {
         "preset": args.preset, "data.source": args.data, "loop.steps": args.steps,
-        "vae": args.vae and str(args.vae), "tokenizer": args.tokenizer and str(args.tokenizer),
+        "image_tokenizer": args.image_tokenizer and str(args.image_tokenizer),
+        "tokenizer": args.tokenizer and str(args.tokenizer),
     }  # fmt: skip
     config = load_dalle_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
     run_training(config, DALLETask, Path(args.out), args.allow_changes)
@@ -262,7 +325,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     pipe = TextToImage.from_pretrained(args.model, device)
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.guidance)
-    size = pipe.model.config.image_grid * pipe.vae.config.downsample
+    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
     prime = read_image(args.prime_image, size, "--prime-image") if args.prime_image else None
     scorer = _reranker(args, pipe, device)
     kept = min(args.keep, args.num) if args.rerank else args.num
@@ -385,7 +448,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from dalle.training.loop import resolve_device
 
     pipe = TextToImage.from_pretrained(args.model, resolve_device(args.device))
-    size = pipe.model.config.image_grid * pipe.vae.config.downsample
+    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
     image = read_image(args.image, size, "image")[None]  # [1, 3, S, S]
     nats = pipe.log_likelihood(image, [args.caption])
     tokens = pipe.model.config.image_tokens
@@ -517,6 +580,34 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--json", action="store_true", help="machine-readable report")
     judge.set_defaults(func=cmd_judge)
 
+    recon = commands.add_parser(
+        "reconstruct", help="an image tokenizer's reconstructions as NNNN.png + NNNN.txt"
+    )
+    recon.add_argument("--tokenizer", type=Path, required=True, help="an image tokenizer folder")
+    recon.add_argument("--data", required=True, help="image-caption source")
+    recon.add_argument("--subset", choices=["all", "train", "holdout"], default="all")
+    recon.add_argument("--count", type=positive_int, default=1000)
+    recon.add_argument("--size", type=positive_int, default=64, help="image side in pixels")
+    recon.add_argument("--out-dir", type=Path, required=True)
+    recon.add_argument("--device", default="auto")
+    recon.add_argument("--json", action="store_true")
+    recon.set_defaults(func=cmd_reconstruct)
+
+    tokenize = commands.add_parser(
+        "tokenize-data", help="encode a data set once into shards of image tokens + captions"
+    )
+    tokenize.add_argument("--tokenizer", type=Path, required=True, help="an image tokenizer folder")
+    tokenize.add_argument("--data", required=True, help="image-caption source")
+    tokenize.add_argument("--out", type=Path, required=True, help="folder for the shards")
+    tokenize.add_argument("--subset", choices=["all", "train", "holdout"], default="all")
+    tokenize.add_argument("--count", type=positive_int, help="samples (needed for 'shapes')")
+    tokenize.add_argument("--size", type=positive_int, default=64, help="image side in pixels")
+    tokenize.add_argument("--shard-size", type=positive_int, default=10_000)
+    tokenize.add_argument("--workers", type=non_negative_int, default=0)
+    tokenize.add_argument("--device", default="auto")
+    tokenize.add_argument("--json", action="store_true")
+    tokenize.set_defaults(func=cmd_tokenize_data)
+
     tokenizer = commands.add_parser(
         "tokenizer", help="train and use the caption BPE"
     ).add_subparsers(dest="tokenizer_command", required=True, metavar="TOKENIZER_COMMAND")
@@ -543,14 +634,20 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_model_info)
 
-    vae = _add_train_command(
-        commands, "train-vae", "the discrete VAE image tokenizer", "dvae-small"
-    )
-    vae.set_defaults(func=cmd_train_vae)
+    for name in ("train-image-tokenizer", "train-vae"):  # train-vae: the older name
+        tokenizer_train = _add_train_command(
+            commands, name, "an image tokenizer: the paper's dVAE (dvae-* presets) or FSQ "
+            "(fsq-* presets)", "dvae-small",
+        )  # fmt: skip
+        tokenizer_train.set_defaults(func=cmd_train_image_tokenizer)
 
     dalle_train = _add_train_command(commands, "train", "the DALL-E transformer", "dalle-bench")
-    dalle_train.add_argument("--vae", type=Path, help="trained dVAE folder")
-    dalle_train.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
+    dalle_train.add_argument(
+        "--image-tokenizer", "--vae", type=Path, help="a trained image tokenizer folder (dVAE, FSQ)"
+    )
+    dalle_train.add_argument(
+        "--tokenizer", type=Path, help="the caption tokenizer: a folder with tokenizer.json"
+    )
     dalle_train.set_defaults(func=cmd_train)
 
     clip_train = _add_train_command(commands, "train-clip", "the CLIP model", "clip-small")

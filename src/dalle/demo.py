@@ -134,7 +134,7 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
     common = [f"data.image_size={c.image_size}", f"data.seed={c.seed}", f"loop.seed={c.seed}"]
     seconds["image_tokenizer"] = _train_stage(
         "image tokenizer (discrete VAE)",
-        out / "vae",
+        out / "image_tokenizer",
         lambda: load_dvae_train_config(c.vae_config, [*common, *c.vae_overrides]),
         DVAETask,
     )
@@ -143,7 +143,12 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         out / "dalle",
         lambda: load_dalle_train_config(
             c.dalle_config,
-            [*common, f"vae={out / 'vae'}", f"tokenizer={tokenizer_dir}", *c.dalle_overrides],
+            [
+                *common,
+                f"image_tokenizer={out / 'image_tokenizer'}",
+                f"tokenizer={tokenizer_dir}",
+                *c.dalle_overrides,
+            ],
         ),
         DALLETask,
     )

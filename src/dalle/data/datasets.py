@@ -13,6 +13,7 @@ A bad sample is never replaced by another: each usable sample is read once an ep
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import braceexpand
+import numpy as np
 import torch
 import webdataset as wds
 from torch.utils.data import (
@@ -161,8 +163,28 @@ def _decode(
     return {"image": tensor, "caption": text, "key": key}
 
 
+# The part of a pre-tokenized sample that holds its token grid (a .npy array).
+TOKENS_PART = "tokens.npy"
+
+
+def _decode_tokens(key: str, data: bytes, caption: bytes | str | None):
+    """A pre-tokenized sample dict (``tokens`` long ``[h, w]``), or a Skip."""
+    text = decode_caption(caption) if caption is not None else None
+    if caption is None or text is None or not text.strip():
+        return Skip(key, "missing caption" if caption is None else "empty or non-UTF-8 caption")
+    try:
+        grid = np.load(io.BytesIO(data), allow_pickle=False)
+    except (OSError, ValueError) as err:
+        return Skip(key, f"unreadable tokens ({type(err).__name__})")
+    if grid.ndim != 2:
+        return Skip(key, f"tokens of shape {grid.shape}, not a grid")
+    tokens = torch.from_numpy(grid.astype(np.int64))
+    return {"image": None, "tokens": tokens, "caption": text.strip(), "key": key}
+
+
 def skips_only(skips: list[Skip]) -> dict:
-    """A record that carries skips and no sample; :func:`collate` keeps only the skips."""
+    """A record that carries skips and no sample (its key is None); :func:`collate` keeps
+    only the skips."""
     return {"image": None, "caption": None, "key": None, "skipped": skips}
 
 
@@ -450,8 +472,11 @@ class WebDatasetSource(IterableDataset):
             key = sample["__key__"]
             if not in_subset(key, self.subset, self.holdout_fraction):
                 continue
-            image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
             caption = caption_of(sample, self.caption_keys)
+            if TOKENS_PART in sample:  # a pre-tokenized shard (`dalle tokenize-data`)
+                yield _decode_tokens(key, sample[TOKENS_PART], caption)
+                continue
+            image = next((sample[e] for e in IMAGE_EXTENSIONS if e in sample), None)
             yield _decode(key, image, caption, self.image_size, self.max_image_pixels)
         yield from errors
 
@@ -570,36 +595,45 @@ def open_source(config: DataConfig, split_by_rank: bool = False) -> Dataset | It
 
 @dataclass
 class Batch:
-    images: torch.Tensor  # uint8 [B, 3, S, S]; B may be 0 when every record was a skip
+    images: torch.Tensor  # uint8 [B, 3, S, S]; [0] when the source holds tokens, or all skips
     captions: list[str]
     keys: list[str]
     skipped: list[Skip]
+    tokens: torch.Tensor | None = None  # long [B, h, w], from pre-tokenized shards
 
     def __len__(self) -> int:
         return len(self.captions)
 
 
+def _stack(tensors: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    return torch.cat(tensors) if tensors else empty
+
+
 def collate(samples: list[dict]) -> Batch:
     """Stacks the samples; records that only carry skips add their skips and nothing else."""
-    kept = [s for s in samples if s["image"] is not None]
+    kept = [s for s in samples if s["key"] is not None]
+    images = [s["image"][None] for s in kept if s.get("image") is not None]
+    tokens = [s["tokens"][None] for s in kept if s.get("tokens") is not None]
     return Batch(
-        images=torch.stack([s["image"] for s in kept])
-        if kept
-        else torch.empty(0, dtype=torch.uint8),
+        images=_stack(images, torch.empty(0, dtype=torch.uint8)),
         captions=[s["caption"] for s in kept],
         keys=[s["key"] for s in kept],
         skipped=[skip for s in samples for skip in s["skipped"]],
+        tokens=_stack(tokens, torch.empty(0, dtype=torch.long)) if tokens else None,
     )
 
 
 def concat(batches: list[Batch]) -> Batch:
     """One batch of all of ``batches``' samples and skips, in order."""
-    images = [b.images for b in batches if len(b)]
+    tokens = [b.tokens for b in batches if b.tokens is not None and len(b)]
     return Batch(
-        images=torch.cat(images) if images else torch.empty(0, dtype=torch.uint8),
+        images=_stack(
+            [b.images for b in batches if len(b.images)], torch.empty(0, dtype=torch.uint8)
+        ),
         captions=[c for b in batches for c in b.captions],
         keys=[k for b in batches for k in b.keys],
         skipped=[s for b in batches for s in b.skipped],
+        tokens=torch.cat(tokens) if tokens else None,
     )
 
 
@@ -629,7 +663,9 @@ def rebatch(batches: Iterator[Batch], size: int) -> Iterator[Batch]:
 
 
 def _slice(batch: Batch, start: int, stop: int) -> Batch:
-    return Batch(batch.images[start:stop], batch.captions[start:stop], batch.keys[start:stop], [])
+    tokens = batch.tokens[start:stop] if batch.tokens is not None else None
+    return Batch(batch.images[start:stop], batch.captions[start:stop], batch.keys[start:stop], [],
+                 tokens)  # fmt: skip
 
 
 def make_loader(
@@ -673,22 +709,30 @@ def new_skip_log(dataset: Dataset | IterableDataset) -> SkipLog:
     return skip_log
 
 
+def load_samples(data: DataConfig, count: int) -> Batch:
+    """The first ``count`` usable samples of a source, as one batch (images, or tokens for
+    pre-tokenized shards)."""
+    config = replace(data, shuffle=False, num_workers=0, batch_size=64)
+    batches, held = [], 0
+    for batch in make_loader(open_source(config), config):
+        if len(batch):
+            batches.append(batch)
+            held += len(batch)
+        if held >= count:
+            break
+    if not batches:
+        share = f", {data.holdout_fraction:.0%} of keys" if data.subset == "holdout" else ""
+        raise ValueError(f"no usable samples in the {data.subset} subset of {data.source}{share}; "
+                         "a larger data set or data.holdout_fraction gives some")  # fmt: skip
+    return _slice(concat(batches), 0, count)
+
+
 def load_images(data: DataConfig, count: int) -> tuple[torch.Tensor, list[str]]:
     """The first ``count`` images (uint8 ``[N, 3, S, S]``) and captions of a source."""
-    config = replace(data, shuffle=False, num_workers=0, batch_size=64)
-    images, captions = [], []
-    for batch in make_loader(open_source(config), config):
-        if not len(batch):
-            continue
-        images.append(batch.images)
-        captions += batch.captions
-        if len(captions) >= count:
-            break
-    if not images:
-        share = f", {data.holdout_fraction:.0%} of keys" if data.subset == "holdout" else ""
-        raise ValueError(f"no usable images in the {data.subset} subset of {data.source}{share}; "
-                         "a larger data set or data.holdout_fraction gives some")  # fmt: skip
-    return torch.cat(images)[:count], captions[:count]
+    batch = load_samples(data, count)
+    if batch.tokens is not None:
+        raise ValueError(f"{data.source} holds image tokens, not images")
+    return batch.images, batch.captions
 
 
 def iter_captions(

@@ -192,6 +192,17 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
         logits = self.encoder(x)
         return x, logits, self.decoder(sample(logits))
 
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def downsample(self) -> int:
+        return self.config.downsample
+
+    def token_grid(self, image_size: int) -> int:
+        return self.config.token_grid(image_size)
+
     def residual_blocks(self) -> list[nn.Module]:
         return [m for m in self.modules() if isinstance(m, _ResidualBlock)]
 

@@ -7,10 +7,11 @@ from torch import nn
 from dalle.models.clip import CLIP, CLIP_PRESETS
 from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
+from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
 
 
 def preset_names() -> list[str]:
-    return sorted([*DVAE_PRESETS, *DALLE_PRESETS, *CLIP_PRESETS])
+    return sorted([*DVAE_PRESETS, *FSQ_PRESETS, *DALLE_PRESETS, *CLIP_PRESETS])
 
 
 def build_preset(name: str, device: str = "meta") -> nn.Module:
@@ -20,6 +21,9 @@ def build_preset(name: str, device: str = "meta") -> nn.Module:
     if name in DVAE_PRESETS:
         with torch.device(device):
             return DiscreteVAE(DVAE_PRESETS[name])
+    if name in FSQ_PRESETS:
+        with torch.device(device):
+            return FSQTokenizer(FSQ_PRESETS[name])
     if name in DALLE_PRESETS:
         with torch.device(device):
             return DALLETransformer(DALLE_PRESETS[name])
@@ -37,7 +41,7 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
 
 
 MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (DiscreteVAE, DALLETransformer, CLIP)
+    cls.__name__: cls for cls in (DiscreteVAE, FSQTokenizer, DALLETransformer, CLIP)
 }
 
 

@@ -1,4 +1,4 @@
-"""Text to image with a trained model folder (transformer + tokenizer/ + vae/)."""
+"""Text to image with a trained model folder (transformer + tokenizer/ + image_tokenizer/)."""
 
 from __future__ import annotations
 
@@ -10,16 +10,25 @@ import torch
 
 from dalle.data.images import make_grid, to_pil
 from dalle.models.dalle_transformer import DALLETransformer
-from dalle.models.dvae import DiscreteVAE
+from dalle.models.image_tokenizer import ImageTokenizer, load_image_tokenizer
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
+
+# A transformer's model folder holds its image tokenizer here (``vae/`` before).
+IMAGE_TOKENIZER_DIR = "image_tokenizer"
+
+
+def image_tokenizer_dir(model_dir: Path) -> Path:
+    """Where a transformer folder keeps its image tokenizer (older folders: ``vae/``)."""
+    folder = model_dir / IMAGE_TOKENIZER_DIR
+    return folder if folder.is_dir() or not (model_dir / "vae").is_dir() else model_dir / "vae"
 
 
 @dataclass
 class TextToImage:
     model: DALLETransformer
     tokenizer: TextTokenizer
-    vae: DiscreteVAE
+    image_tokenizer: ImageTokenizer
     device: torch.device
 
     @classmethod
@@ -31,7 +40,7 @@ class TextToImage:
         return cls(
             model=DALLETransformer.from_pretrained(directory, device=device),
             tokenizer=TextTokenizer.load(directory / "tokenizer"),
-            vae=DiscreteVAE.from_pretrained(directory / "vae", device=device),
+            image_tokenizer=load_image_tokenizer(image_tokenizer_dir(directory), device),
             device=device,
         )
 
@@ -73,7 +82,7 @@ class TextToImage:
         if prime_image is not None and prime_rows > 0:
             if not 0 < prime_rows < grid:
                 raise ValueError(f"prime_rows must be between 1 and {grid - 1}")
-            codes = self.vae.encode(prime_image[None].to(self.device)).flatten(1)  # [1, H*W]
+            codes = self.image_tokenizer.encode(prime_image[None].to(self.device)).flatten(1)
             prime = codes[:, : prime_rows * grid]
         images = []
         for start in range(0, len(prompts), batch_size):
@@ -83,7 +92,8 @@ class TextToImage:
             tokens = sample_image_tokens(
                 self.model, text, sampling, prime=primed, generator=generator
             )
-            images.append(self.vae.decode(tokens.view(len(chunk), grid, grid)).cpu())
+            tokens = tokens.view(len(chunk), grid, grid)
+            images.append(self.image_tokenizer.decode(tokens).cpu())
         return torch.cat(images)
 
     @torch.no_grad()
@@ -99,7 +109,7 @@ class TextToImage:
         text = self.tokenizer.encode(captions).ids.to(self.device)
         if unconditional:  # the empty caption of caption dropout: padding only
             text = torch.full_like(text, PAD_ID)
-        tokens = self.vae.encode(images.to(self.device)).flatten(1)  # [B, H*W]
+        tokens = self.image_tokenizer.encode(images.to(self.device)).flatten(1)  # [B, H*W]
         _, image_logits = self.model(text, tokens)
         log_probs = image_logits.float().log_softmax(dim=-1)
         return log_probs.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=1).cpu()

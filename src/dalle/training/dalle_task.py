@@ -1,4 +1,5 @@
-"""Training the DALL-E transformer on image tokens from a frozen dVAE and BPE captions."""
+"""Training the DALL-E transformer on image tokens from a frozen image tokenizer (dVAE or
+FSQ) and BPE captions."""
 
 from __future__ import annotations
 
@@ -14,10 +15,13 @@ import torch
 from torch import nn
 
 from dalle.config import ConfigError, load_config, peek_key
-from dalle.data.datasets import Batch, DataConfig, load_images
+from dalle.data.datasets import Batch, DataConfig, load_samples
 from dalle.data.images import make_grid
+from dalle.data.token_shards import token_shard_meta
+from dalle.files import folder_hash
 from dalle.models.dalle_transformer import DALLE_PRESETS, DALLEConfig, DALLETransformer
-from dalle.models.dvae import DiscreteVAE
+from dalle.models.image_tokenizer import ImageTokenizer, load_image_tokenizer
+from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
 from dalle.training.loop import LoopConfig, OptimConfig
@@ -36,12 +40,12 @@ class DALLEEvalConfig:
 @dataclass
 class DALLETrainConfig:
     """Everything `dalle train` needs. Vocabulary sizes, caption length and token grid
-    are taken from the tokenizer and dVAE, whatever the preset says."""
+    are taken from the caption tokenizer and the image tokenizer, whatever the preset says."""
 
     preset: str = "dalle-bench"
     model: DALLEConfig = field(default_factory=DALLEConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
-    vae: str = ""  # folder of a trained dVAE (config.json + model.safetensors)
+    image_tokenizer: str = ""  # folder of a trained image tokenizer (dVAE, FSQ)
     tokenizer: str = ""  # folder with tokenizer.json
     bpe_dropout: float = 0.1  # the paper's
     caption_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
@@ -62,19 +66,35 @@ def load_dalle_train_config(path: str | Path | None, overrides: Sequence[str]) -
         )
     base = DALLETrainConfig(preset=preset, model=copy.deepcopy(DALLE_PRESETS[preset]))
     config = load_config(DALLETrainConfig, path, overrides, base=base)
-    for key in ("vae", "tokenizer"):
+    for key in ("image_tokenizer", "tokenizer"):
         if not getattr(config, key):
             raise ConfigError(f"'{key}' is required: the folder of a trained {key}")
     return config
 
 
-def fit_to_tokenizers(config: DALLETrainConfig, tokenizer: TextTokenizer, vae: DiscreteVAE) -> None:
+def check_token_shards(config: DALLETrainConfig) -> None:
+    """Pre-tokenized shards must come from this image tokenizer, at this image size."""
+    meta = token_shard_meta(config.data.source)
+    if meta is None:
+        return
+    if meta["image_tokenizer_hash"] != folder_hash(Path(config.image_tokenizer)):
+        raise ValueError(f"{config.data.source} was tokenized by another image tokenizer than "
+                         f"{config.image_tokenizer}: tokenize again, or train with that "
+                         "one")  # fmt: skip
+    if meta["image_size"] != config.data.image_size:
+        raise ValueError(f"{config.data.source} holds {meta['image_size']}px images' tokens; "
+                         f"set data.image_size={meta['image_size']}")  # fmt: skip
+
+
+def fit_to_tokenizers(
+    config: DALLETrainConfig, tokenizer: TextTokenizer, image_tokenizer: ImageTokenizer
+) -> None:
     """Sets the model's vocabularies, caption length and grid from what it is trained on."""
     m = config.model
     m.text_vocab_size = tokenizer.vocab_size
     m.text_len = tokenizer.max_length
-    m.image_vocab_size = vae.config.vocab_size
-    m.image_grid = vae.config.token_grid(config.data.image_size)
+    m.image_vocab_size = image_tokenizer.vocab_size
+    m.image_grid = image_tokenizer.token_grid(config.data.image_size)
 
 
 class DALLETask:
@@ -82,17 +102,25 @@ class DALLETask:
         self.config = config
         self.device = device
         self.tokenizer = TextTokenizer.load(config.tokenizer)
-        self.vae = DiscreteVAE.from_pretrained(config.vae, device=device).requires_grad_(False)
-        fit_to_tokenizers(config, self.tokenizer, self.vae)
+        self.image_tokenizer = load_image_tokenizer(config.image_tokenizer, device)
+        check_token_shards(config)
+        fit_to_tokenizers(config, self.tokenizer, self.image_tokenizer)
         # On the meta device under torchrun: the loop shards it, then initialises it.
         with torch.device(model_build_device(device)):
             self.model = DALLETransformer(config.model)
-        holdout = replace(config.data, subset="holdout")
-        images, self.eval_captions = load_images(holdout, config.eval.samples)
+        holdout = load_samples(replace(config.data, subset="holdout"), config.eval.samples)
+        self.eval_captions = holdout.captions
         self.eval_text = self.tokenizer.encode(self.eval_captions).ids
-        self.eval_tokens = torch.cat(
-            [self.vae.encode(b.to(device)).flatten(1).cpu() for b in images.split(128)]
-        )
+        self.eval_tokens = self.image_tokens(holdout).cpu()  # [N, h*w]
+
+    @torch.no_grad()
+    def image_tokens(self, batch: Batch) -> torch.Tensor:
+        """A batch's image tokens ``[B, h*w]`` on the device: read from pre-tokenized shards,
+        or encoded from its images."""
+        if batch.tokens is not None:
+            return batch.tokens.flatten(1).to(self.device, non_blocking=True)
+        images = batch.images.to(self.device, non_blocking=True)
+        return torch.cat([self.image_tokenizer.encode(b).flatten(1) for b in images.split(128)])
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         decay, no_decay = [], []
@@ -107,8 +135,7 @@ class DALLETask:
                 {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
 
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        with torch.no_grad():
-            image = self.vae.encode(batch.images.to(self.device, non_blocking=True)).flatten(1)
+        image = self.image_tokens(batch)
         text = self.tokenizer.encode(batch.captions, dropout=self.config.bpe_dropout).ids.to(
             self.device
         )
@@ -137,7 +164,7 @@ class DALLETask:
         tokens = sample_image_tokens(self.model, self.eval_text[:n].to(self.device),
                                      self.config.eval.sampling, generator=generator)  # fmt: skip
         grid = self.config.model.image_grid
-        images = self.vae.decode(tokens.view(n, grid, grid)).cpu()
+        images = self.image_tokenizer.decode(tokens.view(n, grid, grid)).cpu()
         (out_dir / "samples").mkdir(exist_ok=True)
         make_grid(images, columns=min(8, n)).save(out_dir / "samples" / f"samples-{step:07d}.png")
         (out_dir / "samples" / f"samples-{step:07d}.json").write_text(
@@ -146,7 +173,7 @@ class DALLETask:
         return metrics
 
     def export(self, out_dir: Path) -> None:
-        """A self-contained model folder: transformer, tokenizer/ and vae/."""
+        """A self-contained model folder: transformer, tokenizer/ and image_tokenizer/."""
         self.model.save_pretrained(out_dir)
         self.tokenizer.save(out_dir / "tokenizer")
-        self.vae.save_pretrained(out_dir / "vae")
+        self.image_tokenizer.save_pretrained(out_dir / IMAGE_TOKENIZER_DIR)

@@ -44,7 +44,7 @@ def export_checkpoint(run: Path, out: Path) -> Path:
     else:
         raise FileNotFoundError(f"no training checkpoint in {run}")
     model.save_pretrained(out)  # type: ignore[operator]
-    for part in ("tokenizer", "vae"):
+    for part in ("tokenizer", "image_tokenizer"):
         source = run_config.get(part)
         if isinstance(source, str) and source and Path(source).is_dir():
             shutil.copytree(source, out / part, dirs_exist_ok=True)

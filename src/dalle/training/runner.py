@@ -5,7 +5,7 @@ all go through :func:`run_training`, so a run started from either resumes from t
 
 A run folder keeps the record of how it began: ``train_config.yaml`` is written once, by
 the first session. A later session resumes only with the settings the checkpoint was
-trained with, and with the same input folders (dVAE, tokenizer: compared by content),
+trained with, and with the same input folders (image and caption tokenizers: compared by content),
 except for settings that change how long the run goes or how it reports
 (:data:`FREE_TO_CHANGE`). Anything else is refused unless ``allow_changes`` is given;
 every accepted change is logged and appended to ``config_changes.jsonl``.
@@ -14,7 +14,6 @@ every accepted change is logged and appended to ``config_changes.jsonl``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import time
@@ -25,6 +24,7 @@ from typing import Any
 import torch
 
 from dalle.config import ConfigError, save_config
+from dalle.files import folder_hash
 from dalle.training.checkpoint import (
     CHECKPOINT_FILE,
     SHARDED_CHECKPOINT_DIR,
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 CONFIG_RECORD = "train_config.yaml"
 CHANGES_FILE = "config_changes.jsonl"
 # Top-level settings that name a trained input folder; resuming needs the same contents.
-INPUT_FOLDERS = ("vae", "tokenizer")
+INPUT_FOLDERS = ("image_tokenizer", "tokenizer")
 # Dotted settings (or prefixes ending in ".") a resume may change without a flag: they
 # decide how long the run goes, where, and what it reports, not what it learns.
 FREE_TO_CHANGE = (
@@ -92,24 +92,13 @@ def check_resumable(out: Path, config: dict[str, Any], allow_changes: bool = Fal
 
 
 def input_fingerprints(config: Any) -> dict[str, str]:
-    """A content hash of each input folder the config names (dVAE, tokenizer)."""
+    """A content hash of each input folder the config names (image and caption tokenizers)."""
     prints = {}
     for key in INPUT_FOLDERS:
         folder = getattr(config, key, None)
         if isinstance(folder, str) and folder and Path(folder).is_dir():
             prints[key] = folder_hash(Path(folder))
     return prints
-
-
-def folder_hash(folder: Path) -> str:
-    """SHA-256 over the names and bytes of the files directly in ``folder``."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        digest.update(path.name.encode() + b"\0")
-        with open(path, "rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 def final_eval(out: Path) -> dict[str, float]:

@@ -1,0 +1,255 @@
+"""An image tokenizer with finite scalar quantization (Mentzer et al. 2023, "Finite
+Scalar Quantization: VQ-VAE Made Simple").
+
+A convolutional autoencoder whose bottleneck has one channel per entry of ``levels``.
+Each channel is bounded with tanh to ``levels[i]`` values and rounded, with a
+straight-through gradient; the tuple of rounded values is the code, and its index in
+mixed radix is the token. There is no codebook to collapse, and no commitment or KL
+loss: the model is trained on reconstruction alone, and every code stays reachable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from dalle.models.pretrained import PretrainedMixin
+
+# The paper's levels for a target vocabulary size (Table 1).
+FSQ_LEVELS: dict[int, list[int]] = {
+    2**8: [8, 6, 5],
+    2**10: [8, 5, 5, 5],
+    2**12: [7, 5, 5, 5, 5],
+    2**14: [8, 8, 8, 6, 5],
+    2**16: [8, 8, 8, 5, 5, 5],
+}
+
+
+# ----------------------------------------------------------------------------- quantizer
+
+
+def bound(z: torch.Tensor, levels: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    """Squashes ``z [..., d]`` so that channel i rounds to one of ``levels[i]`` integers
+    (centred on 0; an even level count gets a half-step offset)."""
+    half = (levels - 1) * (1 + eps) / 2
+    offset = torch.where(levels % 2 == 0, 0.5, 0.0)
+    shift = torch.atanh(offset / half)
+    return torch.tanh(z + shift) * half - offset
+
+
+def round_straight_through(z: torch.Tensor) -> torch.Tensor:
+    """Rounds in the forward pass; the gradient passes as if it did not."""
+    return z + (z.round() - z).detach()
+
+
+def quantize(z: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """``z [..., d]`` -> the nearest code, scaled into [-1, 1] per channel."""
+    return round_straight_through(bound(z, levels)) / (levels // 2)
+
+
+def codes_to_indices(codes: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Codes ``[..., d]`` in [-1, 1] -> token indices ``[...]`` (mixed radix)."""
+    half = levels // 2
+    digits = (codes * half + half).round().long()  # [..., d] in 0 .. levels - 1
+    return (digits * _radix(levels)).sum(dim=-1)
+
+
+def indices_to_codes(indices: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """Token indices ``[...]`` -> codes ``[..., d]`` in [-1, 1]."""
+    half = levels // 2
+    digits = (indices[..., None] // _radix(levels)) % levels
+    return (digits - half).float() / half
+
+
+def _radix(levels: torch.Tensor) -> torch.Tensor:
+    return torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), dim=0)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class FSQConfig:
+    levels: list[int] = field(default_factory=lambda: [8, 5, 5, 5])
+    downsample: int = 8  # image pixels per token side, a power of 2
+    hidden_width: int = 32  # width at full resolution; doubles per halving, up to 8x
+    blocks: int = 1  # residual blocks at each of the lowest `block_stages` resolutions
+    # Residual blocks only near the token grid: at full resolution they would cost most
+    # of the compute for little gain.
+    block_stages: int = 2
+    channels: int = 3
+
+    def __post_init__(self) -> None:
+        if len(self.levels) < 1 or min(self.levels) < 2:
+            raise ValueError(f"FSQ levels must be integers >= 2, not {self.levels}")
+        if self.downsample < 1 or self.downsample & (self.downsample - 1):
+            raise ValueError(f"downsample must be a power of 2, not {self.downsample}")
+
+    @property
+    def vocab_size(self) -> int:
+        return math.prod(self.levels)
+
+    def token_grid(self, image_size: int) -> int:
+        if image_size % self.downsample:
+            raise ValueError(f"image size {image_size} is not a multiple of {self.downsample}")
+        return image_size // self.downsample
+
+
+FSQ_PRESETS: dict[str, FSQConfig] = {
+    # 64x64 -> 8x8 tokens of 4,096 (8x8-pixel patches): a short transformer sequence.
+    "fsq-64-8x8": FSQConfig(levels=FSQ_LEVELS[2**12], downsample=8, hidden_width=32),
+    # 64x64 -> 16x16 tokens of 1,000 (4x4-pixel patches).
+    "fsq-64-16x16": FSQConfig(levels=FSQ_LEVELS[2**10], downsample=4, hidden_width=32),
+    # 256x256 -> 32x32 tokens of 16,000, the paper's grid.
+    "fsq-256-32x32": FSQConfig(levels=FSQ_LEVELS[2**14], downsample=8, hidden_width=128, blocks=2),
+    # Tests.
+    "fsq-tiny": FSQConfig(levels=[5, 5], downsample=2, hidden_width=8),
+}
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.branch = nn.Sequential(
+            nn.SiLU(), nn.Conv2d(width, width, 3, padding=1),
+            nn.SiLU(), nn.Conv2d(width, width, 3, padding=1),
+        )  # fmt: skip
+        nn.init.zeros_(self.branch[-1].weight)  # starts as the identity
+        nn.init.zeros_(self.branch[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+def _widths(config: FSQConfig) -> list[int]:
+    """Width at each resolution, from full size down to the token grid."""
+    stages = int(math.log2(config.downsample))
+    return [config.hidden_width * min(2**i, 8) for i in range(stages + 1)]
+
+
+def _has_blocks(config: FSQConfig, stage: int) -> bool:
+    return stage > int(math.log2(config.downsample)) - config.block_stages
+
+
+class FSQEncoder(nn.Module):
+    def __init__(self, config: FSQConfig) -> None:
+        super().__init__()
+        widths = _widths(config)
+        layers: list[nn.Module] = [nn.Conv2d(config.channels, widths[0], 3, padding=1)]
+        for i, width in enumerate(widths):
+            if _has_blocks(config, i):
+                layers += [_ResidualBlock(width) for _ in range(config.blocks)]
+            if i + 1 < len(widths):  # halve the resolution
+                layers.append(nn.Conv2d(width, widths[i + 1], 4, stride=2, padding=1))
+        layers += [nn.SiLU(), nn.Conv2d(widths[-1], len(config.levels), 1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels ``[B, 3, H, W]`` in [-1, 1] -> unbounded latents ``[B, d, h, w]``."""
+        return self.layers(x)
+
+
+class FSQDecoder(nn.Module):
+    def __init__(self, config: FSQConfig) -> None:
+        super().__init__()
+        widths = _widths(config)[::-1]
+        layers: list[nn.Module] = [nn.Conv2d(len(config.levels), widths[0], 3, padding=1)]
+        for i, width in enumerate(widths):
+            if _has_blocks(config, len(widths) - 1 - i):
+                layers += [_ResidualBlock(width) for _ in range(config.blocks)]
+            if i + 1 < len(widths):  # double the resolution
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                           nn.Conv2d(width, widths[i + 1], 3, padding=1)]  # fmt: skip
+        layers += [nn.SiLU(), nn.Conv2d(widths[-1], config.channels, 3, padding=1)]
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, d, h, w]`` -> pixel logits ``[B, 3, H, W]`` (sigmoid gives [0, 1])."""
+        return self.layers(codes)
+
+
+class FSQTokenizer(PretrainedMixin, nn.Module):
+    """Images in, a grid of tokens out, and back: the image-tokenizer interface."""
+
+    config_class = FSQConfig
+
+    def __init__(self, config: FSQConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = FSQEncoder(config)
+        self.decoder = FSQDecoder(config)
+        self.register_buffer("levels", torch.tensor(config.levels), persistent=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def downsample(self) -> int:
+        return self.config.downsample
+
+    def token_grid(self, image_size: int) -> int:
+        return self.config.token_grid(image_size)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training pass: uint8 or [0, 1] images ``[B, 3, H, W]`` -> pixel logits of
+        the reconstruction ``[B, 3, H, W]`` and the quantized codes ``[B, d, h, w]``."""
+        codes = self.quantized(images)
+        return self.decoder(codes), codes
+
+    def quantized(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        # Channels-last activations: oneDNN's convolutions run ~1.4x faster on CPU.
+        x = x.contiguous(memory_format=torch.channels_last)
+        z = self.encoder(2 * x - 1).float()  # [B, d, h, w]
+        return quantize(z.movedim(1, -1), self.levels).movedim(-1, 1)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``[B, 3, H, W]`` -> tokens ``[B, h, w]``."""
+        return codes_to_indices(self.quantized(images).movedim(1, -1), self.levels)
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, h, w]`` -> uint8 images ``[B, 3, H, W]``."""
+        codes = indices_to_codes(tokens, self.levels).movedim(-1, 1)
+        dtype = next(self.decoder.parameters()).dtype
+        pixels = torch.sigmoid(self.decoder(codes.to(dtype)).float())
+        return (pixels * 255).round().to(torch.uint8)
+
+    @torch.no_grad()
+    def init_output_bias(self, pixels: torch.Tensor) -> None:
+        """Starts the decoder at a constant image of ``pixels`` (``[C]`` in [0, 1]), the
+        data's background: capacity then goes to what differs from it."""
+        head = self.decoder.layers[-1]
+        head.bias.copy_(torch.logit(pixels.float().clamp(0.02, 0.98)))
+
+    def residual_blocks(self) -> list[nn.Module]:
+        return [m for m in self.modules() if isinstance(m, _ResidualBlock)]
+
+    def parameter_counts(self) -> dict[str, int]:
+        encoder = sum(p.numel() for p in self.encoder.parameters())
+        decoder = sum(p.numel() for p in self.decoder.parameters())
+        return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}
+
+
+def reconstruction_loss(
+    logits: torch.Tensor, images: torch.Tensor, foreground_weight: float = 1.0
+) -> torch.Tensor:
+    """Mean squared error of the reconstruction's [0, 1] pixels; ``images`` uint8.
+
+    With ``foreground_weight`` > 1, pixels that differ from their image's median colour
+    (its background) by more than 0.1 in a channel weigh that many times more; the
+    weights are normalised to mean 1, so the loss keeps its scale.
+    """
+    target = images.float() / 255
+    error = (torch.sigmoid(logits.float()) - target) ** 2  # [B, 3, H, W]
+    if foreground_weight == 1.0:
+        return error.mean()
+    background = target.flatten(2).median(dim=2).values[..., None, None]
+    foreground = ((target - background).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    weight = 1 + (foreground_weight - 1) * foreground  # [B, 1, H, W]
+    return (error * weight).mean() / weight.mean()

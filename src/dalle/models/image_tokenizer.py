@@ -1,0 +1,62 @@
+"""The one interface every later stage uses to turn images into tokens and back.
+
+Transformer training, ``generate``, ``score``, the demo and the metrics see an image
+tokenizer only through :class:`ImageTokenizer`; a saved one is a folder whose
+``config.json`` names its kind, and :func:`load_image_tokenizer` opens any kind. A new
+kind is a model class with these members, added to :data:`IMAGE_TOKENIZERS`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from dalle.models.dvae import DiscreteVAE
+from dalle.models.fsq import FSQTokenizer
+from dalle.models.pretrained import CONFIG_FILE
+
+IMAGE_TOKENIZERS: dict[str, type] = {cls.__name__: cls for cls in (DiscreteVAE, FSQTokenizer)}
+
+
+@runtime_checkable
+class ImageTokenizer(Protocol):
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def downsample(self) -> int:
+        """Image pixels per token, along each side."""
+        ...
+
+    def token_grid(self, image_size: int) -> int:
+        """Tokens along each side of an ``image_size`` image."""
+        ...
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``[B, 3, H, W]`` -> tokens, long ``[B, h, w]``."""
+        ...
+
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Tokens ``[B, h, w]`` -> uint8 images ``[B, 3, H, W]``."""
+        ...
+
+
+def load_image_tokenizer(directory: str | Path, device: str | torch.device = "cpu"):
+    """The image tokenizer saved in ``directory``, whatever its kind, in eval mode and
+    without gradients."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: not an image tokenizer folder")
+    try:
+        kind = json.loads(path.read_text(encoding="utf-8")).get("model_type")
+    except (ValueError, AttributeError):
+        raise ValueError(f"{path} is not a model config") from None
+    if kind not in IMAGE_TOKENIZERS:
+        raise ValueError(
+            f"{directory} holds a {kind}, not an image tokenizer ({', '.join(IMAGE_TOKENIZERS)})"
+        )
+    model = IMAGE_TOKENIZERS[kind].from_pretrained(directory, device=device)
+    return model.requires_grad_(False)

@@ -1,0 +1,70 @@
+"""What training any image tokenizer shares: held-out images, the background start,
+reconstruction metrics and grids, and export. A kind of tokenizer adds its loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from dalle.data.datasets import load_images
+from dalle.data.images import make_grid
+from dalle.evaluation.reconstruction import tokenizer_metrics
+
+
+@dataclass
+class ImageTokenizerEvalConfig:
+    samples: int = 512  # held-out images for reconstruction metrics
+    grid: int = 16  # images in the reconstruction grid (originals above reconstructions)
+
+
+class ImageTokenizerTask:
+    """The loop's task for a model with ``encode``, ``decode``, ``vocab_size`` and
+    ``init_output_bias``; subclasses define ``training_loss``."""
+
+    def __init__(self, config: Any, model: nn.Module, device: torch.device) -> None:
+        self.config, self.model, self.device = config, model, device
+        holdout = replace(config.data, subset="holdout")
+        self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
+        if config.init_from_data:
+            # [N, 3, H, W] uint8 -> per-channel median over every pixel, [3] in [0, 1]
+            pixels = self.eval_images.permute(1, 0, 2, 3).flatten(1).float() / 255
+            model.init_output_bias(pixels.median(dim=1).values.to(device))
+
+    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        decay = [p for p in self.model.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]  # biases
+        return [{"params": decay, "weight_decay": weight_decay},
+                {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+
+    @torch.no_grad()
+    def reconstruct(
+        self, images: torch.Tensor, batch_size: int = 128
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstructions through the tokens (encoded, decoded) and the tokens, on CPU."""
+        recons, tokens = [], []
+        for chunk in images.split(batch_size):
+            t = self.model.encode(chunk.to(self.device))
+            tokens.append(t.cpu())
+            recons.append(self.model.decode(t).cpu())
+        return torch.cat(recons), torch.cat(tokens)
+
+    def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
+        recon, tokens = self.reconstruct(self.eval_images)
+        metrics = tokenizer_metrics(self.eval_images, recon, tokens, self.model.vocab_size)
+        n = min(self.config.eval.grid, len(recon))
+        columns = min(8, n)
+        rows = []
+        for start in range(0, n, columns):  # originals above their reconstructions
+            rows += [self.eval_images[start : start + columns], recon[start : start + columns]]
+        grid = make_grid(torch.cat(rows), columns=columns)
+        (out_dir / "samples").mkdir(exist_ok=True)
+        grid.save(out_dir / "samples" / f"recon-{step:07d}.png")
+        grid.save(out_dir / "recon-latest.png")
+        return metrics
+
+    def export(self, out_dir: Path) -> None:
+        self.model.save_pretrained(out_dir)

@@ -1,0 +1,117 @@
+"""The FSQ image tokenizer: the quantizer's arithmetic, and the image-tokenizer interface
+that every kind of tokenizer shares (training, export, loading, reconstruct)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from dalle.cli import main
+from dalle.models.fsq import (
+    FSQ_LEVELS,
+    FSQ_PRESETS,
+    FSQTokenizer,
+    bound,
+    codes_to_indices,
+    indices_to_codes,
+    quantize,
+    reconstruction_loss,
+)
+from dalle.models.image_tokenizer import ImageTokenizer, load_image_tokenizer
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+@pytest.mark.parametrize("levels", list(FSQ_LEVELS.values()), ids=str)
+def test_every_index_round_trips_and_is_reachable(levels: list[int]) -> None:
+    levels_t = torch.tensor(levels)
+    indices = torch.arange(math.prod(levels))
+    codes = indices_to_codes(indices, levels_t)  # [V, d]
+    assert torch.equal(codes_to_indices(codes, levels_t), indices)
+    assert codes.min() >= -1 and codes.max() <= 1
+    # Each code is a fixed point of the quantizer reached from the unbounded latent that
+    # bound() maps onto it, so the encoder can reach every token.
+    half = (levels_t - 1) * (1 + 1e-3) / 2
+    offset = torch.where(levels_t % 2 == 0, 0.5, 0.0)
+    target = codes * (levels_t // 2)  # the rounded, bounded values
+    latent = torch.atanh((target + offset) / half) - torch.atanh(offset / half)
+    assert torch.equal(codes_to_indices(quantize(latent, levels_t), levels_t), indices)
+
+
+def test_bound_keeps_each_channel_within_its_levels() -> None:
+    levels = torch.tensor([8, 5, 3])
+    rounded = bound(torch.linspace(-50, 50, 2001)[:, None].expand(-1, 3), levels).round()
+    for channel, count in enumerate(levels.tolist()):
+        assert rounded[:, channel].unique().numel() == count
+
+
+def test_rounding_passes_the_gradient_straight_through() -> None:
+    levels = torch.tensor([8, 5, 5, 5])
+    z = torch.randn(16, 4, requires_grad=True)
+    quantize(z, levels).sum().backward()
+    # d/dz of bound(z) / half_width: the tanh's slope, as if there were no rounding.
+    expected_z = z.detach().clone().requires_grad_(True)
+    (bound(expected_z, levels) / (levels // 2)).sum().backward()
+    assert torch.allclose(z.grad, expected_z.grad) and (z.grad > 0).all()
+
+
+def test_presets_give_their_grids_and_vocabularies() -> None:
+    grids = {"fsq-64-8x8": (64, 8, 4375), "fsq-64-16x16": (64, 16, 1000),
+             "fsq-256-32x32": (256, 32, 15360)}  # fmt: skip
+    for name, (size, grid, vocab) in grids.items():
+        with torch.device("meta"):
+            model = FSQTokenizer(FSQ_PRESETS[name])
+        assert model.token_grid(size) == grid and model.vocab_size == vocab
+
+
+def test_tokenizer_interface_and_foreground_weighting() -> None:
+    model = FSQTokenizer(FSQ_PRESETS["fsq-tiny"])
+    assert isinstance(model, ImageTokenizer)
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    tokens = model.encode(images)
+    assert tokens.shape == (2, 4, 4) and tokens.dtype == torch.long
+    assert tokens.min() >= 0 and tokens.max() < model.vocab_size
+    assert model.decode(tokens).shape == (2, 3, 8, 8)
+    # A white image with one dark pixel: weighting the foreground raises the loss of
+    # getting only that pixel wrong.
+    white = torch.full((1, 3, 8, 8), 255, dtype=torch.uint8)
+    white[..., 3, 3] = 0
+    logits = torch.full((1, 3, 8, 8), 10.0)  # all white
+    assert reconstruction_loss(logits, white, 8.0) > 4 * reconstruction_loss(logits, white)
+
+
+def test_train_export_load_and_reconstruct(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "fsq"
+    args = ["train-image-tokenizer", "--preset", "fsq-tiny", "--out", str(run), "--steps", "3",
+            "data.image_size=16", "data.batch_size=4", "eval.samples=8", "eval.grid=4",
+            "loop.log_every=1"]  # fmt: skip
+    assert main(args) == 0
+    tokenizer = load_image_tokenizer(run)
+    assert isinstance(tokenizer, FSQTokenizer) and tokenizer.vocab_size == 25
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evaluated = next(r["eval"] for r in records if "eval" in r)
+    assert {"psnr", "codes_used", "foreground_codes_used", "foreground_perplexity"} <= set(
+        evaluated
+    )
+    out = tmp_path / "recon"
+    capsys.readouterr()
+    assert main(["reconstruct", "--tokenizer", str(run), "--data", "shapes", "--subset",
+                 "holdout", "--count", "6", "--size", "16", "--out-dir", str(out),
+                 "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["images"] == 6
+    assert len(list(out.glob("*.png"))) == 6 and len(list(out.glob("*.txt"))) == 6
+    assert main(["judge", str(out)]) == 0  # any judge can score what reconstruct wrote
+    # The dVAE opens through the same loader.
+    vae = tmp_path / "vae"
+    assert main(["train-vae", "--config", str(CONFIGS / "dvae-tiny-cpu.yaml"), "--out", str(vae),
+                 "loop.steps=1", "eval.samples=4", "eval.grid=2"]) == 0  # fmt: skip
+    assert type(load_image_tokenizer(vae)).__name__ == "DiscreteVAE"
+    with pytest.raises(ValueError, match="not an image tokenizer"):
+        clip_like = tmp_path / "other"
+        clip_like.mkdir()
+        (clip_like / "config.json").write_text('{"model_type": "CLIP", "config": {}}')
+        load_image_tokenizer(clip_like)
