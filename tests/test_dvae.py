@@ -79,13 +79,22 @@ def test_kl_to_uniform_bounds() -> None:
     assert torch.allclose(relaxed.sum(dim=1), torch.ones(2, 3, 3), atol=1e-5)
 
 
-def test_loss_is_normalised_by_subpixels() -> None:
-    x = map_pixels(torch.rand(2, 3, 8, 8))
-    stats, logits = torch.randn(2, 6, 8, 8), torch.randn(2, 32, 2, 2)
+@pytest.mark.parametrize("latent_pixels", [8, 4])
+def test_loss_is_normalised_by_subpixels_with_the_papers_kl_weight_per_subpixel(
+    latent_pixels: int,
+) -> None:
+    """The paper divides the whole loss by 256*256*3, so with its 8x8-pixel latents each
+    sub-pixel carries beta/192 of KL; a 4x4-pixel grid must not weigh it 4x more."""
+    x = map_pixels(torch.rand(2, 3, 16, 16))
+    grid = 16 // latent_pixels
+    stats, logits = torch.randn(2, 6, 16, 16), torch.randn(2, 32, grid, grid)
     out = dvae_loss(x, stats, logits, kl_weight=6.6)
-    expected = (logit_laplace_nll(x, stats).sum() + 6.6 * kl_to_uniform(logits).sum()) / (
-        2 * 3 * 64
-    )
+    kl_per_subpixel = 6.6 / 192  # the paper's, at any grid
+    subpixels_per_latent = 3 * latent_pixels**2
+    expected = (
+        logit_laplace_nll(x, stats).sum()
+        + kl_per_subpixel * subpixels_per_latent * kl_to_uniform(logits).sum()
+    ) / (2 * 3 * 256)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -96,7 +105,8 @@ def test_gaussian_likelihood_is_a_fixed_scale_normal_around_the_decoded_mean() -
     assert torch.allclose(gaussian_nll(x, stats, 0.07), expected, atol=1e-5)
     logits = torch.randn(2, 32, 1, 1)
     out = dvae_loss(x, stats, logits, 6.6, likelihood="gaussian", pixel_std=0.07)
-    total = gaussian_nll(x, stats, 0.07).sum() + 6.6 * kl_to_uniform(logits).sum()
+    # 16 pixels per latent: the KL weighs 6.6 * 16 / 64 per latent.
+    total = gaussian_nll(x, stats, 0.07).sum() + 6.6 / 4 * kl_to_uniform(logits).sum()
     assert out.loss.item() == pytest.approx((total / (2 * 3 * 16)).item(), rel=1e-5)
     with pytest.raises(ValueError, match="likelihood"):
         dvae_loss(x, stats, logits, 1.0, likelihood="laplace")

@@ -3,7 +3,10 @@
 The paper (Ramesh et al. 2021, §2.1 and App. A) maximises
 ``E_q[log p(x | z)] - beta * KL(q(z | x) || uniform)`` with a Gumbel-softmax relaxation of
 ``q``, a logit-Laplace likelihood on mapped pixels, and the total divided by the number
-of sub-pixels (256 * 256 * 3), so that a KL weight of 6.6 acts as 6.6 / 192 per latent.
+of sub-pixels (256 * 256 * 3): with 8x8-pixel latents, the KL weight per sub-pixel is
+beta / 192. Here that per-sub-pixel weight is kept at beta / 192 for any latent size, so
+a 4x4-pixel grid does not weigh the KL 4x more heavily than the paper does: each latent's
+KL counts ``beta * (pixels per latent / 64)``.
 """
 
 from __future__ import annotations
@@ -73,6 +76,10 @@ def gumbel_softmax(
     return F.gumbel_softmax(logits.float(), tau=temperature, hard=hard, dim=dim)
 
 
+# The paper's 8x8-pixel latents, at which its beta was set.
+PAPER_PIXELS_PER_LATENT = 64
+
+
 @dataclass
 class DVAELoss:
     loss: torch.Tensor  # the scalar that is minimised
@@ -90,7 +97,8 @@ def dvae_loss(
 ) -> DVAELoss:
     """The negative ELB, normalised by sub-pixel count as in the paper.
 
-    ``loss = (sum NLL + kl_weight * sum KL) / (C H W)``, averaged over the batch.
+    ``loss = (sum NLL + kl_weight * (P / 64) * sum KL) / (C H W)``, averaged over the
+    batch, with ``P`` image pixels per latent (64 at the paper's 8x downsampling).
     ``likelihood`` is the paper's ``"logit_laplace"``, or ``"gaussian"`` with a fixed
     ``pixel_std`` (on mapped pixels).
     """
@@ -103,5 +111,7 @@ def dvae_loss(
         raise ValueError(f"likelihood must be logit_laplace or gaussian, not {likelihood!r}")
     kl = kl_to_uniform(logits)  # [B, h, w]
     subpixels = channels * height * width
-    loss = (nll.sum() + kl_weight * kl.sum()) / (batch * subpixels)
+    pixels_per_latent = height * width / (logits.shape[-2] * logits.shape[-1])
+    per_latent = kl_weight * pixels_per_latent / PAPER_PIXELS_PER_LATENT
+    loss = (nll.sum() + per_latent * kl.sum()) / (batch * subpixels)
     return DVAELoss(loss=loss, nll=nll.mean(), kl=kl.mean())

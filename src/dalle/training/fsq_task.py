@@ -18,10 +18,21 @@ from dalle.training.loop import LoopConfig, OptimConfig
 
 @dataclass
 class FSQObjectiveConfig:
-    # Squared error on pixels that differ from the background counts this many times
-    # more: on mostly-white images the plain mean spends most of its gradient on
-    # background that is already right, and small shapes' edges are learned last.
+    """Reconstruction error alone (see ``models.fsq.reconstruction_loss``)."""
+
+    loss: str = "mse"  # or "l1"
+    # Pixels that differ from the background count this many times more: on mostly-white
+    # images the plain mean spends most of its gradient on background that is right.
     foreground_weight: float = 1.0
+    # Pixels within 2 of an object's boundary count this many times more: where blur
+    # bridges nearby objects into one.
+    edge_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("mse", "l1"):
+            raise ValueError(f"objective.loss must be mse or l1, not {self.loss!r}")
+        if self.foreground_weight <= 0 or self.edge_weight <= 0:
+            raise ValueError("objective.foreground_weight and edge_weight must be positive")
 
 
 @dataclass
@@ -53,6 +64,6 @@ class FSQTask(ImageTokenizerTask):
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch.images.to(self.device, non_blocking=True)
         logits, _ = self.model(images)  # through forward(), where sharding gathers weights
-        weight = self.config.objective.foreground_weight
-        loss = reconstruction_loss(logits, images, foreground_weight=weight)
+        o = self.config.objective
+        loss = reconstruction_loss(logits, images, o.foreground_weight, o.edge_weight, o.loss)
         return loss, {"loss": loss.item()}
