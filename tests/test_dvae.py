@@ -17,7 +17,7 @@ from dalle.losses.dvae import (
     logit_laplace_nll,
 )
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE, DVAEConfig, map_pixels, unmap_pixels
-from dalle.training.dvae_task import DVAEObjectiveConfig, codebook_usage, reconstruction_metrics
+from dalle.training.dvae_task import DVAEObjectiveConfig
 from dalle.training.schedules import cosine_anneal, warmup_cosine
 
 
@@ -155,15 +155,6 @@ def test_schedules_end_points() -> None:
     assert warmup_cosine(0, 10, 100, 1e-3, 1e-5) == pytest.approx(1e-4)
     assert warmup_cosine(9, 10, 100, 1e-3, 1e-5) == pytest.approx(1e-3)
     assert warmup_cosine(100, 10, 100, 1e-3, 1e-5) == pytest.approx(1e-5)
-
-
-def test_metrics() -> None:
-    tokens = torch.tensor([[0, 0], [1, 1]])
-    usage = codebook_usage(tokens, vocab_size=4)
-    assert usage["codes_used"] == 0.5 and usage["perplexity"] == pytest.approx(2.0)
-    a = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
-    b = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
-    assert reconstruction_metrics(a, b) == {"mse": 1.0, "psnr": pytest.approx(0.0)}
 
 
 def test_save_and_load_pretrained(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ from dalle.cli_support import (
     read_image,
     report,
 )
-from dalle.config import ConfigError, load_config, save_config
+from dalle.config import load_config, save_config
 from dalle.data.datasets import DataConfig
 from dalle.data.images import DEFAULT_MAX_PIXELS
 from dalle.interrupts import raise_interrupted
@@ -260,26 +260,12 @@ def cmd_export_checkpoint(args: argparse.Namespace) -> int:
 
 def cmd_train_image_tokenizer(args: argparse.Namespace) -> int:
     """The paper's dVAE (``dvae-*`` presets) or the FSQ tokenizer (``fsq-*``)."""
-    from dalle.config import peek_key
-    from dalle.models.fsq import FSQ_PRESETS
+    from dalle.training.image_tokenizer_task import image_tokenizer_training
     from dalle.training.runner import run_training
 
     flags = {"preset": args.preset, "data.source": args.data, "loop.steps": args.steps}
     overrides = [*_flag_overrides(flags), *args.overrides]
-    preset = peek_key("preset", args.config, overrides)
-    from dalle.models.dvae import DVAE_PRESETS
-
-    if preset is not None and preset not in {**DVAE_PRESETS, **FSQ_PRESETS}:
-        raise ConfigError(f"unknown image tokenizer preset {preset!r}; choose from "
-                          f"{sorted(DVAE_PRESETS)} or {sorted(FSQ_PRESETS)}")  # fmt: skip
-    if preset in FSQ_PRESETS:
-        from dalle.training.fsq_task import FSQTask, load_fsq_train_config
-
-        config, task = load_fsq_train_config(args.config, overrides, preset), FSQTask
-    else:
-        from dalle.training.dvae_task import DVAETask, load_dvae_train_config
-
-        config, task = load_dvae_train_config(args.config, overrides), DVAETask
+    config, task = image_tokenizer_training(args.config, overrides)
     run_training(config, task, Path(args.out), args.allow_changes)
     return 0
 

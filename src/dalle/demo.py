@@ -4,7 +4,7 @@ Stages, each reused when a previous run finished it (and resumed from its checkp
 when a previous run was interrupted inside it):
 
 1. a caption BPE trained on training-split captions;
-2. the image tokenizer (discrete VAE), trained on training-split images;
+2. the image tokenizer (FSQ), trained on training-split images;
 3. the transformer over ``[caption tokens ; image tokens]``;
 4. a CLIP on the same captions and images;
 5. for seen-combination prompts and for zero-shot prompts, several samples per prompt
@@ -48,8 +48,8 @@ class DemoConfig:
     tokenizer_captions: int = 20_000
     tokenizer_vocab: int = 512
     caption_length: int = 24  # captions are at most 13 BPE tokens; BPE dropout lengthens them
-    vae_config: Path = CONFIG_DIR / "dvae.yaml"
-    vae_overrides: list[str] = field(default_factory=list)
+    image_tokenizer_config: Path = CONFIG_DIR / "image_tokenizer.yaml"
+    image_tokenizer_overrides: list[str] = field(default_factory=list)
     dalle_config: Path = CONFIG_DIR / "dalle.yaml"
     dalle_overrides: list[str] = field(default_factory=list)
     clip_config: Path = CONFIG_DIR / "clip.yaml"
@@ -71,7 +71,7 @@ def smoke_config() -> DemoConfig:
         prompts=4,
         tokenizer_captions=500,
         tokenizer_vocab=300,
-        vae_overrides=[*short, *small],
+        image_tokenizer_overrides=[*short, *small, "preset=fsq-tiny", "model.downsample=8"],
         dalle_overrides=[*short, *small, "model.width=32", "model.layers=2", "model.heads=2"],
         clip_overrides=[
             *short,
@@ -112,7 +112,7 @@ def _train_stage(name: str, out: Path, load_config, make_task) -> float:
 def run_demo(out: Path, config: DemoConfig | None = None) -> int:
     from dalle.training.clip_task import CLIPTask, load_clip_train_config
     from dalle.training.dalle_task import DALLETask, load_dalle_train_config
-    from dalle.training.dvae_task import DVAETask, load_dvae_train_config
+    from dalle.training.image_tokenizer_task import image_tokenizer_training
 
     c = config or DemoConfig()
     out.mkdir(parents=True, exist_ok=True)
@@ -132,11 +132,11 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         seconds["tokenizer"] = time.perf_counter() - t
 
     common = [f"data.image_size={c.image_size}", f"data.seed={c.seed}", f"loop.seed={c.seed}"]
+    config, task = image_tokenizer_training(
+        c.image_tokenizer_config, [*common, *c.image_tokenizer_overrides]
+    )
     seconds["image_tokenizer"] = _train_stage(
-        "image tokenizer (discrete VAE)",
-        out / "image_tokenizer",
-        lambda: load_dvae_train_config(c.vae_config, [*common, *c.vae_overrides]),
-        DVAETask,
+        f"image tokenizer ({config.preset})", out / "image_tokenizer", lambda: config, task
     )
     seconds["transformer"] = _train_stage(
         "transformer",

@@ -68,3 +68,23 @@ class ImageTokenizerTask:
 
     def export(self, out_dir: Path) -> None:
         self.model.save_pretrained(out_dir)
+
+
+def image_tokenizer_training(path: str | Path | None, overrides: list[str]) -> tuple[Any, type]:
+    """The typed config and task of an image-tokenizer run: the paper's dVAE for
+    ``dvae-*`` presets (the default), FSQ for ``fsq-*``."""
+    from dalle.config import ConfigError, peek_key
+    from dalle.models.dvae import DVAE_PRESETS
+    from dalle.models.fsq import FSQ_PRESETS
+
+    preset = peek_key("preset", path, overrides)
+    if preset is not None and preset not in {**DVAE_PRESETS, **FSQ_PRESETS}:
+        raise ConfigError(f"unknown image tokenizer preset {preset!r}; choose from "
+                          f"{sorted(DVAE_PRESETS)} or {sorted(FSQ_PRESETS)}")  # fmt: skip
+    if preset in FSQ_PRESETS:
+        from dalle.training.fsq_task import FSQTask, load_fsq_train_config
+
+        return load_fsq_train_config(path, overrides, preset), FSQTask
+    from dalle.training.dvae_task import DVAETask, load_dvae_train_config
+
+    return load_dvae_train_config(path, overrides), DVAETask

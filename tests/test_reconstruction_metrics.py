@@ -1,0 +1,37 @@
+"""Tokenizer metrics: pixel error, and code usage over all tokens and foreground ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from dalle.evaluation.reconstruction import (
+    code_usage,
+    foreground_tokens,
+    reconstruction_metrics,
+    tokenizer_metrics,
+)
+
+
+def test_code_usage_and_pixel_error() -> None:
+    usage = code_usage(torch.tensor([[0, 0], [1, 1]]), vocab_size=4)
+    assert usage["codes_used"] == 0.5 and usage["perplexity"] == pytest.approx(2.0)
+    a = torch.zeros(1, 3, 4, 4, dtype=torch.uint8)
+    b = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)
+    assert reconstruction_metrics(a, b) == {"mse": 1.0, "psnr": pytest.approx(0.0)}
+
+
+def test_foreground_usage_is_not_capped_by_the_background_code() -> None:
+    """A white image with 4 small objects, each given its own code: over all 64 tokens
+    one background code dominates (perplexity ~1.5); over the 4 foreground tokens every
+    code is distinct (perplexity 4)."""
+    images = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    tokens = torch.zeros(1, 8, 8, dtype=torch.long)
+    for i, (row, col) in enumerate([(1, 1), (1, 6), (6, 1), (6, 6)]):
+        images[0, :, row * 4 : row * 4 + 4, col * 4 : col * 4 + 4] = 40 * i
+        tokens[0, row, col] = i + 1
+    assert foreground_tokens(images, 8).sum() == 4
+    metrics = tokenizer_metrics(images, images, tokens, vocab_size=16)
+    assert metrics["perplexity"] < 1.6
+    assert metrics["foreground_perplexity"] == pytest.approx(4.0)
+    assert metrics["foreground_codes_used"] == pytest.approx(4 / 16)
