@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What lets the demo's dVAE learn Shapes World in 7 minutes on 2 CPU cores? The demo's
-# config (src/dalle/demo_configs/dvae.yaml) against itself with one change each, every
+# config (configs/dvae-shapes-cpu.yaml) against itself with one change each, every
 # run judged on 500 held-out reconstructions per split. One run at a time, 2 threads.
 #   PATH=.venv/bin:$PATH bash benchmarks/cpu_dvae_demo_ablation.sh OUT_DIR [NAME...]
 # With NAMEs, only those variants run ("demo" is the same run as `make demo`'s stage 2).
@@ -18,7 +18,7 @@ for v in "${variants[@]}"; do
   read -r name args <<< "$v"
   if [[ $# -gt 0 && "$only" != *" $name "* ]]; then continue; fi
   # shellcheck disable=SC2086
-  dalle train-vae --config src/dalle/demo_configs/dvae.yaml --out "$out/$name" loop.max_minutes=0 \
+  dalle train-vae --config configs/dvae-shapes-cpu.yaml --out "$out/$name" loop.max_minutes=0 \
     $args > "$out/$name.log" 2>&1
   python benchmarks/tokenizer_shapes_judge.py --model "$out/$name" --count 500 \
     --out "/tmp/judge-$name" --json "$out/$name/judge.json" > "$out/$name-judge.log" 2>&1

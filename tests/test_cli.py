@@ -66,7 +66,7 @@ def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path: Path, capsys) 
         # Each kept image is the CLIP's best of 2; the first draws are judged too.
         assert 0 <= results[name]["accuracy_without_reranking"] <= 1
     assert "zero_shot_shape" in results["clip"]
-    for model in ("vae", "dalle", "clip"):
+    for model in ("image_tokenizer", "dalle", "clip"):
         assert (out / model / "model.safetensors").exists()
     assert main(["demo", "--smoke", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("reusing the finished stage") == 6

@@ -10,13 +10,17 @@ from dalle.cli import TokenizerTrainConfig, main
 from dalle.config import ConfigError, load_config, save_config
 from dalle.training.clip_task import load_clip_train_config
 from dalle.training.dalle_task import load_dalle_train_config
-from dalle.training.dvae_task import load_dvae_train_config
+from dalle.training.image_tokenizer_task import image_tokenizer_training
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 LOADERS = {
     "tokenizer-": lambda path: load_config(TokenizerTrainConfig, path),
-    "dvae-": lambda path: load_dvae_train_config(path, []),
-    "dalle-": lambda path: load_dalle_train_config(path, ["vae=some/vae", "tokenizer=some/tok"]),
+    "dvae-": lambda path: image_tokenizer_training(path, [])[0],
+    "fsq-": lambda path: image_tokenizer_training(path, [])[0],
+    "image_tokenizer": lambda path: image_tokenizer_training(path, [])[0],
+    "dalle-": lambda path: load_dalle_train_config(
+        path, ["image_tokenizer=some/fsq", "tokenizer=some/tok"]
+    ),
     "clip-": lambda path: load_clip_train_config(path, ["tokenizer=some/tok"]),
 }
 
@@ -70,5 +74,5 @@ def test_every_shipped_config_loads(path: Path) -> None:
 def test_the_demo_stage_configs_load() -> None:
     from dalle.demo import CONFIG_DIR
 
-    LOADERS["dvae-"](CONFIG_DIR / "dvae.yaml")
+    assert LOADERS["image_tokenizer"](CONFIG_DIR / "image_tokenizer.yaml").preset.startswith("fsq")
     LOADERS["dalle-"](CONFIG_DIR / "dalle.yaml")

@@ -67,9 +67,14 @@ def test_train_exports_a_self_contained_model(stages: dict[str, Path], capsys) -
     ]
     assert main(args) == 0
     assert "val_loss" in capsys.readouterr().out
-    assert {"config.json", "model.safetensors", "tokenizer", "vae", "samples", "checkpoint.pt"} <= {
-        p.name for p in run.iterdir()
-    }
+    assert {
+        "config.json",
+        "model.safetensors",
+        "tokenizer",
+        "image_tokenizer",
+        "samples",
+        "checkpoint.pt",
+    } <= {p.name for p in run.iterdir()}
     model = DALLETransformer.from_pretrained(run)
     # Vocabularies, caption length and grid come from the tokenizer and dVAE.
     assert model.config.text_len == 24 and model.config.image_grid == 16
@@ -118,7 +123,7 @@ def test_train_exports_a_self_contained_model(stages: dict[str, Path], capsys) -
 def test_weight_decay_spares_gains_biases_and_embeddings(stages: dict[str, Path]) -> None:
     config = load_dalle_train_config(
         CONFIGS / "dalle-tiny-cpu.yaml",
-        [f"vae={stages['vae']}", f"tokenizer={stages['tokenizer']}"],
+        [f"image_tokenizer={stages['vae']}", f"tokenizer={stages['tokenizer']}"],
     )
     task = DALLETask(config, torch.device("cpu"))
     decay, no_decay = task.parameter_groups(0.045)
@@ -136,7 +141,7 @@ def test_resume_is_exact_with_bpe_and_caption_dropout(stages: dict[str, Path]) -
     from interrupt import run_task
 
     overrides = [
-        f"vae={stages['vae']}", f"tokenizer={stages['tokenizer']}", "bpe_dropout=0.3",
+        f"image_tokenizer={stages['vae']}", f"tokenizer={stages['tokenizer']}", "bpe_dropout=0.3",
         "caption_dropout=0.3", "loop.steps=6", "loop.checkpoint_every=2", "loop.eval_every=6",
         "eval.samples=4", "eval.grid=2", "data.batch_size=4",
     ]  # fmt: skip
@@ -152,7 +157,7 @@ def test_resume_is_exact_with_bpe_and_caption_dropout(stages: dict[str, Path]) -
 
 def test_train_needs_a_vae_and_tokenizer(tmp_path: Path, capsys) -> None:
     assert main(["train", "--out", str(tmp_path)]) == 2
-    assert "'vae' is required" in capsys.readouterr().err
+    assert "'image_tokenizer' is required" in capsys.readouterr().err
 
 
 def test_score_prints_bits_per_dimension(stages: dict[str, Path], capsys) -> None:
@@ -185,11 +190,11 @@ def test_generate_completes_a_primed_image(stages: dict[str, Path]) -> None:
     image = torch.from_numpy(render_scene(sample_scene(0, 5, 32))).permute(2, 0, 1)
     pipe = TextToImage.from_pretrained(run)
     decoded: list[torch.Tensor] = []
-    decode = pipe.vae.decode
-    pipe.vae.decode = lambda tokens: decoded.append(tokens) or decode(tokens)  # type: ignore[method-assign]
+    decode = pipe.image_tokenizer.decode
+    pipe.image_tokenizer.decode = lambda tokens: decoded.append(tokens) or decode(tokens)  # type: ignore[method-assign]
     out = pipe("a red circle", num_images=2, prime_image=image, prime_rows=3)
     assert out.shape == (2, 3, 32, 32)
-    own = pipe.vae.encode(image[None])  # [1, 16, 16]
+    own = pipe.image_tokenizer.encode(image[None])  # [1, 16, 16]
     assert torch.equal(decoded[0][:, :3], own[:, :3].expand(2, -1, -1))  # the kept rows
     path = stages["root"] / "prime.png"
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)

@@ -115,7 +115,7 @@ def test_two_ranks_match_one_with_the_same_global_batch(stages: dict[str, Path])
     final = load_file(two / "model.safetensors")
     for name in final:
         assert torch.equal(weights[name], final[name]), name
-    assert (exported / "vae" / "model.safetensors").is_file()
+    assert (exported / "image_tokenizer" / "model.safetensors").is_file()
 
 
 def test_killed_two_rank_run_resumes_to_the_same_weights(stages: dict[str, Path]) -> None:
