@@ -135,3 +135,16 @@ def test_tokenizer_train_statistics_stream_in_bounded_memory(tmp_path: Path) -> 
     peak_mib = int(result.stdout.split()[-1]) / 1024
     assert peak_mib < 800, f"{peak_mib:.0f} MiB"
     assert "60000 captions" in result.stdout
+
+
+def test_bpe_dropout_never_cuts_a_caption_that_fits(tokenizer: TextTokenizer) -> None:
+    """48 tokens: a caption of ~20 tokens fits whole, but with every merge dropped its
+    ~60 single bytes would not; dropout then falls back to the plain segmentation."""
+    caption = "a small pink star to the right of a large green square"
+    plain = tokenizer.encode([caption])
+    assert plain.truncated == 0 and int(plain.lengths[0]) < tokenizer.max_length
+    before = tokenizer.truncated_total
+    dropped = tokenizer.encode([caption], dropout=1.0)
+    assert dropped.truncated == 0 and tokenizer.truncated_total == before
+    assert torch.equal(dropped.ids, plain.ids)
+    assert tokenizer.decode(dropped.ids[0]) == caption

@@ -179,7 +179,9 @@ class TextTokenizer:
         generator: torch.Generator | None = None,
     ) -> EncodedText:
         """Encodes a batch; ``dropout`` > 0 applies BPE dropout (training only), drawing
-        from ``generator`` (torch's global generator by default)."""
+        from ``generator`` (torch's global generator by default). A caption whose dropout
+        segmentation would not fit is segmented without dropout instead, so dropout never
+        truncates a caption that fits."""
         if dropout > 0:
             ids, lengths, truncated = self._encode_with_dropout(captions, dropout, generator)
         else:
@@ -211,6 +213,10 @@ class TextTokenizer:
         lengths, truncated = [], []
         for row, caption in zip(ids, captions, strict=True):
             tokens = self._ids_with_dropout(caption, dropout, generator)
+            if len(tokens) > keep:
+                # Dropout lengthens a segmentation; it must never cut a caption that fits
+                # whole, or training would teach the model to ignore its last words.
+                tokens = self._ids_with_dropout(caption, 0.0, generator)
             truncated.append(len(tokens) > keep)
             tokens = [*tokens[:keep], EOT_ID]
             row[: len(tokens)] = torch.tensor(tokens, dtype=torch.long)
