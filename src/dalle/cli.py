@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -300,9 +300,11 @@ def cmd_train_clip(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     """Samples ``--num`` images per prompt and writes each prompt's images as soon as they
     are done, so an interrupt keeps every finished one."""
+    import torch
     from tqdm import tqdm
 
-    from dalle.sampling.generate import TextToImage, save_grid
+    from dalle.sampling.generate import TextToImage, save_grid, write_images
+    from dalle.sampling.rerank import sample_and_keep
     from dalle.sampling.sampler import SamplingConfig
     from dalle.training.loop import resolve_device
 
@@ -318,17 +320,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
     choice = f", keeping the best {kept} by {args.rerank}" if args.rerank else ""
     print(f"generating {args.num} images for each of {len(prompts)} prompt(s) on {device}"
           f"{choice}", flush=True)  # fmt: skip
-    generator = torch_generator(device, args.seed)
-    grid: list = []
+    generator = torch.Generator(device=device).manual_seed(args.seed)
+    grid: list[torch.Tensor] = []
     written = 0
     progress = tqdm(total=args.num * len(prompts), unit="image", leave=False)
     try:
         for prompt in prompts:
-            images = _images_for_prompt(args, pipe, prompt, sampling, generator, prime, scorer,
-                                        progress)  # fmt: skip
+            images, scores = sample_and_keep(
+                pipe, prompt, args.num, scorer, args.keep, args.batch_size, progress.update,
+                sampling=sampling, generator=generator, prime_image=prime,
+                prime_rows=args.prime_rows,
+            )  # fmt: skip
+            if scores is not None:
+                progress.write(f"{prompt!r}: kept {len(images)} of {args.num}, scores "
+                               f"{scores[0]:.3f} (best) to {scores[-1]:.3f}")  # fmt: skip
             if args.out_dir:
-                from dalle.sampling.generate import write_images
-
                 write_images(images, [prompt] * len(images), args.out_dir, first_index=written)
             written += len(images)
             if args.out:
@@ -338,8 +344,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.out_dir and written:
             print(f"wrote {written} images with their prompts to {args.out_dir}")
         if args.out and grid:
-            import torch
-
             every = torch.cat(grid)
             save_grid(every, args.out, columns=kept if len(prompts) > 1 else 8)
             print(f"wrote a grid of {len(every)} images to {args.out}")
@@ -384,7 +388,7 @@ def _check_generate_outputs(args: argparse.Namespace, prompts: int) -> None:
         check_output_dir(args.out_dir, "--out-dir")
 
 
-def _reranker(args: argparse.Namespace, pipe, device):
+def _reranker(args: argparse.Namespace, pipe, device) -> Callable | None:
     """The scorer that --rerank names: a CLIP folder, 'self', or None."""
     if not args.rerank:
         return None
@@ -395,37 +399,6 @@ def _reranker(args: argparse.Namespace, pipe, device):
     from dalle.sampling.rerank import CLIPScorer
 
     return CLIPScorer.from_pretrained(args.rerank, device)
-
-
-def torch_generator(device, seed: int):
-    import torch
-
-    return torch.Generator(device=device).manual_seed(seed)
-
-
-def _images_for_prompt(args, pipe, prompt, sampling, generator, prime, scorer, progress):
-    """``--num`` samples of one prompt, batch by batch; with a scorer, only the best
-    ``--keep`` of them are held at any time."""
-    import torch
-
-    from dalle.sampling.rerank import keep_best
-
-    kept, scores = None, None
-    for start in range(0, args.num, args.batch_size):
-        count = min(args.batch_size, args.num - start)
-        images = pipe(prompt, count, sampling, generator, count, prime, args.prime_rows)
-        progress.update(count)
-        if scorer is None:
-            kept = images if kept is None else torch.cat([kept, images])
-            continue
-        new_scores = scorer(images, [prompt] * count)
-        if kept is not None:
-            images, new_scores = torch.cat([kept, images]), torch.cat([scores, new_scores])
-        kept, scores = keep_best(images, new_scores, args.keep)
-    if scores is not None:
-        progress.write(f"{prompt!r}: kept {len(kept)} of {args.num}, scores "
-                       f"{scores[0]:.3f} (best) to {scores[-1]:.3f}")  # fmt: skip
-    return kept
 
 
 def cmd_score(args: argparse.Namespace) -> int:

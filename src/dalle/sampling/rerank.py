@@ -12,8 +12,10 @@ Two scorers:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -66,3 +68,37 @@ def keep_best(
     """The ``keep`` highest-scoring images, best first, and their scores."""
     order = scores.argsort(descending=True)[:keep]
     return images[order], scores[order]
+
+
+def sample_and_keep(
+    pipe: TextToImage,
+    prompt: str,
+    num_images: int,
+    scorer: Callable[[torch.Tensor, list[str]], torch.Tensor] | None = None,
+    keep: int = 8,
+    batch_size: int = 16,
+    on_batch: Callable[[int], None] | None = None,
+    **sample_args: Any,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``num_images`` samples of one prompt, drawn ``batch_size`` at a time; with a
+    ``scorer``, only the best ``keep`` are held at any moment (memory stays one batch
+    plus ``keep`` images however many are drawn). Returns uint8 ``[N, 3, H, W]``, best
+    first when scored, and their scores (None without a scorer). ``on_batch(count)`` is
+    told of each batch drawn; ``sample_args`` go to ``pipe`` (sampling, generator,
+    prime_image, prime_rows)."""
+    kept: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    for start in range(0, num_images, batch_size):
+        count = min(batch_size, num_images - start)
+        images = pipe(prompt, count, batch_size=count, **sample_args)
+        if on_batch is not None:
+            on_batch(count)
+        if scorer is None:
+            kept = images if kept is None else torch.cat([kept, images])
+            continue
+        new_scores = scorer(images, [prompt] * count)
+        if kept is not None and scores is not None:
+            images, new_scores = torch.cat([kept, images]), torch.cat([scores, new_scores])
+        kept, scores = keep_best(images, new_scores, keep)
+    assert kept is not None  # num_images >= 1
+    return kept, scores
