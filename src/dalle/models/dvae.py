@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.models.pretrained import PretrainedMixin
+from dalle.models.token_grid import TokenGridMixin
 
 
 @dataclass
@@ -168,7 +169,7 @@ def unmap_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     return ((x - eps) / (1 - 2 * eps)).clamp(0, 1)
 
 
-class DiscreteVAE(PretrainedMixin, nn.Module):
+class DiscreteVAE(TokenGridMixin, PretrainedMixin, nn.Module):
     """Encoder + decoder; images in, tokens out, and back."""
 
     config_class = DVAEConfig
@@ -191,17 +192,6 @@ class DiscreteVAE(PretrainedMixin, nn.Module):
         x = self.images_to_input(images)
         logits = self.encoder(x)
         return x, logits, self.decoder(sample(logits))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def downsample(self) -> int:
-        return self.config.downsample
-
-    def token_grid(self, image_size: int) -> int:
-        return self.config.token_grid(image_size)
 
     def residual_blocks(self) -> list[nn.Module]:
         return [m for m in self.modules() if isinstance(m, _ResidualBlock)]

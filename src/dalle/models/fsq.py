@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.models.pretrained import PretrainedMixin
+from dalle.models.token_grid import TokenGridMixin
 
 # The paper's levels for a target vocabulary size (Table 1).
 FSQ_LEVELS: dict[int, list[int]] = {
@@ -172,7 +173,7 @@ class FSQDecoder(nn.Module):
         return self.layers(codes)
 
 
-class FSQTokenizer(PretrainedMixin, nn.Module):
+class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module):
     """Images in, a grid of tokens out, and back: the image-tokenizer interface."""
 
     config_class = FSQConfig
@@ -183,17 +184,6 @@ class FSQTokenizer(PretrainedMixin, nn.Module):
         self.encoder = FSQEncoder(config)
         self.decoder = FSQDecoder(config)
         self.register_buffer("levels", torch.tensor(config.levels), persistent=False)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
-
-    @property
-    def downsample(self) -> int:
-        return self.config.downsample
-
-    def token_grid(self, image_size: int) -> int:
-        return self.config.token_grid(image_size)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training pass: uint8 or [0, 1] images ``[B, 3, H, W]`` -> pixel logits of
