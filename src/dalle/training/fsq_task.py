@@ -17,32 +17,12 @@ from dalle.training.loop import LoopConfig, OptimConfig
 
 
 @dataclass
-class FSQObjectiveConfig:
-    """Reconstruction error alone (see ``models.fsq.reconstruction_loss``)."""
-
-    loss: str = "mse"  # or "l1"
-    # Pixels that differ from the background count this many times more: on mostly-white
-    # images the plain mean spends most of its gradient on background that is right.
-    foreground_weight: float = 1.0
-    # Pixels within 2 of an object's boundary count this many times more: where blur
-    # bridges nearby objects into one.
-    edge_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.loss not in ("mse", "l1"):
-            raise ValueError(f"objective.loss must be mse or l1, not {self.loss!r}")
-        if self.foreground_weight <= 0 or self.edge_weight <= 0:
-            raise ValueError("objective.foreground_weight and edge_weight must be positive")
-
-
-@dataclass
 class FSQTrainConfig:
     """Everything `dalle train-image-tokenizer --preset fsq-...` needs."""
 
     preset: str = "fsq-64-8x8"
     model: FSQConfig = field(default_factory=FSQConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
-    objective: FSQObjectiveConfig = field(default_factory=FSQObjectiveConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     optim: OptimConfig = field(
         default_factory=lambda: OptimConfig(lr=2e-3, final_lr=2e-5, warmup_steps=100,
@@ -64,6 +44,5 @@ class FSQTask(ImageTokenizerTask):
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch.images.to(self.device, non_blocking=True)
         logits, _ = self.model(images)  # through forward(), where sharding gathers weights
-        o = self.config.objective
-        loss = reconstruction_loss(logits, images, o.foreground_weight, o.edge_weight, o.loss)
+        loss = reconstruction_loss(logits, images)
         return loss, {"loss": loss.item()}
