@@ -6,13 +6,13 @@
 set -euo pipefail
 tokenizer=$1 bpe=$2 out=$3 steps=${4:-150}
 mkdir -p "$out"
-dalle tokenize-data --tokenizer "$tokenizer" --data shapes --count 20000 --out "$out/shards" \
+dalle tokenize-data --tokenizer "$tokenizer" --data shapes --count ${COUNT:-20000} --out "$out/shards" \
   --shard-size 5000 | tail -2
 common=(--config src/dalle/demo_configs/dalle.yaml --image-tokenizer "$tokenizer" --tokenizer "$bpe"
         loop.steps="$steps" loop.log_every=25 loop.eval_every=100000 loop.checkpoint_every=100000
         loop.max_minutes=0 eval.samples=64 eval.grid=1)
 dalle train "${common[@]}" --data shapes --out "$out/images" > "$out/images.log" 2>&1
-dalle train "${common[@]}" --data "$out/shards/tokens-{000000..000003}.tar" --out "$out/tokens" \
+dalle train "${common[@]}" --data "$out/shards/tokens-{000000..$(printf %06d $(( $(ls $out/shards/tokens-*.tar | wc -l) - 1 )))}.tar" --out "$out/tokens" \
   > "$out/tokens.log" 2>&1
 for run in images tokens; do
   python - "$out/$run/metrics.jsonl" "$run" <<'PY'
