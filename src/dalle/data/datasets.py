@@ -131,15 +131,19 @@ class SkipLog:
         return {"total": self.total, "by_reason": dict(self.counts), "examples": self.examples}
 
 
-def decode_caption(raw: bytes | str | None) -> str | None:
-    """A caption as text, or None if it is not UTF-8 (one rule for every source: such a
-    caption is skipped, never kept with replacement characters)."""
-    if raw is None or isinstance(raw, str):
-        return raw
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
+def caption_text(key: str, raw: bytes | str | None) -> str | Skip:
+    """A caption as stored -> its stripped text, or a Skip saying why it is unusable. One
+    rule for every source and for tokenizer training: a missing, empty or non-UTF-8
+    caption is skipped, never kept with replacement characters."""
+    if raw is None:
+        return Skip(key, "missing caption")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return Skip(key, "caption is not UTF-8")
+    text = raw.strip()
+    return text if text else Skip(key, "empty caption")
 
 
 def _decode(
@@ -148,14 +152,9 @@ def _decode(
     """A sample dict, or a Skip saying why there is none."""
     if image is None:
         return Skip(key, "missing image")
-    if caption is None:
-        return Skip(key, "missing caption")
-    text = decode_caption(caption)
-    if text is None:
-        return Skip(key, "caption is not UTF-8")
-    text = text.strip()
-    if not text:
-        return Skip(key, "empty caption")
+    text = caption_text(key, caption)
+    if isinstance(text, Skip):
+        return text
     try:
         tensor = load_image(image, size, max_pixels)
     except UnreadableImage as err:
@@ -169,9 +168,9 @@ TOKENS_PART = "tokens.npy"
 
 def _decode_tokens(key: str, data: bytes, caption: bytes | str | None):
     """A pre-tokenized sample dict (``tokens`` long ``[h, w]``), or a Skip."""
-    text = decode_caption(caption) if caption is not None else None
-    if caption is None or text is None or not text.strip():
-        return Skip(key, "missing caption" if caption is None else "empty or non-UTF-8 caption")
+    text = caption_text(key, caption)
+    if isinstance(text, Skip):
+        return text
     try:
         grid = np.load(io.BytesIO(data), allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -179,7 +178,7 @@ def _decode_tokens(key: str, data: bytes, caption: bytes | str | None):
     if grid.ndim != 2:
         return Skip(key, f"tokens of shape {grid.shape}, not a grid")
     tokens = torch.from_numpy(grid.astype(np.int64))
-    return {"image": None, "tokens": tokens, "caption": text.strip(), "key": key}
+    return {"image": None, "tokens": tokens, "caption": text, "key": key}
 
 
 def skips_only(skips: list[Skip]) -> dict:
@@ -433,6 +432,12 @@ class WebDatasetSource(IterableDataset):
             for name in sorted(self.unclosed)
         ]
 
+    def read_error(self, exn: Exception) -> Skip | None:
+        """A tar reader's error as a Skip naming its shard; None for a shard already
+        reported as cut short (the error at its cut is the same loss)."""
+        skip = read_error(exn)
+        return None if skip.key in self.unclosed else skip
+
     def samples(self, record) -> Iterator[dict | Skip]:
         """This rank's and worker's raw samples (dicts of parts), in shuffled order;
         ``record(exception)`` is told of every read error and reading goes on."""
@@ -458,9 +463,7 @@ class WebDatasetSource(IterableDataset):
         errors: list[Skip] = []
 
         def record(exn: Exception) -> bool:
-            skip = read_error(exn)
-            if skip.key not in self.unclosed:
-                errors.append(skip)
+            errors.extend(s for s in [self.read_error(exn)] if s is not None)
             return True
 
         for sample in self.samples(record):
@@ -752,18 +755,14 @@ def iter_captions(
         return
     produced = 0
     for key, raw in _raw_captions(config, skip_log):
-        text = decode_caption(raw) if raw is not None else None
-        if raw is None:
-            skip_log.add([Skip(key, "missing caption")])
-        elif text is None:
-            skip_log.add([Skip(key, "caption is not UTF-8")])
-        elif not text.strip():
-            skip_log.add([Skip(key, "empty caption")])
-        else:
-            yield text.strip()
-            produced += 1
-            if limit is not None and produced >= limit:
-                return
+        text = caption_text(key, raw)
+        if isinstance(text, Skip):
+            skip_log.add([text])
+            continue
+        yield text
+        produced += 1
+        if limit is not None and produced >= limit:
+            return
 
 
 def _raw_captions(
@@ -787,9 +786,7 @@ def _raw_captions(
     skip_log.add(source.index_skips)
 
     def record(exn: Exception) -> bool:
-        skip = read_error(exn)
-        if skip.key not in source.unclosed:
-            skip_log.add([skip])
+        skip_log.add([s for s in [source.read_error(exn)] if s is not None])
         return True
 
     for sample in source.samples(record):

@@ -61,6 +61,21 @@ def tokenizer_metrics(
     return metrics
 
 
+@torch.no_grad()
+def reconstruct(
+    tokenizer, images: torch.Tensor, batch_size: int = 128
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 ``images`` through an image tokenizer's tokens and back, in batches: the
+    reconstructions (uint8) and the tokens, on the CPU."""
+    device = next(tokenizer.parameters()).device
+    recons, tokens = [], []
+    for chunk in images.split(batch_size):
+        t = tokenizer.encode(chunk.to(device))
+        tokens.append(t.cpu())
+        recons.append(tokenizer.decode(t).cpu())
+    return torch.cat(recons), torch.cat(tokens)
+
+
 def reconstruct_to_folder(
     tokenizer, data: DataConfig, count: int, out_dir: Path, batch_size: int = 64
 ) -> dict[str, float]:
@@ -71,12 +86,6 @@ def reconstruct_to_folder(
     from dalle.sampling.generate import write_images
 
     images, captions = load_images(data, count)
-    device = next(tokenizer.parameters()).device
-    recons, tokens = [], []
-    for chunk in images.split(batch_size):
-        t = tokenizer.encode(chunk.to(device))
-        tokens.append(t.cpu())
-        recons.append(tokenizer.decode(t).cpu())
-    recon, codes = torch.cat(recons), torch.cat(tokens)
+    recon, codes = reconstruct(tokenizer, images, batch_size)
     write_images(recon, captions, out_dir)
     return {"images": len(recon), **tokenizer_metrics(images, recon, codes, tokenizer.vocab_size)}

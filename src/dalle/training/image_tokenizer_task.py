@@ -12,7 +12,7 @@ from torch import nn
 
 from dalle.data.datasets import load_images
 from dalle.data.images import make_grid
-from dalle.evaluation.reconstruction import tokenizer_metrics
+from dalle.evaluation.reconstruction import reconstruct, tokenizer_metrics
 
 
 @dataclass
@@ -40,20 +40,8 @@ class ImageTokenizerTask:
         return [{"params": decay, "weight_decay": weight_decay},
                 {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
 
-    @torch.no_grad()
-    def reconstruct(
-        self, images: torch.Tensor, batch_size: int = 128
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reconstructions through the tokens (encoded, decoded) and the tokens, on CPU."""
-        recons, tokens = [], []
-        for chunk in images.split(batch_size):
-            t = self.model.encode(chunk.to(self.device))
-            tokens.append(t.cpu())
-            recons.append(self.model.decode(t).cpu())
-        return torch.cat(recons), torch.cat(tokens)
-
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
-        recon, tokens = self.reconstruct(self.eval_images)
+        recon, tokens = reconstruct(self.model, self.eval_images)
         metrics = tokenizer_metrics(self.eval_images, recon, tokens, self.model.vocab_size)
         n = min(self.config.eval.grid, len(recon))
         columns = min(8, n)
