@@ -29,7 +29,7 @@ from dalle.cli_support import (
 from dalle.config import load_config, save_config
 from dalle.data.datasets import DataConfig
 from dalle.data.images import DEFAULT_MAX_PIXELS
-from dalle.interrupts import raise_interrupted
+from dalle.interrupts import InterruptGuard
 from dalle.tokenizers.text import TokenizerConfig
 
 log = logging.getLogger("dalle")
@@ -690,22 +690,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     # SIGTERM (a scheduler's kill, `timeout`) stops like Ctrl-C, exiting 143.
-    previous = _on_sigterm(raise_interrupted)
     try:
-        return args.func(args)
+        with InterruptGuard():
+            return args.func(args)
     except (Exception, KeyboardInterrupt) as err:
         return report(args.command, err, debug)
-    finally:
-        _on_sigterm(previous)
-
-
-def _on_sigterm(handler):
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, handler) if handler is not None else None
 
 
 if __name__ == "__main__":

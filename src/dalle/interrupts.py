@@ -29,10 +29,6 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum
 
 
-def raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    raise Interrupted(signum)
-
-
 class InterruptGuard:
     """While entered, SIGINT and SIGTERM raise :class:`Interrupted` (outside the main
     thread, where Python cannot install handlers, it changes nothing)."""
