@@ -87,9 +87,31 @@ def tokenizer_dir(tmp_path_factory) -> Path:
     return out
 
 
-def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tokenizer_dir: Path) -> None:
+def test_resnet_tower_halves_to_the_patch_grid_and_pools_by_attention(tmp_path: Path) -> None:
+    config = CLIPConfig(**{**vars(CLIP_PRESETS["clip-tiny"]), "image_encoder": "resnet",
+                           "image_layers": 3, "patch_size": 8})  # fmt: skip
+    torch.manual_seed(0)
+    model = CLIP(config).eval()
+    stages = model.image_resnet.stages
+    strided = [m for m in stages if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert [m.out_channels for m in strided] == [8, 16, 32]  # 32 px -> 4x4, up to the width
+    assert len(model.residual_blocks()) == 2 + 3  # text blocks, then image blocks
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    features = model.encode_image(images)
+    assert features.shape == (2, 16) and torch.allclose(features.norm(dim=-1), torch.ones(2))
+    moved = images.roll(8, dims=3)  # the same content elsewhere: positions are seen
+    assert not torch.allclose(model.encode_image(moved), features, atol=1e-3)
+    model.save_pretrained(tmp_path)
+    assert torch.equal(CLIP.from_pretrained(tmp_path).encode_image(images), features)
+    with pytest.raises(ValueError, match="vit or resnet"):
+        CLIPConfig(image_encoder="cnn")
+
+
+@pytest.mark.parametrize("tower", ["vit", "resnet"])
+def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tokenizer_dir: Path, tower: str) -> None:
     config = load_clip_train_config(
-        CONFIGS / "clip-tiny-cpu.yaml", [f"tokenizer={tokenizer_dir}", "eval.shapes_zero_shot=0"]
+        CONFIGS / "clip-tiny-cpu.yaml",
+        [f"tokenizer={tokenizer_dir}", "eval.shapes_zero_shot=0", f"model.image_encoder={tower}"],
     )
     torch.manual_seed(0)
     task = CLIPTask(config, torch.device("cpu"))

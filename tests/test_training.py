@@ -158,3 +158,32 @@ def test_interrupt_outside_a_step_resumes_exactly(tmp_path: Path, monkeypatch, w
     resumed = _run(tmp_path / "stopped")
     for name, tensor in straight.items():
         assert torch.equal(tensor, resumed[name]), name
+
+
+def test_schedule_on_the_clock_takes_the_further_of_steps_and_time() -> None:
+    from dalle.training.loop import LoopConfig, LoopState, _schedule_position
+
+    on_time = LoopConfig(steps=100, max_minutes=1.0, schedule_clock="time")
+    assert _schedule_position(on_time, LoopState(step=10, elapsed_s=30.0)) == 50.0  # slow
+    assert _schedule_position(on_time, LoopState(step=80, elapsed_s=30.0)) == 80.0  # fast
+    on_steps = LoopConfig(steps=100, max_minutes=1.0)
+    assert _schedule_position(on_steps, LoopState(step=10, elapsed_s=30.0)) == 10.0
+    with pytest.raises(ValueError, match="needs a time budget"):
+        LoopConfig(schedule_clock="time")
+
+
+@pytest.mark.parametrize("clock", ["steps", "time"])
+def test_a_spent_budget_anneals_only_on_the_clock(tmp_path: Path, clock: str, caplog) -> None:
+    # Far more updates than 9 seconds allow: on the step clock the run stops near its peak
+    # learning rate; on the time clock it still decays to the end.
+    budget = ("loop.steps=100000", "loop.max_minutes=0.15", "loop.log_every=1",
+              "loop.eval_every=100000", "loop.checkpoint_every=100000", "optim.lr=1e-3",
+              "optim.final_lr=1e-5", "optim.warmup_steps=0",
+              f"loop.schedule_clock={clock}")  # fmt: skip
+    _run(tmp_path, extra=budget)
+    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "lr" in r]
+    assert 1 < len(lrs) < 100000
+    if clock == "time":
+        assert lrs[-1] < 1e-4 and "finished its decay" in caplog.text
+    else:
+        assert lrs[-1] > 9e-4 and "loop.schedule_clock=time would finish" in caplog.text

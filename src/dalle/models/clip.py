@@ -42,6 +42,12 @@ class CLIPConfig:
     # starting at N channels and doubling, then a 1x1 to the width; the patch size must
     # be 2 to the number of its layers. It learns shapes from little data much faster.
     conv_stem_width: int = 0
+    # "vit", or "resnet": CLIP's other image tower, convolutions instead of attention
+    # blocks (here residual 3x3 blocks with GroupNorm, ``image_layers`` of them spread over
+    # the stages), ending in CLIP's attention pooling. Stride-2 stages halve the image
+    # down to the patch grid and double the channels up to ``image_width``. Convolutions
+    # see shape from little data.
+    image_encoder: str = "vit"
     logit_scale_init: float = math.log(1 / 0.07)
     logit_scale_max: float = math.log(100)  # the temperature never goes below 1/100
 
@@ -50,8 +56,12 @@ class CLIPConfig:
             raise ValueError("each tower's width must be divisible by its number of heads")
         if self.image_size % self.patch_size:
             raise ValueError(f"image size {self.image_size} is not a multiple of the patch size")
-        if self.conv_stem_width and self.patch_size & (self.patch_size - 1):
-            raise ValueError(f"a convolutional stem needs a power-of-2 patch size, "
+        if self.image_encoder not in ("vit", "resnet"):
+            raise ValueError(f"image_encoder must be vit or resnet, not {self.image_encoder!r}")
+        if (self.conv_stem_width or self.image_encoder == "resnet") and (
+            self.patch_size & (self.patch_size - 1)
+        ):
+            raise ValueError(f"a convolutional image tower needs a power-of-2 patch size, "
                              f"not {self.patch_size}")  # fmt: skip
 
     @property
@@ -119,6 +129,53 @@ def _conv_stem(width: int, patch_size: int, out_width: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class _ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with GroupNorm and GELU, added to the input."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        groups = math.gcd(channels, 8)
+        self.body = nn.Sequential(
+            nn.GroupNorm(groups, channels), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(groups, channels), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResNetTower(nn.Module):
+    """``[B, 3, S, S]`` -> ``[B, D]``: CLIP's convolutional image tower, sized for small
+    images. A stride-2 stem, then one stage per further halving down to ``S / patch``,
+    channels doubling each stage up to ``width``, ``layers`` residual blocks spread
+    over the stages (the last stages first), and attention pooling: the mean of the final
+    grid, with position embeddings, attends over the grid once (Radford et al. 2021)."""
+
+    def __init__(self, c: CLIPConfig) -> None:
+        super().__init__()
+        halvings = c.patch_size.bit_length() - 1
+        widths = [max(c.image_width >> (halvings - 1 - i), 8) for i in range(halvings)]
+        blocks = [c.image_layers // halvings + (i >= halvings - c.image_layers % halvings)
+                  for i in range(halvings)]  # fmt: skip
+        stages: list[nn.Module] = []
+        channels = 3
+        for width, count in zip(widths, blocks, strict=True):
+            stages.append(nn.Conv2d(channels, width, 3, stride=2, padding=1))
+            stages += [_ResidualBlock(width) for _ in range(count)]
+            channels = width
+        stages.append(nn.GroupNorm(math.gcd(channels, 8), channels))
+        self.stages = nn.Sequential(*stages)
+        self.positions = nn.Parameter(torch.randn(c.patches + 1, channels) * channels**-0.5)
+        self.pool = nn.MultiheadAttention(channels, c.image_heads, batch_first=True)
+        self.projection = nn.Linear(channels, c.embed_dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = self.stages(x).flatten(2).transpose(1, 2)  # [B, P, W]
+        h = torch.cat([grid.mean(dim=1, keepdim=True), grid], dim=1) + self.positions
+        pooled, _ = self.pool(h[:, :1], h, h, need_weights=False)  # [B, 1, W]
+        return self.projection(pooled[:, 0])
+
+
 class CLIP(PretrainedMixin, nn.Module):
     config_class = CLIPConfig
 
@@ -131,6 +188,20 @@ class CLIP(PretrainedMixin, nn.Module):
         self.text_norm = nn.LayerNorm(c.text_width)
         self.text_projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
 
+        if c.image_encoder == "resnet":
+            self.image_resnet = ResNetTower(c)
+        else:
+            self._vit_tower(c)
+
+        # Shape [1], not a scalar: FSDP2 shards only tensors with a dimension.
+        self.logit_scale = nn.Parameter(torch.tensor([c.logit_scale_init]))
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        # CLIP's per-channel normalisation of [0, 1] pixels (its training-set statistics).
+        mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1), persistent=False)
+
+    def _vit_tower(self, c: CLIPConfig) -> None:
         if c.conv_stem_width:
             self.patch_embedding = _conv_stem(c.conv_stem_width, c.patch_size, c.image_width)
         else:
@@ -144,15 +215,10 @@ class CLIP(PretrainedMixin, nn.Module):
         self.image_norm = nn.LayerNorm(c.image_width)
         self.image_projection = nn.Linear(c.image_width, c.embed_dim, bias=False)
 
-        # Shape [1], not a scalar: FSDP2 shards only tensors with a dimension.
-        self.logit_scale = nn.Parameter(torch.tensor([c.logit_scale_init]))
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
-        # CLIP's per-channel normalisation of [0, 1] pixels (its training-set statistics).
-        mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1), persistent=False)
-
     def residual_blocks(self) -> list[nn.Module]:
+        if self.config.image_encoder == "resnet":
+            blocks = [m for m in self.image_resnet.stages if isinstance(m, _ResidualBlock)]
+            return [*self.text_blocks.layers, *blocks]
         return [*self.text_blocks.layers, *self.image_blocks.layers]
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
@@ -169,7 +235,9 @@ class CLIP(PretrainedMixin, nn.Module):
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images (or [0, 1] floats) ``[B, 3, S, S]`` -> unit-norm features ``[B, D]``."""
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
-        x = ((x - self.pixel_mean) / self.pixel_std).to(self.class_token.dtype)
+        x = ((x - self.pixel_mean) / self.pixel_std).to(self.logit_scale.dtype)
+        if self.config.image_encoder == "resnet":
+            return F.normalize(self.image_resnet(x), dim=-1)
         patches = self.patch_embedding(x).flatten(2).transpose(1, 2)  # [B, P, W]
         cls = self.class_token.expand(len(x), 1, -1).to(patches.dtype)
         h = torch.cat([cls, patches], dim=1) + self.image_positions  # [B, 1 + P, W]
@@ -201,7 +269,7 @@ class CLIP(PretrainedMixin, nn.Module):
         image = sum(
             p.numel()
             for n, p in self.named_parameters()
-            if n.startswith(("patch", "class", "image"))
+            if n.startswith(("patch", "class", "image"))  # image_resnet too
         )
         total = sum(p.numel() for p in self.parameters())
         return {"text": text, "image": image, "total": total}

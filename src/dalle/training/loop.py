@@ -99,6 +99,12 @@ class LoopConfig:
     # Wall-time budget for this session of the run; when spent, the loop checkpoints,
     # evaluates and exports, and a re-run continues. 0 means no budget.
     max_minutes: float = 0.0
+    # "steps": the learning-rate schedule runs over loop.steps, and a spent time budget
+    # stops it wherever it is (a slow machine ends on a high learning rate). "time" (needs
+    # max_minutes): the schedule runs over whichever ends first, loop.steps or
+    # max_minutes of training in all (every session of the run together), so a slower
+    # machine makes fewer updates but still anneals; the run then stops at the budget.
+    schedule_clock: str = "steps"
     activation_checkpointing: bool = False  # recompute block activations: less memory
     compile: bool = False  # torch.compile each residual block
 
@@ -112,6 +118,12 @@ class LoopConfig:
             < 1
         ):
             raise ValueError("loop.steps, grad_accum and the *_every intervals must be at least 1")
+        if self.schedule_clock not in ("steps", "time"):
+            raise ValueError(
+                f"loop.schedule_clock must be steps or time, not {self.schedule_clock!r}"
+            )
+        if self.schedule_clock == "time" and self.max_minutes <= 0:
+            raise ValueError("loop.schedule_clock=time needs a time budget (loop.max_minutes)")
 
 
 class Task(Protocol):
@@ -336,20 +348,17 @@ def train(
     window_start, window_samples = time.perf_counter(), 0
     session_start = time.perf_counter() - state.elapsed_s
     model.train()
-    deadline = (
-        time.monotonic() + 60 * loop_config.max_minutes if loop_config.max_minutes else math.inf
-    )
+    deadline = _deadline(loop_config, state)
     guard = InterruptGuard()
     guard.__enter__()  # left in the finally below
     try:
         while state.step < loop_config.steps:
-            if _budget_spent(deadline):
-                log.warning(
-                    "time budget of %.1f min spent at step %d", loop_config.max_minutes, state.step
-                )
+            position = _schedule_position(loop_config, state)
+            if _budget_spent(deadline) or position >= loop_config.steps:
+                log.warning(_budget_message(loop_config, state.step))
                 break
             lr = warmup_cosine(
-                state.step, optim.warmup_steps, loop_config.steps, optim.lr, optim.final_lr
+                position, optim.warmup_steps, loop_config.steps, optim.lr, optim.final_lr
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -440,6 +449,38 @@ def train(
     metrics.write({"event": "end", "step": state.step, "elapsed_s": state.elapsed_s,
                    "skipped": skip_log.to_json()})  # fmt: skip
     return state
+
+
+def _deadline(config: LoopConfig, state: LoopState) -> float:
+    """When this session must stop, on the ``time.monotonic`` clock: ``max_minutes`` from
+    now, or, when the schedule follows the clock, what is left of the run's budget."""
+    if not config.max_minutes:
+        return math.inf
+    spent = state.elapsed_s if config.schedule_clock == "time" else 0.0
+    return time.monotonic() + 60 * config.max_minutes - spent
+
+
+def _schedule_position(config: LoopConfig, state: LoopState) -> float:
+    """Where the learning-rate schedule stands, in steps: the step itself, or, when the
+    schedule follows the clock, the share of the time budget spent if that is further on
+    (rank 0's clock for every rank, so that all ranks use one learning rate)."""
+    if config.schedule_clock != "time":
+        return float(state.step)
+    by_time = config.steps * state.elapsed_s / (60 * config.max_minutes)
+    shared = torch.tensor(by_time, dtype=torch.float64, device=distributed.collective_device())
+    if distributed.current().world_size > 1:
+        torch.distributed.broadcast(shared, src=0)
+    return max(float(state.step), float(shared))
+
+
+def _budget_message(config: LoopConfig, step: int) -> str:
+    """What a spent budget did to the run, in words a user can act on."""
+    head = (f"time budget of {config.max_minutes:g} min spent: "
+            f"{step:,} of {config.steps:,} updates ran")  # fmt: skip
+    if config.schedule_clock == "time":
+        return f"{head}; the learning rate followed the clock and finished its decay"
+    return (f"{head}; the learning rate stopped at its value for update {step:,} "
+            f"(loop.schedule_clock=time would finish the decay in the budget)")  # fmt: skip
 
 
 def _budget_spent(deadline: float) -> bool:

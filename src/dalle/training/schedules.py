@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 
-def cosine_anneal(step: int, steps: int, start: float, end: float) -> float:
+def cosine_anneal(step: float, steps: int, start: float, end: float) -> float:
     """Half a cosine from ``start`` at step 0 to ``end`` at ``steps``, then ``end``.
 
     The dVAE's KL weight (0 -> 6.6), temperature (1 -> 1/16) and learning rate all follow
@@ -16,7 +16,7 @@ def cosine_anneal(step: int, steps: int, start: float, end: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * max(step, 0) / steps))
 
 
-def warmup_cosine(step: int, warmup: int, total: int, peak: float, final: float) -> float:
+def warmup_cosine(step: float, warmup: int, total: int, peak: float, final: float) -> float:
     """Linear warm-up from 0 to ``peak`` over ``warmup`` steps, then cosine to ``final``."""
     if warmup > 0 and step < warmup:
         return peak * (step + 1) / warmup
