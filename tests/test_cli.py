@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 from PIL import Image
 
 from dalle.cli import main
@@ -68,5 +69,11 @@ def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path: Path, capsys) 
     assert "zero_shot_shape" in results["clip"]
     for model in ("image_tokenizer", "dalle", "clip"):
         assert (out / model / "model.safetensors").exists()
+    # The transformer read the scenes encoded once, not images.
+    tokens = json.loads((out / "image_tokens" / "tokens.json").read_text())
+    assert tokens["samples"] == 64
+    trained_on = yaml.safe_load((out / "dalle" / "train_config.yaml").read_text())
+    assert trained_on["data"]["source"].startswith(str(out / "image_tokens"))
+    assert "4 of 4 planned updates" in first
     assert main(["demo", "--smoke", "--out", str(out)]) == 0
-    assert capsys.readouterr().out.count("reusing the finished stage") == 6
+    assert capsys.readouterr().out.count("reusing the finished stage") == 8

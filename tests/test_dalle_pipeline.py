@@ -260,3 +260,53 @@ def test_generate_reranks_by_its_own_likelihood_and_by_clip(
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 4 and result["real_images"] == 16
     assert 0 <= result["clip_score"] <= 100 and result["frechet_clip_distance"] >= 0
+
+
+def test_generate_uses_the_models_recommended_sampling(stages: dict[str, Path], capsys) -> None:
+    run = stages["root"] / "run"
+    if not (run / "config.json").exists():
+        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+    import shutil
+
+    from dalle.sampling.generate import GENERATION_CONFIG, TextToImage, write_sampling_defaults
+    from dalle.sampling.sampler import SamplingConfig
+
+    model = stages["root"] / "recommended"
+    shutil.copytree(run, model)
+    assert TextToImage.from_pretrained(model).defaults == SamplingConfig()  # none recorded
+    recommended = SamplingConfig(temperature=0.5, top_k=3, guidance_scale=2.0)
+    write_sampling_defaults(model, recommended, {"by": "test"})
+    assert TextToImage.from_pretrained(model).defaults == recommended
+    args = ["generate", "a red circle", "--model", str(model), "--num", "1",
+            "--out-dir", str(stages["root"] / "recommended-out")]  # fmt: skip
+    assert main(args) == 0
+    assert "temperature 0.5, top_k 3, top_p 1, guidance_scale 2" in capsys.readouterr().out
+    assert main([*args, "--top-k", "0", "--temperature", "1"]) == 0  # flags win
+    assert "temperature 1, top_k 0, top_p 1, guidance_scale 2" in capsys.readouterr().out
+    (model / GENERATION_CONFIG).write_text('{"temperature": -1}')
+    assert main(args) == 2
+    assert "not a valid generation config" in capsys.readouterr().err
+
+
+def test_sampling_is_chosen_on_validation_prompts_only(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from dalle.evaluation import text_to_image
+    from dalle.sampling.sampler import SamplingConfig
+
+    seen: list[str] = []
+
+    def fake_judge(pipe, prompts, folder, sampling, seed):
+        seen.extend(prompts)
+        return {"pass_rate": 0.9 if sampling.guidance_scale == 2.0 else 0.1}
+
+    monkeypatch.setattr(text_to_image, "generate_and_judge", fake_judge)
+    pipe = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(image_grid=8)),
+                           image_tokenizer=SimpleNamespace(downsample=8))  # fmt: skip
+    candidates = text_to_image.sampling_candidates((1.0, 0.5), (1.0, 2.0))
+    best, record = text_to_image.choose_sampling(pipe, candidates, count=16)
+    assert best == SamplingConfig(temperature=1.0, guidance_scale=2.0)  # first of the tied best
+    assert len(record["candidates"]) == 4 and record["candidates"][1]["seen"] == 0.9
+    # The validation scenes, not the test scenes models are finally judged on.
+    validation = text_to_image.shapes_prompts("train", 16, validation=True)
+    assert seen[:16] == validation != text_to_image.shapes_prompts("train", 16)

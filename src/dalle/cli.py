@@ -305,14 +305,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     from dalle.sampling.generate import TextToImage, save_grid, write_images
     from dalle.sampling.rerank import sample_and_keep
-    from dalle.sampling.sampler import SamplingConfig
     from dalle.training.loop import resolve_device
 
     prompts = _read_prompts(args)
     _check_generate_outputs(args, len(prompts))
     device = resolve_device(args.device)
     pipe = TextToImage.from_pretrained(args.model, device)
-    sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.guidance)
+    sampling = _sampling(args, pipe.defaults)
     size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
     prime = read_image(args.prime_image, size, "--prime-image") if args.prime_image else None
     scorer = _reranker(args, pipe, device)
@@ -348,6 +347,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
             save_grid(every, args.out, columns=kept if len(prompts) > 1 else 8)
             print(f"wrote a grid of {len(every)} images to {args.out}")
     return 0
+
+
+def _sampling(args: argparse.Namespace, defaults):
+    """The model's recommended sampling settings with the flags given on top; says which."""
+    from dataclasses import replace
+
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+             "guidance_scale": args.guidance}  # fmt: skip
+    sampling = replace(defaults, **{k: v for k, v in given.items() if v is not None})
+    shown = ", ".join(f"{k} {getattr(sampling, k):g}" for k in given)
+    print(f"sampling: {shown} (flags not given take the model's recommended values)")
+    return sampling
 
 
 def _read_prompts(args: argparse.Namespace) -> list[str]:
@@ -628,11 +639,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--num", type=positive_int, default=8, help="images per prompt")
     generate.add_argument("--out", type=Path, help="grid PNG")
     generate.add_argument("--out-dir", type=Path, help="every image as NNNN.png + NNNN.txt")
-    generate.add_argument("--temperature", type=positive_float, default=1.0)
-    generate.add_argument("--top-k", type=non_negative_int, default=0, help="0 keeps all")
-    generate.add_argument("--top-p", type=probability, default=1.0)
+    recommended = "default: the model's recommended value (its generation_config.json)"
+    generate.add_argument("--temperature", type=positive_float, help=recommended)
+    generate.add_argument("--top-k", type=non_negative_int, help=f"0 keeps all; {recommended}")
+    generate.add_argument("--top-p", type=probability, help=recommended)
     generate.add_argument(
-        "--guidance", type=finite_float, default=1.0, help="classifier-free guidance scale"
+        "--guidance", type=finite_float, help=f"classifier-free guidance scale; {recommended}"
     )
     generate.add_argument("--seed", type=int, default=0)
     generate.add_argument("--batch-size", type=positive_int, default=16)

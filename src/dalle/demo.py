@@ -5,9 +5,10 @@ when a previous run was interrupted inside it):
 
 1. a caption BPE trained on training-split captions;
 2. the image tokenizer (FSQ), trained on training-split images;
-3. the transformer over ``[caption tokens ; image tokens]``;
-4. a CLIP on the same captions and images;
-5. for seen-combination prompts and for zero-shot prompts, several samples per prompt
+3. training scenes encoded once into token shards (``image_tokens/``);
+4. the transformer over ``[caption tokens ; image tokens]``, read from those shards;
+5. a CLIP on the same captions and images;
+6. for seen-combination prompts and for zero-shot prompts, several samples per prompt
    of which the CLIP keeps the best, written as ``NNNN.png`` + ``NNNN.txt`` under
    ``seen/`` and ``zeroshot/``, with a grid of each and the judge's verdict (and
    the verdict on the first sample of each prompt, without re-ranking) in
@@ -22,14 +23,23 @@ seen in training).
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dalle.data.datasets import DataConfig, iter_captions
+from dalle.data.token_shards import META_FILE, shards_pattern, write_token_shards
 from dalle.evaluation.shapes_judge import judge_directory
-from dalle.evaluation.text_to_image import generate_and_judge, shapes_prompts
-from dalle.sampling.generate import TextToImage
+from dalle.evaluation.text_to_image import (
+    choose_sampling,
+    generate_and_judge,
+    sampling_candidates,
+    shapes_prompts,
+)
+from dalle.files import folder_hash
+from dalle.models.image_tokenizer import load_image_tokenizer
+from dalle.sampling.generate import GENERATION_CONFIG, TextToImage, write_sampling_defaults
 from dalle.sampling.rerank import CLIPScorer
 from dalle.sampling.sampler import SamplingConfig
 from dalle.tokenizers.text import TextTokenizer, TokenizerConfig
@@ -48,6 +58,9 @@ class DemoConfig:
     tokenizer_captions: int = 20_000
     tokenizer_vocab: int = 512
     caption_length: int = 24  # captions are at most 13 BPE tokens; BPE dropout lengthens them
+    # Training scenes encoded once into token shards, which the transformer reads instead
+    # of rendering and encoding images at every step; about one pass in its time budget.
+    token_samples: int = 25_000
     image_tokenizer_config: Path = CONFIG_DIR / "image_tokenizer.yaml"
     image_tokenizer_overrides: list[str] = field(default_factory=list)
     dalle_config: Path = CONFIG_DIR / "dalle.yaml"
@@ -56,11 +69,10 @@ class DemoConfig:
     clip_overrides: list[str] = field(default_factory=list)
     # Samples drawn per prompt; the demo's CLIP keeps the best one (1: no re-ranking).
     candidates: int = 8
-    # Sharper than the paper's temperature 1, and guided: +7 points seen, +10 zero-shot on a
-    # demo-sized model (BENCHMARKS.md).
-    sampling: SamplingConfig = field(
-        default_factory=lambda: SamplingConfig(temperature=0.5, guidance_scale=2.0)
-    )
+    # Sampling settings tried on validation prompts (not the demo's); the best is written
+    # to the transformer's folder as its recommended settings, and the demo samples with it.
+    sampling_candidates: list[SamplingConfig] = field(default_factory=sampling_candidates)
+    validation_prompts: int = 24  # per split
 
 
 def smoke_config() -> DemoConfig:
@@ -71,6 +83,7 @@ def smoke_config() -> DemoConfig:
         prompts=4,
         tokenizer_captions=500,
         tokenizer_vocab=300,
+        token_samples=64,
         image_tokenizer_overrides=[*short, *small, "preset=fsq-tiny", "model.downsample=8"],
         dalle_overrides=[*short, *small, "model.width=32", "model.layers=2", "model.heads=2"],
         clip_overrides=[
@@ -88,6 +101,8 @@ def smoke_config() -> DemoConfig:
             "model.conv_stem_width=4",
         ],
         candidates=2,
+        sampling_candidates=sampling_candidates((1.0, 0.5), (1.0,)),
+        validation_prompts=2,
     )
 
 
@@ -104,9 +119,36 @@ def _train_stage(name: str, out: Path, load_config, make_task) -> float:
     if not _stage(name, marker.exists()):
         return 0.0
     start = time.perf_counter()
-    run_training(load_config(), make_task, out)
+    config = load_config()
+    run_training(config, make_task, out)
     marker.touch()
+    print(f"[demo] {name}: {updates_report(out, config.loop.steps)}", flush=True)
     return time.perf_counter() - start
+
+
+def encode_scenes(image_tokenizer: Path, c: DemoConfig, out: Path) -> None:
+    """Encodes ``c.token_samples`` training scenes into token shards under ``out`` (a
+    half-written folder from an interrupted run is started again)."""
+    shutil.rmtree(out, ignore_errors=True)
+    data = DataConfig(source="shapes", image_size=c.image_size, seed=c.seed, count=c.token_samples)
+    write_token_shards(load_image_tokenizer(image_tokenizer), folder_hash(image_tokenizer), data,
+                       out, progress=False)  # fmt: skip
+
+
+def updates_report(out: Path, planned: int) -> str:
+    """How many updates a finished stage made, said loudly when its time budget cut them:
+    a slower machine trains a weaker model, and the user should know it did."""
+    from dalle.training.loop import read_metrics
+
+    end = next(
+        (r for r in reversed(read_metrics(out / "metrics.jsonl")) if r.get("event") == "end"), {}
+    )
+    done, minutes = end.get("step", 0), end.get("elapsed_s", 0.0) / 60
+    line = f"{done:,} of {planned:,} planned updates in {minutes:.1f} min"
+    if done < planned:
+        line += (" -- the time budget ended it; this machine is slower than the one the demo "
+                 "was tuned on, so expect weaker results than BENCHMARKS.md reports")  # fmt: skip
+    return line
 
 
 def run_demo(out: Path, config: DemoConfig | None = None) -> int:
@@ -138,6 +180,12 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
     seconds["image_tokenizer"] = _train_stage(
         f"image tokenizer ({config.preset})", out / "image_tokenizer", lambda: config, task
     )
+    tokens_dir = out / "image_tokens"
+    if _stage(f"image tokens ({c.token_samples:,} training scenes encoded once)",
+              (tokens_dir / META_FILE).exists()):  # fmt: skip
+        t = time.perf_counter()
+        encode_scenes(out / "image_tokenizer", c, tokens_dir)
+        seconds["image_tokens"] = time.perf_counter() - t
     seconds["transformer"] = _train_stage(
         "transformer",
         out / "dalle",
@@ -147,6 +195,7 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
                 *common,
                 f"image_tokenizer={out / 'image_tokenizer'}",
                 f"tokenizer={tokenizer_dir}",
+                f"data.source={shards_pattern(tokens_dir)}",
                 *c.dalle_overrides,
             ],
         ),
@@ -162,6 +211,17 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         CLIPTask,
     )
 
+    if _stage(f"sampling settings ({len(c.sampling_candidates)} tried on "
+              f"{c.validation_prompts} validation prompts per split)",
+              (out / "dalle" / GENERATION_CONFIG).exists()):  # fmt: skip
+        t = time.perf_counter()
+        pipe = TextToImage.from_pretrained(out / "dalle")
+        best, record = choose_sampling(pipe, c.sampling_candidates, c.validation_prompts, c.seed)
+        write_sampling_defaults(out / "dalle", best, record)
+        where = out / "dalle" / GENERATION_CONFIG
+        print(f"[demo] sampling settings: temperature {best.temperature:g}, guidance "
+              f"{best.guidance_scale:g}, recorded in {where}")  # fmt: skip
+        seconds["sampling_settings"] = time.perf_counter() - t
     pipe = TextToImage.from_pretrained(out / "dalle")
     scorer = CLIPScorer.from_pretrained(out / "clip") if c.candidates > 1 else None
     results: dict = {"clip": final_eval(out / "clip")}
@@ -173,7 +233,7 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
                   f"{c.candidates} by CLIP)", marker.exists()):  # fmt: skip
             t = time.perf_counter()
             prompts = shapes_prompts(split, c.prompts, c.image_size, c.seed)
-            rates = generate_and_judge(pipe, prompts, folder, c.sampling, c.seed,
+            rates = generate_and_judge(pipe, prompts, folder, pipe.defaults, c.seed,
                                        scorer=scorer, candidates=c.candidates)  # fmt: skip
             rates_file.write_text(json.dumps(rates))
             marker.touch()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -23,12 +24,57 @@ from dalle.sampling.sampler import SamplingConfig
 
 # uint8 images [N, 3, H, W] and their prompts -> a score per image, higher is better.
 Scorer = Callable[[torch.Tensor, list[str]], torch.Tensor]
+# Where validation prompts start within the holdout indices: prompts for choosing settings
+# never coincide with the (test) prompts a model is finally judged on.
+VALIDATION_OFFSET = 1_000_000
 
 
-def shapes_prompts(split: str, count: int, image_size: int = 64, seed: int = 0) -> list[str]:
-    """Captions of ``count`` Shapes World scenes that no training run draws."""
-    return [sample_scene(seed, SHAPES_HOLDOUT_START + i, image_size, split).caption  # type: ignore[arg-type]
+def shapes_prompts(
+    split: str, count: int, image_size: int = 64, seed: int = 0, validation: bool = False
+) -> list[str]:
+    """Captions of ``count`` Shapes World scenes that no training run draws: test prompts,
+    or, with ``validation``, a disjoint set for choosing settings."""
+    first = SHAPES_HOLDOUT_START + (VALIDATION_OFFSET if validation else 0)
+    return [sample_scene(seed, first + i, image_size, split).caption  # type: ignore[arg-type]
             for i in range(count)]  # fmt: skip
+
+
+def sampling_candidates(
+    temperatures: tuple[float, ...] = (1.0, 0.7, 0.5, 0.35),
+    guidance_scales: tuple[float, ...] = (1.0, 2.0, 3.0),
+) -> list[SamplingConfig]:
+    """The grid :func:`choose_sampling` searches: the paper's setting (temperature 1, no
+    guidance) and sharper, guided ones."""
+    return [SamplingConfig(temperature=t, guidance_scale=g)
+            for t in temperatures for g in guidance_scales]  # fmt: skip
+
+
+def choose_sampling(
+    pipe: TextToImage,
+    candidates: list[SamplingConfig],
+    count: int = 24,
+    seed: int = 0,
+) -> tuple[SamplingConfig, dict]:
+    """The candidate whose first samples pass the judge most often on validation prompts
+    (``count`` seen and ``count`` zero-shot, disjoint from the test prompts), and a record
+    of every candidate's pass rates. Ties go to the earlier candidate."""
+    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
+    prompts = {split: shapes_prompts(split, count, size, seed, validation=True)
+               for split in ("train", "zeroshot")}  # fmt: skip
+    table, best, best_rate = [], candidates[0], -1.0
+    with tempfile.TemporaryDirectory() as scratch:
+        for i, sampling in enumerate(candidates):
+            rates = {split: generate_and_judge(pipe, p, Path(scratch) / f"{i}-{split}", sampling,
+                                               seed)["pass_rate"]
+                     for split, p in prompts.items()}  # fmt: skip
+            mean = sum(rates.values()) / len(rates)
+            table.append({**asdict(sampling), "seen": rates["train"],
+                          "zeroshot": rates["zeroshot"]})  # fmt: skip
+            if mean > best_rate:
+                best, best_rate = sampling, mean
+    record = {"by": "Shapes World judge, first sample of each validation prompt",
+              "prompts_per_split": count, "candidates": table}  # fmt: skip
+    return best, record
 
 
 def generate_and_judge(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -16,6 +18,32 @@ from dalle.tokenizers.text import PAD_ID, TextTokenizer
 
 # A transformer's model folder holds its image tokenizer here (``vae/`` before).
 IMAGE_TOKENIZER_DIR = "image_tokenizer"
+# The sampling settings a model folder recommends (the name transformers uses), with how
+# they were chosen; `dalle generate` uses them unless told otherwise.
+GENERATION_CONFIG = "generation_config.json"
+
+
+def read_sampling_defaults(model_dir: Path) -> SamplingConfig:
+    """The folder's recommended sampling settings, or the paper's (temperature 1, no
+    guidance) when it recommends none."""
+    path = model_dir / GENERATION_CONFIG
+    if not path.is_file():
+        return SamplingConfig()
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        known = {f.name for f in fields(SamplingConfig)}
+        return SamplingConfig(**{k: v for k, v in saved.items() if k in known})
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"{path}: not a valid generation config ({error})") from None
+
+
+def write_sampling_defaults(
+    model_dir: Path, sampling: SamplingConfig, chosen: dict[str, Any]
+) -> None:
+    """Records ``sampling`` as the folder's recommended settings; ``chosen`` says how they
+    were chosen (prompts, candidates, pass rates), for whoever wonders why."""
+    record = {**asdict(sampling), "chosen": chosen}
+    (model_dir / GENERATION_CONFIG).write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
 def image_tokenizer_dir(model_dir: Path) -> Path:
@@ -30,6 +58,8 @@ class TextToImage:
     tokenizer: TextTokenizer
     image_tokenizer: ImageTokenizer
     device: torch.device
+    # Used when a call names no sampling settings: the folder's generation_config.json.
+    defaults: SamplingConfig = field(default_factory=SamplingConfig)
 
     @classmethod
     def from_pretrained(
@@ -42,6 +72,7 @@ class TextToImage:
             tokenizer=TextTokenizer.load(directory / "tokenizer"),
             image_tokenizer=load_image_tokenizer(image_tokenizer_dir(directory), device),
             device=device,
+            defaults=read_sampling_defaults(directory),
         )
 
     @torch.no_grad()
@@ -75,8 +106,9 @@ class TextToImage:
 
         With ``prime_image`` (uint8 ``[3, H, W]``), the top ``prime_rows`` rows of its
         tokens are kept and the rest is sampled: completion of a given image (the paper
-        primes 14 of 32 rows).
+        primes 14 of 32 rows). Without ``sampling``, the model's recommended settings.
         """
+        sampling = sampling or self.defaults
         grid = self.model.config.image_grid
         prime = None
         if prime_image is not None and prime_rows > 0:
