@@ -1,7 +1,9 @@
 """Training throughput and sampling time on the issue's reference shape, in the same JSON
 form as shared/bench/peer/time_dalle_pytorch.py, so the two can be run side by side.
 
-    .venv/bin/python benchmarks/speed_vs_peer.py [THREADS] [paper|full]
+    .venv/bin/python benchmarks/speed_vs_peer.py [THREADS] [paper|full] [fp32|bf16]
+
+bf16 is autocast (on a CPU with native bf16, as this project's CPU training uses it).
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 def main() -> None:
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     attention = sys.argv[2] if len(sys.argv) > 2 else "paper"
+    precision = sys.argv[3] if len(sys.argv) > 3 else "fp32"
+
+    def autocast() -> torch.autocast:
+        return torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+
     torch.manual_seed(0)
     torch.set_num_threads(threads)
     config = DALLEConfig(
@@ -34,7 +41,8 @@ def main() -> None:
     image = torch.randint(0, 512, (batch, 256))
 
     def step() -> None:
-        loss = model.loss(text, image)["loss"]
+        with autocast():
+            loss = model.loss(text, image)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -47,13 +55,14 @@ def main() -> None:
     step_s = (time.perf_counter() - start) / steps
     seq = config.sequence_length
     out = {
-        "project": "dalle", "attn": attention, "schedule": config.layer_attention,
+        "project": "dalle", "attn": attention, "precision": precision,
+        "schedule": config.layer_attention,
         "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "batch": batch, "seq": seq, "threads": threads,
         "train_step_s": round(step_s, 3), "train_tokens_per_s": round(batch * seq / step_s),
     }  # fmt: skip
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         sample_image_tokens(model, text[:4], SamplingConfig(top_k=51))  # warm-up
         start = time.perf_counter()
         tokens = sample_image_tokens(model, text[:4], SamplingConfig(top_k=51))

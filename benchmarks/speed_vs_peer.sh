@@ -7,5 +7,9 @@ set -euo pipefail
 peer=${1:?peer venv}; threads=${2:-2}
 here=$(cd "$(dirname "$0")/.." && pwd)
 peer_script=${PEER_SCRIPT:-$here/../shared/bench/peer/time_dalle_pytorch.py}
-for attn in paper full; do "$here/.venv/bin/python" "$here/benchmarks/speed_vs_peer.py" "$threads" "$attn"; done
+for precision in fp32 bf16; do
+  for attn in paper full; do
+    "$here/.venv/bin/python" "$here/benchmarks/speed_vs_peer.py" "$threads" "$attn" "$precision"
+  done
+done
 for attn in full sparse; do "$peer/bin/python" "$peer_script" "$threads" "$attn" 2>/dev/null | tail -n 1; done
