@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dalle.cli_support import (
     DEBUG_ENV,
@@ -31,6 +32,9 @@ from dalle.data.datasets import DataConfig
 from dalle.data.images import DEFAULT_MAX_PIXELS
 from dalle.interrupts import InterruptGuard
 from dalle.tokenizers.text import TokenizerConfig
+
+if TYPE_CHECKING:
+    from dalle.sampling.sampler import SamplingConfig
 
 log = logging.getLogger("dalle")
 
@@ -349,13 +353,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _sampling(args: argparse.Namespace, defaults):
+def _sampling(args: argparse.Namespace, defaults: SamplingConfig) -> SamplingConfig:
     """The model's recommended sampling settings with the flags given on top; says which."""
-    from dataclasses import replace
-
     given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
              "guidance_scale": args.guidance}  # fmt: skip
-    sampling = replace(defaults, **{k: v for k, v in given.items() if v is not None})
+    sampling = dataclasses.replace(defaults, **{k: v for k, v in given.items() if v is not None})
     shown = ", ".join(f"{k} {getattr(sampling, k):g}" for k in given)
     print(f"sampling: {shown} (flags not given take the model's recommended values)")
     return sampling

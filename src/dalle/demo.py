@@ -215,18 +215,18 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         CLIPTask,
     )
 
+    pipe = TextToImage.from_pretrained(out / "dalle")
     if _stage(f"sampling settings ({len(c.sampling_candidates)} tried on "
               f"{c.validation_prompts} validation prompts per split)",
               (out / "dalle" / GENERATION_CONFIG).exists()):  # fmt: skip
         t = time.perf_counter()
-        pipe = TextToImage.from_pretrained(out / "dalle")
         best, record = choose_sampling(pipe, c.sampling_candidates, c.validation_prompts, c.seed)
         write_sampling_defaults(out / "dalle", best, record)
+        pipe.defaults = best
         where = out / "dalle" / GENERATION_CONFIG
         print(f"[demo] sampling settings: temperature {best.temperature:g}, guidance "
               f"{best.guidance_scale:g}, recorded in {where}")  # fmt: skip
         seconds["sampling_settings"] = time.perf_counter() - t
-    pipe = TextToImage.from_pretrained(out / "dalle")
     scorer = CLIPScorer.from_pretrained(out / "clip") if c.candidates > 1 else None
     results: dict = {"clip": final_eval(out / "clip")}
     for name, split in (("seen", "train"), ("zeroshot", "zeroshot")):
