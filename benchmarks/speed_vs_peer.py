@@ -1,9 +1,12 @@
 """Training throughput and sampling time on the issue's reference shape, in the same JSON
 form as shared/bench/peer/time_dalle_pytorch.py, so the two can be run side by side.
 
-    .venv/bin/python benchmarks/speed_vs_peer.py [THREADS] [paper|full] [fp32|bf16]
+    .venv/bin/python benchmarks/speed_vs_peer.py [THREADS] [paper|blocked|full] [fp32|bf16]
 
-bf16 is autocast (on a CPU with native bf16, as this project's CPU training uses it).
+``paper`` is the paper's sparse schedule as masked attention, ``blocked`` the same schedule
+with each image row attending only to the blocks it reaches (attention_backend=blocked),
+``full`` dense causal attention in every layer. bf16 is autocast (on a CPU with native
+bf16, as this project's CPU training uses it).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main() -> None:
     config = DALLEConfig(
         text_vocab_size=1024, text_len=32, image_vocab_size=512, image_grid=16,
         width=256, layers=6, heads=8, attention=["full"] * 6 if attention == "full" else [],
+        attention_backend="blocked" if attention == "blocked" else "sdpa",
     )  # fmt: skip
     model = DALLETransformer(config)
     vae = DiscreteVAE(DVAE_PRESETS["dvae-small"]).eval()  # decodes the samples, as the peer's does

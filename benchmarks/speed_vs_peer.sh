@@ -8,7 +8,7 @@ peer=${1:?peer venv}; threads=${2:-2}
 here=$(cd "$(dirname "$0")/.." && pwd)
 peer_script=${PEER_SCRIPT:-$here/../shared/bench/peer/time_dalle_pytorch.py}
 for precision in fp32 bf16; do
-  for attn in paper full; do
+  for attn in paper blocked full; do
     "$here/.venv/bin/python" "$here/benchmarks/speed_vs_peer.py" "$threads" "$attn" "$precision"
   done
 done

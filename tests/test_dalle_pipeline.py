@@ -178,6 +178,25 @@ def test_score_prints_bits_per_dimension(stages: dict[str, Path], capsys) -> Non
     assert result["bits_per_dim"] == pytest.approx(result["bits_per_token"] * 256 / (3 * 32 * 32))
 
 
+def test_score_a_data_split_in_bits_per_dimension(stages: dict[str, Path], capsys) -> None:
+    run = stages["root"] / "run"
+    if not (run / "config.json").exists():
+        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+    args = ["score", "--model", str(run), "--data", "shapes", "--count", "10", "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == 10 and result["subset"] == "holdout" and result["skipped"] == 0
+    # 256 tokens of a 128-code vocabulary over 3 * 32 * 32 dimensions.
+    assert result["bits_per_dim_uniform"] == pytest.approx(256 * 7 / (3 * 32 * 32))
+    assert result["bits_per_dim"] == pytest.approx(result["bits_per_token"] * 256 / (3 * 32 * 32))
+    # A trained model beats a uniform guess on images it never saw.
+    assert result["bits_per_dim"] < result["bits_per_dim_uniform"]
+    assert main(["score", "--model", str(run), "--data", "shapes"]) == 2
+    assert "--count is needed" in capsys.readouterr().err
+    assert main(["score", "--model", str(run)]) == 2
+    assert "give an image and its caption, or --data" in capsys.readouterr().err
+
+
 def test_generate_completes_a_primed_image(stages: dict[str, Path]) -> None:
     run = stages["root"] / "run"
     if not (run / "config.json").exists():

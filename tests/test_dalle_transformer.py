@@ -123,6 +123,24 @@ def test_flex_attention_back_end_agrees_with_sdpa() -> None:
         DALLEConfig(**{**sdpa.config.__dict__, "attention_backend": "flex", "dropout": 0.1})
 
 
+def test_blocked_attention_back_end_agrees_with_sdpa() -> None:
+    sdpa, _ = _sdpa_and_flex("cpu")
+    blocked = DALLETransformer(
+        DALLEConfig(**{**sdpa.config.__dict__, "attention_backend": "blocked"})
+    )
+    blocked.load_state_dict(sdpa.state_dict())
+    text, image = _batch(sdpa.config, b=2)
+    for a, b in zip(sdpa(text, image), blocked(text, image), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
+    for model in (sdpa, blocked):
+        model.loss(text, image)["loss"].backward()
+    for (name, a), b in zip(sdpa.named_parameters(), blocked.parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+    # A partial sequence (sampling's prefix) takes the masked path and still agrees.
+    prefix = image[:, :5]
+    assert torch.allclose(sdpa(text, prefix)[1], blocked(text, prefix)[1], atol=1e-5)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA")
 def test_flex_attention_gradients_agree_on_cuda() -> None:
     sdpa, flex = _sdpa_and_flex("cuda")

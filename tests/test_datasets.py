@@ -20,11 +20,13 @@ from dalle.data.datasets import (
     WebDatasetSource,
     expand_shards,
     iter_captions,
+    load_images,
     make_loader,
     new_skip_log,
     open_source,
 )
 from dalle.data.images import load_image, resize_center_crop, to_rgb
+from dalle.data.shapes_world import sample_scene
 
 
 def _png(color=(255, 0, 0, 255), size=(8, 8), mode="RGBA") -> bytes:
@@ -177,6 +179,18 @@ def test_shapes_stream_splits_indices_across_workers() -> None:
         "zeroshot-00000000",
         "zeroshot-00000001",
         "zeroshot-00000002",
+    ]
+
+
+def test_iter_captions_reads_only_its_subset(emoji_tar: Path) -> None:
+    read = {subset: list(iter_captions(DataConfig(source=str(emoji_tar), subset=subset)))
+            for subset in ("all", "train", "holdout")}  # fmt: skip
+    assert read["holdout"] and len(read["train"]) + len(read["holdout"]) == len(read["all"])
+    holdout = DataConfig(source=str(emoji_tar), subset="holdout")
+    assert sorted(read["holdout"]) == sorted(load_images(holdout, 10_000)[1])
+    shapes = DataConfig(source="shapes", subset="holdout")
+    assert list(iter_captions(shapes, limit=3)) == [
+        s.caption for s in (sample_scene(0, SHAPES_HOLDOUT_START + i, 64) for i in range(3))
     ]
 
 

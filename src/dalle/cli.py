@@ -176,9 +176,9 @@ def cmd_tokenize_data(args: argparse.Namespace) -> int:
 
 @dataclass
 class TokenizerTrainConfig:
-    """Settings of `dalle tokenizer train`."""
+    """Settings of `dalle tokenizer train`: by default the train subset's captions only."""
 
-    data: DataConfig = field(default_factory=DataConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 
@@ -415,30 +415,51 @@ def _reranker(args: argparse.Namespace, pipe, device) -> Callable | None:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    """Prints how likely the model finds an image for a caption, in bits per dimension."""
-    from dalle.sampling.generate import TextToImage, bits_per_dimension
+    """Prints how likely the model finds an image for a caption, or a whole data set, in
+    bits per dimension."""
+    from dalle.sampling.generate import TextToImage
     from dalle.training.loop import resolve_device
 
+    if (args.data is None) == (args.image is None):
+        raise ValueError("give an image and its caption, or --data SOURCE (one of the two)")
+    if args.image is not None and args.caption is None:
+        raise ValueError("the image's caption is missing: dalle score IMAGE CAPTION")
     pipe = TextToImage.from_pretrained(args.model, resolve_device(args.device))
     size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
+    result = _score_data(pipe, args, size) if args.data else _score_image(pipe, args, size)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{result['bits_per_dim']:.4f} bits per dimension "
+          f"({result['bits_per_token']:.3f} bits per image token)")  # fmt: skip
+    if args.data:
+        print(f"  over {result['images']} images of the {args.subset} subset "
+              f"({result['skipped']} skipped); without their captions "
+              f"{result['bits_per_dim_without_caption']:.4f}; a uniform guess "
+              f"{result['bits_per_dim_uniform']:.4f}")  # fmt: skip
+    return 0
+
+
+def _score_image(pipe, args: argparse.Namespace, size: int) -> dict:
+    from dalle.sampling.generate import bits_per_dimension
+
     image = read_image(args.image, size, "image")[None]  # [1, 3, S, S]
     nats = pipe.log_likelihood(image, [args.caption])
     tokens = pipe.model.config.image_tokens
-    result = {
+    return {
         "image": str(args.image), "caption": args.caption, "log_likelihood_nats": float(nats[0]),
         "bits_per_token": float(bits_per_dimension(nats, tokens)[0]),
         "bits_per_dim": float(bits_per_dimension(nats, 3 * size * size)[0]),
     }  # fmt: skip
-    if args.json:
-        print(json.dumps(result))
-    else:
-        per_dim, per_token = result["bits_per_dim"], result["bits_per_token"]
-        nats = result["log_likelihood_nats"]
-        print(
-            f"{per_dim:.4f} bits per dimension ({per_token:.3f} bits per image token; "
-            f"log p(tokens | caption) = {nats:.1f} nats)"
-        )
-    return 0
+
+
+def _score_data(pipe, args: argparse.Namespace, size: int) -> dict:
+    from dalle.evaluation.likelihood import dataset_bits_per_dimension
+
+    if args.data.startswith("shapes") and args.count is None:
+        raise ValueError("--count is needed for 'shapes', an endless stream")
+    data = DataConfig(source=args.data, image_size=size, subset=args.subset, count=args.count)
+    return dataset_bits_per_dimension(pipe, data, args.count)
 
 
 def cmd_clip_metrics(args: argparse.Namespace) -> int:
@@ -473,10 +494,12 @@ def cmd_clip_metrics(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from dalle.demo import DemoConfig, run_demo, smoke_config
+    from dalle.demo import DemoConfig, run_demo, scale_for_minutes, smoke_config
 
     config = smoke_config() if args.smoke else DemoConfig()
     config.seed = args.seed
+    if args.training_minutes is not None:
+        config.training_scale = scale_for_minutes(config, args.training_minutes)
     return run_demo(Path(args.out), config)
 
 
@@ -665,9 +688,15 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="auto")
     generate.set_defaults(func=cmd_generate)
 
-    score = commands.add_parser("score", help="log-likelihood of an image given a caption")
-    score.add_argument("image", type=Path)
-    score.add_argument("caption")
+    score = commands.add_parser(
+        "score", help="bits per dimension of an image given its caption, or of a data set"
+    )
+    score.add_argument("image", type=Path, nargs="?", help="an image (or use --data)")
+    score.add_argument("caption", nargs="?", help="its caption")
+    score.add_argument("--data", help="score every image of this source with its caption")
+    score.add_argument("--subset", choices=["all", "train", "holdout"], default="holdout",
+                       help="with --data: which part (default: the held-out tenth)")  # fmt: skip
+    score.add_argument("--count", type=positive_int, help="with --data: at most this many")
     score.add_argument("--model", type=Path, required=True, help="a `dalle train` run folder")
     score.add_argument("--device", default="auto")
     score.add_argument("--json", action="store_true")
@@ -691,6 +720,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--smoke", action="store_true", help="a few updates per stage: checks the pipeline only"
     )
+    demo.add_argument(
+        "--training-minutes", type=float, metavar="M",
+        help="scale every stage's time budget and planned updates so that training takes M "
+        "minutes in all (default: the tuned budget, about 17); for a fresh --out",
+    )  # fmt: skip
     demo.set_defaults(func=cmd_demo)
     return parser
 

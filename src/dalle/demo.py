@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from dalle.config import peek_key
 from dalle.data.datasets import DataConfig, iter_captions
 from dalle.data.token_shards import META_FILE, shards_pattern, write_token_shards
 from dalle.evaluation.shapes_judge import judge_directory
@@ -43,6 +44,7 @@ from dalle.sampling.generate import GENERATION_CONFIG, TextToImage, write_sampli
 from dalle.sampling.rerank import CLIPScorer
 from dalle.sampling.sampler import SamplingConfig
 from dalle.tokenizers.text import TextTokenizer, TokenizerConfig
+from dalle.training.loop import LoopConfig
 from dalle.training.runner import final_eval
 
 CONFIG_DIR = Path(__file__).with_name("demo_configs")
@@ -73,6 +75,34 @@ class DemoConfig:
     # to the transformer's folder as its recommended settings, and the demo samples with it.
     sampling_candidates: list[SamplingConfig] = field(default_factory=sampling_candidates)
     validation_prompts: int = 64  # per split
+    # Every training stage's time budget and planned updates times this factor (and the
+    # encoded scenes too, so the transformer still sees each about once): what more or
+    # less compute buys. 1 is the demo as tuned; see :func:`scale_for_minutes`.
+    training_scale: float = 1.0
+
+
+def scale_loop(loop: LoopConfig, scale: float) -> LoopConfig:
+    """``loop`` with its time budget, planned updates and their intervals times ``scale``
+    (warm-up and logging unchanged); 1 returns it as is."""
+    if scale == 1.0:
+        return loop
+    times = lambda n: max(1, round(n * scale))  # noqa: E731
+    return replace(loop, steps=times(loop.steps), eval_every=times(loop.eval_every),
+                   checkpoint_every=times(loop.checkpoint_every),
+                   max_minutes=loop.max_minutes * scale)  # fmt: skip
+
+
+def demo_training_minutes(c: DemoConfig) -> float:
+    """The demo's training time budget, every stage together, at scale 1."""
+    files = (c.image_tokenizer_config, c.dalle_config, c.clip_config)
+    return sum(float((peek_key("loop", f, []) or {}).get("max_minutes", 0)) for f in files)
+
+
+def scale_for_minutes(c: DemoConfig, minutes: float) -> float:
+    """The ``training_scale`` that gives ``minutes`` of training over all stages."""
+    if minutes <= 0:
+        raise ValueError(f"--training-minutes must be positive, not {minutes:g}")
+    return minutes / demo_training_minutes(c)
 
 
 def smoke_config() -> DemoConfig:
@@ -111,7 +141,7 @@ def _stage(name: str, done: bool) -> bool:
     return not done
 
 
-def _train_stage(name: str, out: Path, load_config, make_task) -> float:
+def _train_stage(name: str, out: Path, load_config, make_task, scale: float) -> float:
     """Runs (or resumes) one training stage; returns the seconds it took this time."""
     from dalle.training.runner import run_training
 
@@ -120,6 +150,7 @@ def _train_stage(name: str, out: Path, load_config, make_task) -> float:
         return 0.0
     start = time.perf_counter()
     config = load_config()
+    config = replace(config, loop=scale_loop(config.loop, scale))
     run_training(config, make_task, out)
     marker.touch()
     print(f"[demo] {name}: {updates_report(out, config.loop.steps)}", flush=True)
@@ -130,7 +161,8 @@ def encode_scenes(image_tokenizer: Path, c: DemoConfig, out: Path) -> None:
     """Encodes ``c.token_samples`` training scenes into token shards under ``out`` (a
     half-written folder from an interrupted run is started again)."""
     shutil.rmtree(out, ignore_errors=True)
-    data = DataConfig(source="shapes", image_size=c.image_size, seed=c.seed, count=c.token_samples)
+    count = max(1, round(c.token_samples * c.training_scale))
+    data = DataConfig(source="shapes", image_size=c.image_size, seed=c.seed, count=count)
     write_token_shards(load_image_tokenizer(image_tokenizer), folder_hash(image_tokenizer), data,
                        out, progress=False)  # fmt: skip
 
@@ -162,6 +194,13 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
 
     c = config or DemoConfig()
     out.mkdir(parents=True, exist_ok=True)
+    if c.training_scale != 1.0:
+        minutes = demo_training_minutes(c) * c.training_scale
+        print(
+            f"[demo] training budget scaled by {c.training_scale:.3g}: {minutes:.1f} min "
+            "over all stages",
+            flush=True,
+        )
     start = time.perf_counter()
     seconds: dict[str, float] = {}
 
@@ -171,7 +210,8 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         (tokenizer_dir / "tokenizer.json").exists(),
     ):
         t = time.perf_counter()
-        captions = iter_captions(DataConfig(source="shapes", seed=c.seed), c.tokenizer_captions)
+        data = DataConfig(source="shapes", seed=c.seed, subset="train")
+        captions = iter_captions(data, c.tokenizer_captions)
         TextTokenizer.train(
             captions, TokenizerConfig(vocab_size=c.tokenizer_vocab, max_length=c.caption_length)
         ).save(tokenizer_dir)
@@ -182,10 +222,15 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         c.image_tokenizer_config, [*common, *c.image_tokenizer_overrides]
     )
     seconds["image_tokenizer"] = _train_stage(
-        f"image tokenizer ({config.preset})", out / "image_tokenizer", lambda: config, task
+        f"image tokenizer ({config.preset})",
+        out / "image_tokenizer",
+        lambda: config,
+        task,
+        c.training_scale,
     )
     tokens_dir = out / "image_tokens"
-    if _stage(f"image tokens ({c.token_samples:,} training scenes encoded once)",
+    scenes = max(1, round(c.token_samples * c.training_scale))
+    if _stage(f"image tokens ({scenes:,} training scenes encoded once)",
               (tokens_dir / META_FILE).exists()):  # fmt: skip
         t = time.perf_counter()
         encode_scenes(out / "image_tokenizer", c, tokens_dir)
@@ -204,6 +249,7 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
             ],
         ),
         DALLETask,
+        c.training_scale,
     )
 
     seconds["clip"] = _train_stage(
@@ -213,6 +259,7 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
             c.clip_config, [*common, f"tokenizer={tokenizer_dir}", *c.clip_overrides]
         ),
         CLIPTask,
+        c.training_scale,
     )
 
     pipe = TextToImage.from_pretrained(out / "dalle")

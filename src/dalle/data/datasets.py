@@ -743,18 +743,23 @@ def iter_captions(
 ) -> Iterator[str]:
     """Captions of a source without decoding images (for tokenizer training), by the same
     rules as the image loaders: empty and non-UTF-8 captions are skipped and counted in
-    ``skip_log``, and so are a tar's duplicate keys and read errors."""
+    ``skip_log``, and so are a tar's duplicate keys and read errors. Only captions of
+    ``config.subset`` are read, so a tokenizer trained on the train subset never sees a
+    held-out caption."""
     skip_log = skip_log if skip_log is not None else SkipLog()
     split = _shapes_split(config.source)
     if split is not None:
         count = limit if limit is not None else config.count
         if count is None:
             raise ValueError("an endless Shapes World stream needs a caption limit")
-        for index in range(config.start, config.start + count):
+        first = shapes_start(config.start, count, config.subset)
+        for index in range(first, first + count):
             yield sample_caption(config.seed, index, split)  # type: ignore[arg-type]
         return
     produced = 0
     for key, raw in _raw_captions(config, skip_log):
+        if not in_subset(key, config.subset, config.holdout_fraction):
+            continue
         text = caption_text(key, raw)
         if isinstance(text, Skip):
             skip_log.add([text])

@@ -33,6 +33,7 @@ from dalle.models.attention_masks import (
     paper_layer_schedule,
     text_image_mask,
 )
+from dalle.models.blocked_attention import BlockedLayout, blocked_attention
 from dalle.models.pretrained import PretrainedMixin
 from dalle.tokenizers.text import PAD_ID
 
@@ -55,8 +56,10 @@ class DALLEConfig:
     dropout: float = 0.0
     text_loss_weight: float = 1 / 8  # the image loss weighs 1 - this
     # "sdpa": masked scaled_dot_product_attention, anywhere. "flex": FlexAttention with
-    # block-sparse masks (compiled on CUDA, where fully masked blocks cost nothing); used
-    # for whole-sequence passes, while cached sampling steps stay on sdpa.
+    # block-sparse masks (compiled on CUDA, where fully masked blocks cost nothing).
+    # "blocked": each image row attends only to the blocks its mask reaches
+    # (dalle.models.blocked_attention; for CPUs). Both are used for whole-sequence passes;
+    # cached sampling steps stay on sdpa.
     attention_backend: str = "sdpa"
 
     def __post_init__(self) -> None:
@@ -71,9 +74,9 @@ class DALLEConfig:
             raise ValueError(
                 f"unknown image attention kinds {unknown}; use {IMAGE_ATTENTION_KINDS}"
             )
-        if self.attention_backend not in ("sdpa", "flex"):
+        if self.attention_backend not in ("sdpa", "flex", "blocked"):
             raise ValueError(
-                f"attention_backend must be sdpa or flex, not {self.attention_backend!r}"
+                f"attention_backend must be sdpa, flex or blocked, not {self.attention_backend!r}"
             )
         if self.attention_backend == "flex" and self.dropout:
             raise ValueError("the flex attention back-end has no attention dropout; set dropout=0")
@@ -147,13 +150,14 @@ class SelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | BlockMask,
+        mask: torch.Tensor | BlockMask | BlockedLayout,
         cache: LayerCache | None = None,
         start: int = 0,
     ) -> torch.Tensor:
         """``x``: ``[B, n, C]`` at positions ``start .. start + n``.
 
-        ``mask``: bool ``[n, start + n]``, True where attending is allowed. With a ``cache``,
+        ``mask``: bool ``[n, start + n]``, True where attending is allowed (or its block
+        form for the flex and blocked back-ends). With a ``cache``,
         keys and values of earlier positions come from it and this call's are written to it.
         """
         b, n, c = x.shape
@@ -163,12 +167,13 @@ class SelfAttention(nn.Module):
             cache.keys[:, :, start : start + n] = k
             cache.values[:, :, start : start + n] = v
             k, v = cache.keys[:, :, : start + n], cache.values[:, :, : start + n]
+        dropout = self.dropout if self.training else 0.0
         if isinstance(mask, BlockMask):
             y = flex_attention_kernel(q.device)(q, k, v, block_mask=mask)
+        elif isinstance(mask, BlockedLayout):
+            y = blocked_attention(q, k, v, mask, dropout)
         else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0
-            )
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out(y.transpose(1, 2).reshape(b, n, c))
 
 
@@ -189,7 +194,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | BlockMask,
+        mask: torch.Tensor | BlockMask | BlockedLayout,
         cache: LayerCache | None = None,
         start: int = 0,
     ) -> torch.Tensor:
@@ -290,14 +295,27 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         self, h: torch.Tensor, start: int = 0, cache: list[LayerCache] | None = None
     ) -> torch.Tensor:
         """Hidden states ``[B, n, C]`` at positions ``start .. start + n`` -> normalised output."""
-        end = start + h.shape[1]
-        use_flex = self.config.attention_backend == "flex" and cache is None and start == 0
-        schedule = self.config.layer_attention
-        for i, (kind, block) in enumerate(zip(schedule, self.blocks, strict=True)):
+        c, n = self.config, h.shape[1]
+        whole = cache is None and start == 0 and n == c.sequence_length
+        if whole and c.attention_backend == "blocked":
+            return self._run_blocked(h)
+        end = start + n
+        use_flex = c.attention_backend == "flex" and cache is None and start == 0
+        for i, (kind, block) in enumerate(zip(c.layer_attention, self.blocks, strict=True)):
             dense = getattr(self, f"mask_{kind}")[start:end, :end]
             mask = self._block_mask(kind, dense) if use_flex else dense
             h = block(h, mask, None if cache is None else cache[i], start)
         return self.norm(h)
+
+    def _run_blocked(self, h: torch.Tensor) -> torch.Tensor:
+        """The whole input ``[B, S, C]`` through the blocks with blocked attention. A dummy
+        last image token completes the grid; it comes after every real position, so none
+        of them sees it, and its output is dropped."""
+        c = self.config
+        h = F.pad(h, (0, 0, 0, 1))  # [B, S, C]
+        for kind, block in zip(c.layer_attention, self.blocks, strict=True):
+            h = block(h, BlockedLayout(kind, c.text_len + 1, c.image_grid, c.conv_kernel))
+        return self.norm(h[:, :-1])
 
     def _block_mask(self, kind: str, dense: torch.Tensor) -> BlockMask:
         """The FlexAttention block mask of ``dense`` ``[S, S]``, built once per kind and S."""
