@@ -77,3 +77,25 @@ def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path: Path, capsys) 
     assert "4 of 4 planned updates" in first
     assert main(["demo", "--smoke", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("reusing the finished stage") == 8
+
+
+def test_demo_training_minutes_scale_every_stage(tmp_path: Path, capsys) -> None:
+    from dalle.demo import DemoConfig, demo_training_minutes, scale_loop
+    from dalle.training.loop import LoopConfig
+
+    loop = LoopConfig(steps=2500, eval_every=2500, checkpoint_every=200, max_minutes=9,
+                      schedule_clock="time")  # fmt: skip
+    half = scale_loop(loop, 0.5)
+    assert (half.steps, half.eval_every, half.checkpoint_every, half.max_minutes) == (
+        1250, 1250, 100, 4.5)  # fmt: skip
+    assert half.log_every == loop.log_every and scale_loop(loop, 1.0) is loop
+    tuned = demo_training_minutes(DemoConfig())
+    assert 10 < tuned < 20  # the stages' budgets, summed from their config files
+    out = tmp_path / "demo"
+    args = ["demo", "--smoke", "--out", str(out), "--training-minutes", str(2 * tuned)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "training budget scaled by 2" in printed and "8 of 8 planned updates" in printed
+    assert json.loads((out / "image_tokens" / "tokens.json").read_text())["samples"] == 128
+    assert main(["demo", "--out", str(out), "--training-minutes", "0"]) == 2
+    assert "must be positive" in capsys.readouterr().err
