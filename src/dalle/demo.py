@@ -115,7 +115,14 @@ def smoke_config() -> DemoConfig:
         tokenizer_vocab=300,
         token_samples=64,
         image_tokenizer_overrides=[*short, *small, "preset=fsq-tiny", "model.downsample=8"],
-        dalle_overrides=[*short, *small, "model.width=32", "model.layers=2", "model.heads=2"],
+        dalle_overrides=[
+            *short,
+            *small,
+            "model.width=32",
+            "model.layers=2",
+            "model.heads=2",
+            "model.attention=[full,full]",
+        ],
         clip_overrides=[
             *short,
             "data.batch_size=4",
