@@ -188,7 +188,7 @@ def updates_report(out: Path, planned: int) -> str:
         line += " (the time budget ended it"
         # Planned updates are about what the 2-core reference machine makes in the budget.
         if done < 0.8 * planned:
-            line += ("; this machine is slower than the one the demo was tuned on, so "
+            line += ("; this machine is slower (or busier) than the one the demo was tuned on, so "
                      "expect weaker results than BENCHMARKS.md reports")  # fmt: skip
         line += ")"
     return line
