@@ -48,6 +48,26 @@ def test_data_shapes_then_judge(tmp_path: Path, capsys, fmt: str) -> None:
     assert "judged 24 images: 23 passed" in text and "count" in text
 
 
+def test_a_closed_pipe_stops_quietly(tmp_path: Path, monkeypatch, capsys) -> None:
+    # `dalle judge DIR | head -1`: the reader leaves after one line.
+    from dalle.data.shapes_world import render_scene, sample_scene
+
+    scene = sample_scene(0, 1, 64)
+    Image.fromarray(render_scene(scene)).save(tmp_path / "0000.png")
+    (tmp_path / "0000.txt").write_text(scene.caption)
+
+    class ClosedPipe:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["judge", str(tmp_path)]) == 0
+    assert "Broken pipe" not in capsys.readouterr().err
+
+
 def test_judge_empty_directory_is_an_error(tmp_path: Path, capsys) -> None:
     assert main(["judge", str(tmp_path)]) == 2
     assert "no .png images" in capsys.readouterr().err

@@ -192,3 +192,33 @@ def test_hard_negatives_swap_exactly_one_word_within_its_group() -> None:
     first = hard_negatives(["a red circle", "a blue star"], groups)
     torch.manual_seed(1)
     assert hard_negatives(["a red circle", "a blue star"], groups) == first  # seeded
+
+
+def test_clip_can_train_on_an_image_tokenizers_reconstructions(
+    tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    from dalle.data.datasets import Batch
+    from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
+    from dalle.models.image_tokenizer import load_image_tokenizer
+
+    FSQTokenizer(FSQ_PRESETS["fsq-tiny"]).save_pretrained(tmp_path / "fsq")
+    fsq = load_image_tokenizer(tmp_path / "fsq")
+    common = [f"tokenizer={tokenizer_dir}", "eval.samples=8", "eval.shapes_zero_shot=14"]
+    config = CONFIGS / "clip-tiny-cpu.yaml"
+    plain = CLIPTask(load_clip_train_config(config, common), torch.device("cpu"))
+    through_fsq = [*common, f"image_tokenizer={tmp_path / 'fsq'}"]
+    task = CLIPTask(load_clip_train_config(config, through_fsq), torch.device("cpu"))
+    # Held-out and zero-shot images are the reconstructions of the plain ones ...
+    assert torch.equal(task.eval_images, fsq.decode(fsq.encode(plain.eval_images)))
+    assert torch.equal(task.zero_shot_images, fsq.decode(fsq.encode(plain.zero_shot_images)))
+    assert not torch.equal(task.eval_images, plain.eval_images)
+    # ... and so are the training images.
+    seen = []
+
+    def record(images: torch.Tensor, text: torch.Tensor, gather=None) -> torch.Tensor:
+        seen.append(images)
+        return torch.zeros(len(images), len(text), requires_grad=True)
+
+    task.model.forward = record  # type: ignore[method-assign]
+    task.training_loss(Batch(plain.eval_images[:4], plain.eval_captions[:4], ["k"] * 4, []), 0)
+    assert torch.equal(seen[0], fsq.decode(fsq.encode(plain.eval_images[:4])))

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -741,6 +742,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with InterruptGuard():
             return args.func(args)
+    except BrokenPipeError:
+        # The reader went away (`dalle judge DIR | head -1`): stop quietly, as Unix tools do.
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout at exit
+        return 0
     except (Exception, KeyboardInterrupt) as err:
         return report(args.command, err, debug)
 

@@ -22,6 +22,7 @@ from dalle.data.datasets import SHAPES_HOLDOUT_START, Batch, DataConfig, load_im
 from dalle.data.hard_negatives import hard_negatives
 from dalle.data.shapes_world import COLORS, SHAPES, render_scene, sample_scene
 from dalle.models.clip import CLIP, CLIP_PRESETS, CLIPConfig, clip_loss
+from dalle.models.image_tokenizer import load_image_tokenizer
 from dalle.tokenizers.text import TextTokenizer
 from dalle.training import distributed
 from dalle.training.loop import LoopConfig, OptimConfig
@@ -52,6 +53,10 @@ class CLIPTrainConfig:
     model: CLIPConfig = field(default_factory=CLIPConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
     tokenizer: str = ""  # folder with tokenizer.json
+    # An image tokenizer folder: train and evaluate on its reconstructions (encoded and
+    # decoded) instead of the images, so the CLIP learns the look of what a transformer
+    # over that tokenizer draws, the images it will re-rank. Empty: the images as they are.
+    image_tokenizer: str = ""
     bpe_dropout: float = 0.0
     hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -116,19 +121,32 @@ class CLIPTask:
             image_size=config.data.image_size,
         )
         self.model = CLIP(m).to(device)
+        self.image_tokenizer = None
+        if config.image_tokenizer:
+            self.image_tokenizer = load_image_tokenizer(config.image_tokenizer, device)
         holdout = replace(config.data, subset="holdout")
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
+        self.eval_images = self.as_seen(self.eval_images)
         self.eval_text = self.tokenizer.encode(self.eval_captions).ids
         self.zero_shot_images, self.zero_shot_labels = torch.empty(0), []
         if config.eval.shapes_zero_shot:
             scenes = single_object_scenes(config.eval.shapes_zero_shot, m.image_size)
-            self.zero_shot_images = torch.stack(
+            self.zero_shot_images = self.as_seen(torch.stack(
                 [torch.from_numpy(render_scene(s)).permute(2, 0, 1) for s in scenes]
-            )
+            ))  # fmt: skip
             self.zero_shot_labels = [(s.objects[0].color, s.objects[0].shape) for s in scenes]
             prompts = zero_shot_prompts()
             self.prompt_labels = [(c, s) for c, s, _ in prompts]
             self.prompt_text = self.tokenizer.encode([p for _, _, p in prompts]).ids
+
+    @torch.no_grad()
+    def as_seen(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, 3, S, S]`` images as the CLIP trains on them: the image tokenizer's
+        reconstructions when it has one, else unchanged."""
+        if self.image_tokenizer is None:
+            return images
+        return torch.cat([self.image_tokenizer.decode(self.image_tokenizer.encode(
+            b.to(self.device))).cpu() for b in images.split(256)])  # fmt: skip
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         # As open_clip: no decay on gains, biases and the temperature (every tensor of
@@ -140,6 +158,9 @@ class CLIPTask:
 
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch.images.to(self.device, non_blocking=True)
+        if self.image_tokenizer is not None:
+            with torch.no_grad():
+                images = self.image_tokenizer.decode(self.image_tokenizer.encode(images))
         captions = list(batch.captions)
         negatives = self.config.hard_negatives
         if negatives.groups:
