@@ -80,6 +80,11 @@ class DemoConfig:
     # less compute buys. 1 is the demo as tuned; see :func:`scale_for_minutes`.
     training_scale: float = 1.0
 
+    @property
+    def scenes(self) -> int:
+        """Training scenes encoded into token shards, at this training scale."""
+        return max(1, round(self.token_samples * self.training_scale))
+
 
 def scale_loop(loop: LoopConfig, scale: float) -> LoopConfig:
     """``loop`` with its time budget, planned updates and their intervals times ``scale``
@@ -165,11 +170,10 @@ def _train_stage(name: str, out: Path, load_config, make_task, scale: float) -> 
 
 
 def encode_scenes(image_tokenizer: Path, c: DemoConfig, out: Path) -> None:
-    """Encodes ``c.token_samples`` training scenes into token shards under ``out`` (a
+    """Encodes ``c.scenes`` training scenes into token shards under ``out`` (a
     half-written folder from an interrupted run is started again)."""
     shutil.rmtree(out, ignore_errors=True)
-    count = max(1, round(c.token_samples * c.training_scale))
-    data = DataConfig(source="shapes", image_size=c.image_size, seed=c.seed, count=count)
+    data = DataConfig(source="shapes", image_size=c.image_size, seed=c.seed, count=c.scenes)
     write_token_shards(load_image_tokenizer(image_tokenizer), folder_hash(image_tokenizer), data,
                        out, progress=False)  # fmt: skip
 
@@ -236,8 +240,7 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         c.training_scale,
     )
     tokens_dir = out / "image_tokens"
-    scenes = max(1, round(c.token_samples * c.training_scale))
-    if _stage(f"image tokens ({scenes:,} training scenes encoded once)",
+    if _stage(f"image tokens ({c.scenes:,} training scenes encoded once)",
               (tokens_dir / META_FILE).exists()):  # fmt: skip
         t = time.perf_counter()
         encode_scenes(out / "image_tokenizer", c, tokens_dir)

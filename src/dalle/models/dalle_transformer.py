@@ -312,7 +312,7 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         last image token completes the grid; it comes after every real position, so none
         of them sees it, and its output is dropped."""
         c = self.config
-        h = F.pad(h, (0, 0, 0, 1))  # [B, S, C]
+        h = F.pad(h, (0, 0, 0, 1))  # [B, S + 1, C]: the whole grid
         for kind, block in zip(c.layer_attention, self.blocks, strict=True):
             h = block(h, BlockedLayout(kind, c.text_len + 1, c.image_grid, c.conv_kernel))
         return self.norm(h[:, :-1])

@@ -142,11 +142,12 @@ class CLIPTask:
     @torch.no_grad()
     def as_seen(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, 3, S, S]`` images as the CLIP trains on them: the image tokenizer's
-        reconstructions when it has one, else unchanged."""
+        reconstructions when it has one, else unchanged; on the device they came on."""
         if self.image_tokenizer is None:
             return images
-        return torch.cat([self.image_tokenizer.decode(self.image_tokenizer.encode(
-            b.to(self.device))).cpu() for b in images.split(256)])  # fmt: skip
+        tokenizer = self.image_tokenizer
+        return torch.cat([tokenizer.decode(tokenizer.encode(b.to(self.device))).to(images.device)
+                          for b in images.split(256)])  # fmt: skip
 
     def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         # As open_clip: no decay on gains, biases and the temperature (every tensor of
@@ -157,10 +158,7 @@ class CLIPTask:
                 {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
 
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        images = batch.images.to(self.device, non_blocking=True)
-        if self.image_tokenizer is not None:
-            with torch.no_grad():
-                images = self.image_tokenizer.decode(self.image_tokenizer.encode(images))
+        images = self.as_seen(batch.images.to(self.device, non_blocking=True))
         captions = list(batch.captions)
         negatives = self.config.hard_negatives
         if negatives.groups:
