@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch 2.13.0 lies on local disk; a bare `torch` would fetch a multi-GB CUDA build.
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# openai/DALL-E's dVAE package, to test the weight converter against; without its
+	# requirements, which would bring torchvision (it does not import beside this torch).
+	$(PY) -m pip install -q --no-deps "DALL-E==0.1"
 	touch $(STAMP)
 
 demo: $(STAMP)

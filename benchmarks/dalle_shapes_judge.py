@@ -34,7 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = TextToImage.from_pretrained(args.model, device)
-    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
+    size = pipe.image_size
     sampling = SamplingConfig(args.temperature, args.top_k, args.top_p, args.guidance)
     results: dict = {"sampling": vars(sampling)}
     for name, split in (("seen", "train"), ("zeroshot", "zeroshot")):

@@ -22,7 +22,6 @@ import torch
 from dalle.data.datasets import Batch, DataConfig, load_samples
 from dalle.data.images import make_grid
 from dalle.sampling.generate import TextToImage, write_images
-from dalle.sampling.rerank import CLIPScorer, sample_and_keep
 from dalle.sampling.sampler import SamplingConfig
 
 
@@ -38,8 +37,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    pipe = TextToImage.from_pretrained(args.run / "dalle")
-    scorer = CLIPScorer.from_pretrained(args.run / "clip")
+    pipe = TextToImage.from_pretrained(args.run / "dalle", reranker=args.run / "clip")
     sampling = SamplingConfig(temperature=args.temperature, guidance_scale=args.guidance)
     every = load_samples(DataConfig(source=args.data, subset="holdout"), 100_000)
     step = max(1, len(every) // args.captions)
@@ -48,9 +46,8 @@ def main() -> None:
                      [every.keys[i] for i in picked], [])  # fmt: skip
     generator = torch.Generator().manual_seed(args.seed)
     rows, kept_best, scores = [], [], []
-    for real, caption in zip(held_out.images, held_out.captions, strict=True):
-        kept, kept_scores = sample_and_keep(pipe, caption, args.num, scorer, args.keep,
-                                            sampling=sampling, generator=generator)  # fmt: skip
+    drawn = pipe.iter_prompts(held_out.captions, args.num, args.keep, sampling, generator)
+    for real, (_, kept, kept_scores, _) in zip(held_out.images, drawn, strict=True):
         rows += [real, *kept]
         kept_best.append(kept[0])
         scores.append([round(float(s), 4) for s in kept_scores])

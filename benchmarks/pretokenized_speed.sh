@@ -8,7 +8,7 @@ tokenizer=$1 bpe=$2 out=$3 steps=${4:-150}
 mkdir -p "$out"
 dalle tokenize-data --tokenizer "$tokenizer" --data shapes --count ${COUNT:-20000} --out "$out/shards" \
   --shard-size 5000 | tail -2
-common=(--config src/dalle/demo_configs/dalle.yaml --image-tokenizer "$tokenizer" --tokenizer "$bpe"
+common=(--config configs/dalle-shapes-demo.yaml --image-tokenizer "$tokenizer" --tokenizer "$bpe"
         loop.steps="$steps" loop.log_every=25 loop.eval_every=100000 loop.checkpoint_every=100000
         loop.max_minutes=0 eval.samples=64 eval.grid=1)
 dalle train "${common[@]}" --data shapes --out "$out/images" > "$out/images.log" 2>&1

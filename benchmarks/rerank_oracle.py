@@ -59,7 +59,7 @@ def main() -> None:
             guidance_scale=args.guidance or sampling.guidance_scale,
         )
     clip = CLIPScorer.from_pretrained(args.clip)
-    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
+    size = pipe.image_size
     for split in ("train", "zeroshot"):
         prompts = shapes_prompts(split, args.prompts, size, args.seed)
         repeated = [p for p in prompts for _ in range(args.num)]

@@ -42,7 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     pipe = TextToImage.from_pretrained(args.model, device)
-    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
+    size = pipe.image_size
     sampling = SamplingConfig(temperature=args.temperature, guidance_scale=args.guidance)
     generator = torch.Generator(device=device).manual_seed(args.seed)
     scorers = {"self": lambda images, prompts: self_scores(pipe, images, prompts)}
@@ -51,7 +51,7 @@ def main() -> None:
     kept: dict[str, list[torch.Tensor]] = {"unranked": [], **{name: [] for name in scorers}}
     prompts = shapes_prompts(args.split, args.prompts, size, args.seed)
     for prompt in prompts:
-        images = pipe(prompt, args.num, sampling, generator, batch_size=64)
+        images = pipe.generate([prompt] * args.num, sampling, generator, batch_size=64)
         kept["unranked"].append(images[: args.keep])
         for name, scorer in scorers.items():
             kept[name].append(

@@ -6,22 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from dalle.cli import TokenizerTrainConfig, main
+from dalle.cli import main
 from dalle.config import ConfigError, load_config, save_config
-from dalle.training.clip_task import load_clip_train_config
-from dalle.training.dalle_task import load_dalle_train_config
-from dalle.training.image_tokenizer_task import image_tokenizer_training
+from dalle.training.caption_tokenizer import TokenizerTrainConfig
+from dalle.training.stages import CLIP_STAGE, IMAGE_TOKENIZER, TRANSFORMER
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 LOADERS = {
     "tokenizer-": lambda path: load_config(TokenizerTrainConfig, path),
-    "dvae-": lambda path: image_tokenizer_training(path, [])[0],
-    "fsq-": lambda path: image_tokenizer_training(path, [])[0],
-    "image_tokenizer": lambda path: image_tokenizer_training(path, [])[0],
-    "dalle-": lambda path: load_dalle_train_config(
+    "dvae-": lambda path: IMAGE_TOKENIZER.build_config(path, [])[1],
+    "fsq-": lambda path: IMAGE_TOKENIZER.build_config(path, [])[1],
+    "dalle-": lambda path: TRANSFORMER.build_config(
         path, ["image_tokenizer=some/fsq", "tokenizer=some/tok"]
     ),
-    "clip-": lambda path: load_clip_train_config(path, ["tokenizer=some/tok"]),
+    "clip-": lambda path: CLIP_STAGE.build_config(path, ["tokenizer=some/tok"]),
 }
 
 
@@ -74,5 +72,5 @@ def test_every_shipped_config_loads(path: Path) -> None:
 def test_the_demo_stage_configs_load() -> None:
     from dalle.demo import CONFIG_DIR
 
-    assert LOADERS["image_tokenizer"](CONFIG_DIR / "image_tokenizer.yaml").preset.startswith("fsq")
-    LOADERS["dalle-"](CONFIG_DIR / "dalle.yaml")
+    assert LOADERS["fsq-"](CONFIG_DIR / "fsq-shapes-demo.yaml").preset.startswith("fsq")
+    LOADERS["dalle-"](CONFIG_DIR / "dalle-shapes-demo.yaml")

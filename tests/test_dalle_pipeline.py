@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -10,7 +12,10 @@ import torch
 
 from dalle.cli import main
 from dalle.models.dalle_transformer import DALLETransformer
-from dalle.training.dalle_task import DALLETask, load_dalle_train_config
+from dalle.models.protocol import weight_decay_groups
+from dalle.tokenizers.text import PAD_ID
+from dalle.training.dalle_task import DALLETask
+from dalle.training.stages import TRANSFORMER
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 
@@ -52,21 +57,25 @@ def stages(tmp_path_factory) -> dict[str, Path]:
     return {"root": root, "vae": vae, "tokenizer": tok}
 
 
-def test_train_exports_a_self_contained_model(stages: dict[str, Path], capsys) -> None:
+@pytest.fixture(scope="module")
+def trained(stages: dict[str, Path]) -> tuple[Path, str]:
+    """The tiny transformer trained once for this module's tests, and what training
+    printed. Every test that needs it asks for it, so none depends on test order."""
     run = stages["root"] / "run"
-    args = [
-        "train",
-        "--config",
-        str(CONFIGS / "dalle-tiny-cpu.yaml"),
-        "--vae",
-        str(stages["vae"]),
-        "--tokenizer",
-        str(stages["tokenizer"]),
-        "--out",
-        str(run),
-    ]
-    assert main(args) == 0
-    assert "val_loss" in capsys.readouterr().out
+    args = ["train", "--config", str(CONFIGS / "dalle-tiny-cpu.yaml"), "--vae",
+            str(stages["vae"]), "--tokenizer", str(stages["tokenizer"]),
+            "--out", str(run)]  # fmt: skip
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(args) == 0
+    return run, printed.getvalue()
+
+
+def test_train_exports_a_self_contained_model(
+    stages: dict[str, Path], trained: tuple[Path, str], capsys
+) -> None:
+    run, printed = trained
+    assert "val_loss" in printed
     assert {
         "config.json",
         "model.safetensors",
@@ -121,12 +130,12 @@ def test_train_exports_a_self_contained_model(stages: dict[str, Path], capsys) -
 
 
 def test_weight_decay_spares_gains_biases_and_embeddings(stages: dict[str, Path]) -> None:
-    config = load_dalle_train_config(
+    config = TRANSFORMER.build_config(
         CONFIGS / "dalle-tiny-cpu.yaml",
         [f"image_tokenizer={stages['vae']}", f"tokenizer={stages['tokenizer']}"],
     )
     task = DALLETask(config, torch.device("cpu"))
-    decay, no_decay = task.parameter_groups(0.045)
+    decay, no_decay = weight_decay_groups(task.model, 0.045)
     assert decay["weight_decay"] == 0.045 and no_decay["weight_decay"] == 0.0
     decayed = {id(p) for p in decay["params"]}
     model = task.model
@@ -145,7 +154,7 @@ def test_resume_is_exact_with_bpe_and_caption_dropout(stages: dict[str, Path]) -
         "caption_dropout=0.3", "loop.steps=6", "loop.checkpoint_every=2", "loop.eval_every=6",
         "eval.samples=4", "eval.grid=2", "data.batch_size=4",
     ]  # fmt: skip
-    config = load_dalle_train_config(CONFIGS / "dalle-tiny-cpu.yaml", overrides)
+    config = TRANSFORMER.build_config(CONFIGS / "dalle-tiny-cpu.yaml", overrides)
     root = stages["root"] / "resume"
     straight = run_task(config, DALLETask, root / "straight")
     with pytest.raises(KeyboardInterrupt):
@@ -160,10 +169,10 @@ def test_train_needs_a_vae_and_tokenizer(tmp_path: Path, capsys) -> None:
     assert "'image_tokenizer' is required" in capsys.readouterr().err
 
 
-def test_score_prints_bits_per_dimension(stages: dict[str, Path], capsys) -> None:
-    run = stages["root"] / "run"
-    if not (run / "config.json").exists():
-        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+def test_score_prints_bits_per_dimension(
+    stages: dict[str, Path], trained: tuple[Path, str], capsys
+) -> None:
+    run = trained[0]
     from PIL import Image
 
     from dalle.data.shapes_world import render_scene, sample_scene
@@ -178,10 +187,10 @@ def test_score_prints_bits_per_dimension(stages: dict[str, Path], capsys) -> Non
     assert result["bits_per_dim"] == pytest.approx(result["bits_per_token"] * 256 / (3 * 32 * 32))
 
 
-def test_score_a_data_split_in_bits_per_dimension(stages: dict[str, Path], capsys) -> None:
-    run = stages["root"] / "run"
-    if not (run / "config.json").exists():
-        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+def test_score_a_data_split_in_bits_per_dimension(
+    stages: dict[str, Path], trained: tuple[Path, str], capsys
+) -> None:
+    run = trained[0]
     args = ["score", "--model", str(run), "--data", "shapes", "--count", "10", "--json"]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
@@ -197,10 +206,10 @@ def test_score_a_data_split_in_bits_per_dimension(stages: dict[str, Path], capsy
     assert "give an image and its caption, or --data" in capsys.readouterr().err
 
 
-def test_generate_completes_a_primed_image(stages: dict[str, Path]) -> None:
-    run = stages["root"] / "run"
-    if not (run / "config.json").exists():
-        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+def test_generate_completes_a_primed_image(
+    stages: dict[str, Path], trained: tuple[Path, str]
+) -> None:
+    run = trained[0]
     from PIL import Image
 
     from dalle.data.shapes_world import render_scene, sample_scene
@@ -211,7 +220,7 @@ def test_generate_completes_a_primed_image(stages: dict[str, Path]) -> None:
     decoded: list[torch.Tensor] = []
     decode = pipe.image_tokenizer.decode
     pipe.image_tokenizer.decode = lambda tokens: decoded.append(tokens) or decode(tokens)  # type: ignore[method-assign]
-    out = pipe("a red circle", num_images=2, prime_image=image, prime_rows=3)
+    out = pipe("a red circle", 2, prime_image=image, prime_rows=3).images[0]
     assert out.shape == (2, 3, 32, 32)
     own = pipe.image_tokenizer.encode(image[None])  # [1, 16, 16]
     assert torch.equal(decoded[0][:, :3], own[:, :3].expand(2, -1, -1))  # the kept rows
@@ -244,23 +253,37 @@ def test_keep_best_orders_by_score() -> None:
     )
 
 
+@torch.no_grad()
+def _cached_log_likelihood(model, text: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``sum_j log p(token_j | caption, tokens before j)``, token by token with a cache."""
+    cache = model.new_cache(len(text), text.device, torch.float32)
+    _, logits = model(text, tokens[:, :0], cache=cache)
+    total = torch.zeros(len(text))
+    for j in range(tokens.shape[1]):
+        total += logits[:, -1].float().log_softmax(-1).gather(1, tokens[:, j : j + 1])[:, 0]
+        if j < tokens.shape[1] - 1:
+            _, logits = model(None, tokens[:, j : j + 1], cache=cache, start=j)
+    return total
+
+
 def test_generate_reranks_by_its_own_likelihood_and_by_clip(
-    stages: dict[str, Path], capsys
+    stages: dict[str, Path], trained: tuple[Path, str], capsys
 ) -> None:
-    run = stages["root"] / "run"
-    if not (run / "config.json").exists():
-        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+    run = trained[0]
     from dalle.sampling.generate import TextToImage
     from dalle.sampling.rerank import self_scores
 
     pipe = TextToImage.from_pretrained(run)
-    images = pipe("a red circle", num_images=3)
+    images = pipe("a red circle", 3).images[0]
     scores = self_scores(pipe, images, ["a red circle"] * 3)
-    captions = ["a red circle"] * 3
-    expected = pipe.log_likelihood(images, captions) - pipe.log_likelihood(
-        images, captions, unconditional=True
+    # Computed another way: one token at a time through the sampler's key-value cache,
+    # with the caption and with the empty caption of caption dropout.
+    tokens = pipe.image_tokenizer.encode(images).flatten(1)  # [3, 256]
+    text = pipe.tokenizer.encode(["a red circle"] * 3).ids
+    expected = _cached_log_likelihood(pipe.model, text, tokens) - _cached_log_likelihood(
+        pipe.model, torch.full_like(text, PAD_ID), tokens
     )
-    assert torch.allclose(scores, expected)
+    assert torch.allclose(scores, expected, atol=1e-3)
 
     clip = stages["root"] / "clip"
     assert main(["train-clip", "--config", str(CONFIGS / "clip-tiny-cpu.yaml"), "--tokenizer",
@@ -278,13 +301,22 @@ def test_generate_reranks_by_its_own_likelihood_and_by_clip(
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["images"] == 4 and result["real_images"] == 16
-    assert 0 <= result["clip_score"] <= 100 and result["frechet_clip_distance"] >= 0
+    # The CLIP score again, from the written files: 100 * max(cosine, 0), averaged.
+    from dalle.data.images import load_image
+    from dalle.sampling.rerank import CLIPScorer
+
+    files = sorted(out_dir.glob("*.png"))
+    images = torch.stack([load_image(f, 32) for f in files])
+    cosines = CLIPScorer.from_pretrained(clip)(images, [f.with_suffix(".txt").read_text()
+                                                        for f in files])  # fmt: skip
+    assert result["clip_score"] == pytest.approx(100 * cosines.clamp_min(0).mean().item())
+    assert result["frechet_clip_distance"] > 0  # samples of a barely trained model are not real
 
 
-def test_generate_uses_the_models_recommended_sampling(stages: dict[str, Path], capsys) -> None:
-    run = stages["root"] / "run"
-    if not (run / "config.json").exists():
-        pytest.skip("needs the model trained by test_train_exports_a_self_contained_model")
+def test_generate_uses_the_models_recommended_sampling(
+    stages: dict[str, Path], trained: tuple[Path, str], capsys
+) -> None:
+    run = trained[0]
     import shutil
 
     from dalle.sampling.generate import GENERATION_CONFIG, TextToImage, write_sampling_defaults
@@ -320,8 +352,7 @@ def test_sampling_is_chosen_on_validation_prompts_only(monkeypatch) -> None:
         return {"pass_rate": 0.9 if sampling.guidance_scale == 2.0 else 0.1}
 
     monkeypatch.setattr(text_to_image, "generate_and_judge", fake_judge)
-    pipe = SimpleNamespace(model=SimpleNamespace(config=SimpleNamespace(image_grid=8)),
-                           image_tokenizer=SimpleNamespace(downsample=8))  # fmt: skip
+    pipe = SimpleNamespace(image_size=64)
     candidates = text_to_image.sampling_candidates((1.0, 0.5), (1.0, 2.0))
     best, record = text_to_image.choose_sampling(pipe, candidates, count=16)
     assert best == SamplingConfig(temperature=1.0, guidance_scale=2.0)  # first of the tied best

@@ -86,9 +86,9 @@ def test_bad_configs_are_named() -> None:
 
 
 def test_the_paper_schedule_follows_an_overridden_depth() -> None:
-    from dalle.training.dalle_task import load_dalle_train_config
+    from dalle.training.stages import TRANSFORMER
 
-    config = load_dalle_train_config(None, ["image_tokenizer=v", "tokenizer=t", "model.layers=3"])
+    config = TRANSFORMER.build_config(None, ["image_tokenizer=v", "tokenizer=t", "model.layers=3"])
     assert config.model.layer_attention == ["row", "column", "conv"]
     assert len(DALLETransformer(replace(config.model, width=16, heads=2)).blocks) == 3
 

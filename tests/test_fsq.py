@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dalle.cli import main
+from dalle.losses.reconstruction import reconstruction_loss
 from dalle.models.fsq import (
     FSQ_LEVELS,
     FSQ_PRESETS,
@@ -19,7 +20,6 @@ from dalle.models.fsq import (
     codes_to_indices,
     indices_to_codes,
     quantize,
-    reconstruction_loss,
 )
 from dalle.models.image_tokenizer import ImageTokenizer, load_image_tokenizer
 

@@ -60,5 +60,19 @@ def test_sampling_is_seeded_and_priming_keeps_the_given_tokens() -> None:
 def test_guided_sampling_runs_both_rows_in_one_batch() -> None:
     model = _model()
     text = torch.randint(2, 64, (2, 8))
+    rows: list[int] = []
+    forward = model.forward
+    model.forward = lambda text, image, **kw: (
+        rows.append(image.shape[0])
+        or forward(  # type: ignore[method-assign]
+            text, image, **kw
+        )
+    )
     tokens = sample_image_tokens(model, text, SamplingConfig(guidance_scale=3.0, top_k=1))
     assert tokens.shape == (2, 16) and tokens.max() < 32
+    assert rows == [4] * 16  # conditional and unconditional rows together, every step
+    # Greedy guided sampling takes, at each position, the argmax of u + 3 (c - u), as the
+    # full forward pass computes it with the caption (c) and with the empty one (u).
+    _, conditional = forward(text, tokens)
+    _, unconditional = forward(torch.full_like(text, PAD_ID), tokens)
+    assert torch.equal(guided_logits(conditional, unconditional, 3.0).argmax(dim=-1), tokens)

@@ -11,7 +11,8 @@ import torch
 
 from dalle.cli import main
 from dalle.training.checkpoint import seed_everything
-from dalle.training.dvae_task import DVAETask, load_dvae_train_config
+from dalle.training.dvae_task import DVAETask
+from dalle.training.stages import DVAE
 from interrupt import Crash, run_task
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -27,7 +28,7 @@ def _run(
     error: type[BaseException] = KeyboardInterrupt,
     extra: tuple[str, ...] = (),
 ):
-    config = load_dvae_train_config(CONFIGS / "dvae-tiny-cpu.yaml", [*SMALL_RUN, *extra])
+    config = DVAE.build_config(CONFIGS / "dvae-tiny-cpu.yaml", [*SMALL_RUN, *extra])
     return run_task(config, DVAETask, out, stop_at_call, error)
 
 
@@ -128,7 +129,7 @@ def test_interrupt_outside_a_step_resumes_exactly(tmp_path: Path, monkeypatch, w
     from dalle.training import loop
 
     straight = _run(tmp_path / "straight")
-    config = load_dvae_train_config(CONFIGS / "dvae-tiny-cpu.yaml", SMALL_RUN)
+    config = DVAE.build_config(CONFIGS / "dvae-tiny-cpu.yaml", SMALL_RUN)
     seed_everything(config.loop.seed)
     task = DVAETask(config, torch.device("cpu"))
     if where == "evaluation":
@@ -141,14 +142,16 @@ def test_interrupt_outside_a_step_resumes_exactly(tmp_path: Path, monkeypatch, w
 
         task.evaluate = interrupted_evaluate
     else:
-        save = loop.save_checkpoint
+        from dalle.training import checkpoint
+
+        save = checkpoint.save_checkpoint
 
         def interrupted_save(path, model, optimizer, state, *args, **kwargs):
             if state.step == 6 and not kwargs.get("rng"):  # the periodic write, not the rescue
                 raise KeyboardInterrupt
             return save(path, model, optimizer, state, *args, **kwargs)
 
-        monkeypatch.setattr(loop, "save_checkpoint", interrupted_save)
+        monkeypatch.setattr(checkpoint, "save_checkpoint", interrupted_save)
     with pytest.raises(KeyboardInterrupt):
         loop.train(task, config.data, config.loop, config.optim, tmp_path / "stopped",
                    dataclasses.asdict(config))  # fmt: skip

@@ -9,8 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,11 +27,10 @@ from dalle.cli_support import (
     read_image,
     report,
 )
-from dalle.config import load_config, save_config
+from dalle.config import load_config
 from dalle.data.datasets import DataConfig
 from dalle.data.images import DEFAULT_MAX_PIXELS
 from dalle.interrupts import InterruptGuard
-from dalle.tokenizers.text import TokenizerConfig
 
 if TYPE_CHECKING:
     from dalle.sampling.sampler import SamplingConfig
@@ -175,17 +173,8 @@ def cmd_tokenize_data(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- tokenizer
 
 
-@dataclass
-class TokenizerTrainConfig:
-    """Settings of `dalle tokenizer train`: by default the train subset's captions only."""
-
-    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-
-
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from dalle.data.datasets import SkipLog, iter_captions
-    from dalle.tokenizers.text import TextTokenizer, length_statistics
+    from dalle.training.caption_tokenizer import TokenizerTrainConfig, train_caption_tokenizer
 
     overrides = _flag_overrides({
         "data.source": args.data,
@@ -196,23 +185,8 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     config = load_config(TokenizerTrainConfig, args.config, [*overrides, *args.overrides])
     check_output_dir(args.out, "--out")
     start = time.perf_counter()
-    skips = SkipLog()
-    captions = list(iter_captions(config.data, config.tokenizer.max_captions, skips))
-    if skips.total:
-        print(skips.summary())
-    if not captions:
-        raise ValueError(f"no usable captions in {config.data.source}")
-    tokenizer = TextTokenizer.train(captions, config.tokenizer)
-    tokenizer.save(args.out)
-    save_config(config, Path(args.out) / "train_config.yaml")
-    info = tokenizer.describe()
-    stats = length_statistics(tokenizer, captions)
-    print(f"trained BPE on {len(captions)} captions in {time.perf_counter() - start:.1f}s: "
-          f"vocabulary {info['vocab_size']} ({info['merges']} merges), "
-          f"mean {stats.mean:.1f} and longest {stats.longest} tokens per caption; "
-          f"{stats.truncated} of {len(captions)} captions would be cut to "
-          f"{tokenizer.max_length} tokens")  # fmt: skip
-    print(f"saved to {Path(args.out) / 'tokenizer.json'}")
+    print(train_caption_tokenizer(config, Path(args.out)))
+    print(f"saved to {Path(args.out) / 'tokenizer.json'} ({time.perf_counter() - start:.1f}s)")
     return 0
 
 
@@ -231,9 +205,10 @@ def cmd_tokenizer_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_model_info(args: argparse.Namespace) -> int:
-    from dalle.models.registry import build_preset, parameter_counts, sharded_memory
+    from dalle.models.sizes import parameter_counts, sharded_memory
+    from dalle.training.stages import stage_of_preset
 
-    model = build_preset(args.preset)
+    model = stage_of_preset(args.preset).build_model(args.preset)
     counts = parameter_counts(model)
     info: dict = {"preset": args.preset, "parameters": counts,
                   "config": dataclasses.asdict(model.config)}  # type: ignore[attr-defined]  # fmt: skip
@@ -255,6 +230,19 @@ def cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert_openai_dvae(args: argparse.Namespace) -> int:
+    """OpenAI's released dVAE (encoder.pkl + decoder.pkl) as a model folder."""
+    from dalle.models.openai_dvae import load_openai_dvae
+
+    check_output_dir(args.out, "--out")
+    model = load_openai_dvae(args.encoder, args.decoder)
+    model.save_pretrained(args.out)
+    c = model.config
+    print(f"converted openai/DALL-E's dVAE ({c.vocab_size} codes, {c.downsample}x "
+          f"downsampling) to {args.out} (config.json + model.safetensors)")  # fmt: skip
+    return 0
+
+
 def cmd_export_checkpoint(args: argparse.Namespace) -> int:
     from dalle.training.export import export_checkpoint
 
@@ -263,42 +251,19 @@ def cmd_export_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train_image_tokenizer(args: argparse.Namespace) -> int:
-    """The paper's dVAE (``dvae-*`` presets) or the FSQ tokenizer (``fsq-*``)."""
-    from dalle.training.image_tokenizer_task import image_tokenizer_training
-    from dalle.training.runner import run_training
-
-    flags = {"preset": args.preset, "data.source": args.data, "loop.steps": args.steps}
-    overrides = [*_flag_overrides(flags), *args.overrides]
-    config, task = image_tokenizer_training(args.config, overrides)
-    run_training(config, task, Path(args.out), args.allow_changes)
-    return 0
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    from dalle.training.dalle_task import DALLETask, load_dalle_train_config
+    """Any training command: the stage is the command's (or, for one that trains several
+    families, the preset's)."""
     from dalle.training.runner import run_training
+    from dalle.training.stages import TRAIN_COMMANDS
 
-    flags = {
-        "preset": args.preset, "data.source": args.data, "loop.steps": args.steps,
-        "image_tokenizer": args.image_tokenizer and str(args.image_tokenizer),
-        "tokenizer": args.tokenizer and str(args.tokenizer),
-    }  # fmt: skip
-    config = load_dalle_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
-    run_training(config, DALLETask, Path(args.out), args.allow_changes)
-    return 0
-
-
-def cmd_train_clip(args: argparse.Namespace) -> int:
-    from dalle.training.clip_task import CLIPTask, load_clip_train_config
-    from dalle.training.runner import run_training
-
-    flags = {
-        "preset": args.preset, "data.source": args.data, "loop.steps": args.steps,
-        "tokenizer": args.tokenizer and str(args.tokenizer),
-    }  # fmt: skip
-    config = load_clip_train_config(args.config, [*_flag_overrides(flags), *args.overrides])
-    run_training(config, CLIPTask, Path(args.out), args.allow_changes)
+    command = next(c for c in TRAIN_COMMANDS if c.name == args.train_command)
+    flags = {"preset": args.preset, "data.source": args.data, "loop.steps": args.steps}
+    for key in command.inputs:
+        folder = getattr(args, key)
+        flags[key] = folder and str(folder)
+    stage, config = command.build_config(args.config, [*_flag_overrides(flags), *args.overrides])
+    run_training(stage, config, Path(args.out), args.allow_changes)
     return 0
 
 
@@ -308,58 +273,71 @@ def cmd_generate(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from dalle.sampling.generate import TextToImage, save_grid, write_images
-    from dalle.sampling.rerank import sample_and_keep
+    from dalle.sampling.generate import TextToImage
     from dalle.training.loop import resolve_device
 
     prompts = _read_prompts(args)
     _check_generate_outputs(args, len(prompts))
     device = resolve_device(args.device)
-    pipe = TextToImage.from_pretrained(args.model, device)
-    sampling = _sampling(args, pipe.defaults)
-    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
-    prime = read_image(args.prime_image, size, "--prime-image") if args.prime_image else None
-    scorer = _reranker(args, pipe, device)
-    kept = min(args.keep, args.num) if args.rerank else args.num
-    choice = f", keeping the best {kept} by {args.rerank}" if args.rerank else ""
+    pipe = TextToImage.from_pretrained(args.model, device, reranker=args.rerank)
+    sampling = _sampling(args, pipe)
+    prime = args.prime_image and read_image(args.prime_image, pipe.image_size, "--prime-image")
+    keep = min(args.keep, args.num) if args.rerank else None
+    choice = f", keeping the best {keep} by {args.rerank}" if args.rerank else ""
     print(f"generating {args.num} images for each of {len(prompts)} prompt(s) on {device}"
           f"{choice}", flush=True)  # fmt: skip
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    grid: list[torch.Tensor] = []
-    written = 0
+    output = _GenerateOutput(args, columns=keep or args.num if len(prompts) > 1 else 8)
     progress = tqdm(total=args.num * len(prompts), unit="image", leave=False)
     try:
-        for prompt in prompts:
-            images, scores = sample_and_keep(
-                pipe, prompt, args.num, scorer, args.keep, args.batch_size, progress.update,
-                sampling=sampling, generator=generator, prime_image=prime,
-                prime_rows=args.prime_rows,
-            )  # fmt: skip
+        for prompt, images, scores, _ in pipe.iter_prompts(
+            prompts, args.num, keep, sampling, generator, prime, args.prime_rows,
+            args.batch_size, progress.update,
+        ):  # fmt: skip
             if scores is not None:
                 progress.write(f"{prompt!r}: kept {len(images)} of {args.num}, scores "
                                f"{scores[0]:.3f} (best) to {scores[-1]:.3f}")  # fmt: skip
-            if args.out_dir:
-                write_images(images, [prompt] * len(images), args.out_dir, first_index=written)
-            written += len(images)
-            if args.out:
-                grid.append(images)
+            output.add(prompt, images)
     finally:
         progress.close()
-        if args.out_dir and written:
-            print(f"wrote {written} images with their prompts to {args.out_dir}")
-        if args.out and grid:
-            every = torch.cat(grid)
-            save_grid(every, args.out, columns=kept if len(prompts) > 1 else 8)
-            print(f"wrote a grid of {len(every)} images to {args.out}")
+        output.close()
     return 0
 
 
-def _sampling(args: argparse.Namespace, defaults: SamplingConfig) -> SamplingConfig:
+class _GenerateOutput:
+    """Where `dalle generate` puts images: files as they come, a grid at the end."""
+
+    def __init__(self, args: argparse.Namespace, columns: int) -> None:
+        self.out_dir, self.grid_path, self.columns = args.out_dir, args.out, columns
+        self.written, self.grid = 0, []
+
+    def add(self, prompt: str, images) -> None:
+        from dalle.sampling.generate import write_images
+
+        if self.out_dir:
+            write_images(images, [prompt] * len(images), self.out_dir, first_index=self.written)
+        self.written += len(images)
+        if self.grid_path:
+            self.grid.append(images)
+
+    def close(self) -> None:
+        import torch
+
+        from dalle.sampling.generate import save_grid
+
+        if self.out_dir and self.written:
+            print(f"wrote {self.written} images with their prompts to {self.out_dir}")
+        if self.grid_path and self.grid:
+            every = torch.cat(self.grid)
+            save_grid(every, self.grid_path, columns=self.columns)
+            print(f"wrote a grid of {len(every)} images to {self.grid_path}")
+
+
+def _sampling(args: argparse.Namespace, pipe) -> SamplingConfig:
     """The model's recommended sampling settings with the flags given on top; says which."""
-    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p,
-             "guidance_scale": args.guidance}  # fmt: skip
-    sampling = dataclasses.replace(defaults, **{k: v for k, v in given.items() if v is not None})
-    shown = ", ".join(f"{k} {getattr(sampling, k):g}" for k in given)
+    sampling = pipe.sampling(args.guidance, args.temperature, args.top_k, args.top_p)
+    shown = ", ".join(f"{k} {getattr(sampling, k):g}"
+                      for k in ("temperature", "top_k", "top_p", "guidance_scale"))  # fmt: skip
     print(f"sampling: {shown} (flags not given take the model's recommended values)")
     return sampling
 
@@ -402,19 +380,6 @@ def _check_generate_outputs(args: argparse.Namespace, prompts: int) -> None:
         check_output_dir(args.out_dir, "--out-dir")
 
 
-def _reranker(args: argparse.Namespace, pipe, device) -> Callable | None:
-    """The scorer that --rerank names: a CLIP folder, 'self', or None."""
-    if not args.rerank:
-        return None
-    if args.rerank == "self":
-        from dalle.sampling.rerank import self_scores
-
-        return lambda images, prompts: self_scores(pipe, images, prompts)
-    from dalle.sampling.rerank import CLIPScorer
-
-    return CLIPScorer.from_pretrained(args.rerank, device)
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     """Prints how likely the model finds an image for a caption, or a whole data set, in
     bits per dimension."""
@@ -426,7 +391,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.image is not None and args.caption is None:
         raise ValueError("the image's caption is missing: dalle score IMAGE CAPTION")
     pipe = TextToImage.from_pretrained(args.model, resolve_device(args.device))
-    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
+    size = pipe.image_size
     result = _score_data(pipe, args, size) if args.data else _score_image(pipe, args, size)
     if args.json:
         print(json.dumps(result))
@@ -507,22 +472,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-def _add_train_command(
-    commands, name: str, what: str, default_preset: str
-) -> argparse.ArgumentParser:
-    """A training subcommand with the flags every trainer shares."""
-    parser = commands.add_parser(name, help=f"train {what}")
-    parser.add_argument("--data", help="image-caption source (see `dalle data check`)")
-    parser.add_argument("--preset", help=f"model preset to start from (default {default_preset})")
-    parser.add_argument("--steps", type=positive_int, help="optimizer updates")
-    parser.add_argument("--out", type=Path, required=True, help="run folder; re-run to resume")
-    parser.add_argument(
-        "--allow-changes", action="store_true",
-        help="resume even though settings or inputs differ from the checkpoint's (each change "
-        "is logged to config_changes.jsonl)",
-    )  # fmt: skip
-    _add_config_args(parser)
-    return parser
+# The flag of each trained input folder a training command may read.
+INPUT_FLAGS = {
+    "image_tokenizer": (("--image-tokenizer", "--vae"), "a trained image tokenizer folder"),
+    "tokenizer": (("--tokenizer",), "the caption tokenizer: a folder with tokenizer.json"),
+}  # fmt: skip
+# Older names of training commands, still accepted.
+TRAIN_ALIASES = {"train-image-tokenizer": ["train-vae"]}
+
+
+def _add_train_commands(commands) -> None:
+    """One subcommand per training command, with the flags every trainer shares and one
+    for each trained folder its stages read."""
+    from dalle.training.stages import TRAIN_COMMANDS
+
+    for command in TRAIN_COMMANDS:
+        default = command.stages[0].default_preset
+        parser = commands.add_parser(command.name, help=f"train {command.help}",
+                                     aliases=TRAIN_ALIASES.get(command.name, []))  # fmt: skip
+        parser.add_argument("--data", help="image-caption source (see `dalle data check`)")
+        parser.add_argument("--preset", help=f"model preset to start from (default {default})")
+        parser.add_argument("--steps", type=positive_int, help="optimizer updates")
+        parser.add_argument("--out", type=Path, required=True, help="run folder; re-run to resume")
+        parser.add_argument(
+            "--allow-changes", action="store_true",
+            help="resume even though settings or inputs differ from the checkpoint's (each "
+            "change is logged to config_changes.jsonl)",
+        )  # fmt: skip
+        for key in command.inputs:
+            names, text = INPUT_FLAGS[key]
+            parser.add_argument(*names, dest=key, type=Path, help=text)
+        _add_config_args(parser)
+        parser.set_defaults(func=cmd_train, train_command=command.name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -630,25 +611,16 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_model_info)
 
-    for name in ("train-image-tokenizer", "train-vae"):  # train-vae: the older name
-        tokenizer_train = _add_train_command(
-            commands, name, "an image tokenizer: the paper's dVAE (dvae-* presets) or FSQ "
-            "(fsq-* presets)", "dvae-small",
-        )  # fmt: skip
-        tokenizer_train.set_defaults(func=cmd_train_image_tokenizer)
+    _add_train_commands(commands)
 
-    dalle_train = _add_train_command(commands, "train", "the DALL-E transformer", "dalle-bench")
-    dalle_train.add_argument(
-        "--image-tokenizer", "--vae", type=Path, help="a trained image tokenizer folder (dVAE, FSQ)"
+    convert = commands.add_parser(
+        "convert-openai-dvae",
+        help="OpenAI's released dVAE (encoder.pkl, decoder.pkl) as an image tokenizer folder",
     )
-    dalle_train.add_argument(
-        "--tokenizer", type=Path, help="the caption tokenizer: a folder with tokenizer.json"
-    )
-    dalle_train.set_defaults(func=cmd_train)
-
-    clip_train = _add_train_command(commands, "train-clip", "the CLIP model", "clip-small")
-    clip_train.add_argument("--tokenizer", type=Path, help="folder with tokenizer.json")
-    clip_train.set_defaults(func=cmd_train_clip)
+    convert.add_argument("--encoder", type=Path, required=True, help="openai/DALL-E encoder.pkl")
+    convert.add_argument("--decoder", type=Path, required=True, help="openai/DALL-E decoder.pkl")
+    convert.add_argument("--out", type=Path, required=True, help="the model folder to write")
+    convert.set_defaults(func=cmd_convert_openai_dvae)
 
     export = commands.add_parser(
         "export-checkpoint",

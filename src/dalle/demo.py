@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
-from dalle.config import peek_key
-from dalle.data.datasets import DataConfig, iter_captions
+from dalle.data.datasets import DataConfig
 from dalle.data.token_shards import META_FILE, shards_pattern, write_token_shards
 from dalle.evaluation.shapes_judge import judge_directory
 from dalle.evaluation.text_to_image import (
@@ -41,13 +41,14 @@ from dalle.evaluation.text_to_image import (
 from dalle.files import folder_hash
 from dalle.models.image_tokenizer import load_image_tokenizer
 from dalle.sampling.generate import GENERATION_CONFIG, TextToImage, write_sampling_defaults
-from dalle.sampling.rerank import CLIPScorer
 from dalle.sampling.sampler import SamplingConfig
-from dalle.tokenizers.text import TextTokenizer, TokenizerConfig
+from dalle.tokenizers.text import TokenizerConfig
+from dalle.training.caption_tokenizer import TokenizerTrainConfig, train_caption_tokenizer
 from dalle.training.loop import LoopConfig
-from dalle.training.runner import final_eval
+from dalle.training.runner import final_eval, run_training
+from dalle.training.stages import CLIP_STAGE, IMAGE_TOKENIZER, TRANSFORMER, StageSpec
 
-CONFIG_DIR = Path(__file__).with_name("demo_configs")
+CONFIG_DIR = Path(__file__).with_name("configs")
 
 
 @dataclass
@@ -63,12 +64,11 @@ class DemoConfig:
     # Training scenes encoded once into token shards, which the transformer reads instead
     # of rendering and encoding images at every step; about one pass in its time budget.
     token_samples: int = 25_000
-    image_tokenizer_config: Path = CONFIG_DIR / "image_tokenizer.yaml"
-    image_tokenizer_overrides: list[str] = field(default_factory=list)
-    dalle_config: Path = CONFIG_DIR / "dalle.yaml"
-    dalle_overrides: list[str] = field(default_factory=list)
-    clip_config: Path = CONFIG_DIR / "clip.yaml"
-    clip_overrides: list[str] = field(default_factory=list)
+    image_tokenizer_config: Path = CONFIG_DIR / "fsq-shapes-demo.yaml"
+    dalle_config: Path = CONFIG_DIR / "dalle-shapes-demo.yaml"
+    clip_config: Path = CONFIG_DIR / "clip-shapes-demo.yaml"
+    # Every stage a few updates of a tiny model (:func:`shrink`): for tests, not for looking at.
+    smoke: bool = False
     # Samples drawn per prompt; the demo's CLIP keeps the best one (1: no re-ranking).
     candidates: int = 8
     # Sampling settings tried on validation prompts (not the demo's); the best is written
@@ -97,10 +97,49 @@ def scale_loop(loop: LoopConfig, scale: float) -> LoopConfig:
                    max_minutes=loop.max_minutes * scale)  # fmt: skip
 
 
+def stage_configs(c: DemoConfig, out: Path) -> dict[str, tuple[StageSpec, Any]]:
+    """The settings of the demo's trained stages, by run folder under ``out``: each its
+    config file, composed with the folders it reads and the demo's seed and image size."""
+    image_stage, image_tokenizer = IMAGE_TOKENIZER.build_config(c.image_tokenizer_config, [])
+    transformer = TRANSFORMER.build_config(c.dalle_config, [])
+    # The shards' source is named once they exist (see run_demo).
+    transformer = replace(transformer, image_tokenizer=str(out / "image_tokenizer"),
+                          tokenizer=str(out / "tokenizer"))  # fmt: skip
+    clip = replace(CLIP_STAGE.build_config(c.clip_config, []), tokenizer=str(out / "tokenizer"))
+    stages = {"image_tokenizer": (image_stage, image_tokenizer),
+              "dalle": (TRANSFORMER, transformer), "clip": (CLIP_STAGE, clip)}  # fmt: skip
+    return {name: (stage, _seeded(shrink(stage, config) if c.smoke else config, c))
+            for name, (stage, config) in stages.items()}  # fmt: skip
+
+
+def _seeded(config: Any, c: DemoConfig) -> Any:
+    return replace(config, data=replace(config.data, image_size=c.image_size, seed=c.seed),
+                   loop=replace(config.loop, seed=c.seed))  # fmt: skip
+
+
+# The smoke demo's models: each stage's demo model made tiny.
+SMOKE_MODELS = {
+    "FSQ": dict(hidden_width=8, levels=[5, 5]),
+    "transformer": dict(width=32, layers=2, heads=2, attention=["full", "full"]),
+    "CLIP": dict(text_width=32, image_width=32, embed_dim=16, text_layers=1, image_layers=1,
+                 text_heads=2, image_heads=2, conv_stem_width=4),
+}  # fmt: skip
+
+
+def shrink(stage: StageSpec, config: Any) -> Any:
+    """``config`` made to run in seconds: 4 updates of a tiny model on batches of 4,
+    evaluated on 8 samples; every code path of the stage, nothing worth looking at."""
+    loop = replace(config.loop, steps=4, eval_every=4, checkpoint_every=4, log_every=2)
+    small_eval = {"samples": 8, "grid": 2, "shapes_zero_shot": 42}
+    known = {f.name for f in fields(config.eval)}
+    evaluation = replace(config.eval, **{k: v for k, v in small_eval.items() if k in known})
+    return replace(config, model=replace(config.model, **SMOKE_MODELS[stage.name]), loop=loop,
+                   data=replace(config.data, batch_size=4), eval=evaluation)  # fmt: skip
+
+
 def demo_training_minutes(c: DemoConfig) -> float:
     """The demo's training time budget, every stage together, at scale 1."""
-    files = (c.image_tokenizer_config, c.dalle_config, c.clip_config)
-    return sum(float((peek_key("loop", f, []) or {}).get("max_minutes", 0)) for f in files)
+    return sum(config.loop.max_minutes or 0 for _, config in stage_configs(c, Path()).values())
 
 
 def scale_for_minutes(c: DemoConfig, minutes: float) -> float:
@@ -112,36 +151,12 @@ def scale_for_minutes(c: DemoConfig, minutes: float) -> float:
 
 def smoke_config() -> DemoConfig:
     """Every stage in seconds: a few updates each; for tests, not for looking at."""
-    short = ["loop.steps=4", "loop.eval_every=4", "loop.checkpoint_every=4", "loop.log_every=2"]
-    small = ["data.batch_size=4", "eval.samples=8", "eval.grid=2"]
     return DemoConfig(
         prompts=4,
         tokenizer_captions=500,
         tokenizer_vocab=300,
         token_samples=64,
-        image_tokenizer_overrides=[*short, *small, "preset=fsq-tiny", "model.downsample=8"],
-        dalle_overrides=[
-            *short,
-            *small,
-            "model.width=32",
-            "model.layers=2",
-            "model.heads=2",
-            "model.attention=[full,full]",
-        ],
-        clip_overrides=[
-            *short,
-            "data.batch_size=4",
-            "eval.samples=8",
-            "eval.shapes_zero_shot=42",
-            "model.text_width=32",
-            "model.image_width=32",
-            "model.embed_dim=16",
-            "model.text_layers=1",
-            "model.image_layers=1",
-            "model.text_heads=2",
-            "model.image_heads=2",
-            "model.conv_stem_width=4",
-        ],
+        smoke=True,
         candidates=2,
         sampling_candidates=sampling_candidates((1.0, 0.5), (1.0,)),
         validation_prompts=2,
@@ -153,19 +168,16 @@ def _stage(name: str, done: bool) -> bool:
     return not done
 
 
-def _train_stage(name: str, out: Path, load_config, make_task, scale: float) -> float:
+def _train_stage(title: str, out: Path, stage: StageSpec, config: Any, scale: float) -> float:
     """Runs (or resumes) one training stage; returns the seconds it took this time."""
-    from dalle.training.runner import run_training
-
     marker = out / ".complete"
-    if not _stage(name, marker.exists()):
+    if not _stage(title, marker.exists()):
         return 0.0
     start = time.perf_counter()
-    config = load_config()
     config = replace(config, loop=scale_loop(config.loop, scale))
-    run_training(config, make_task, out)
+    run_training(stage, config, out)
     marker.touch()
-    print(f"[demo] {name}: {updates_report(out, config.loop.steps)}", flush=True)
+    print(f"[demo] {title}: {updates_report(out, config.loop.steps)}", flush=True)
     return time.perf_counter() - start
 
 
@@ -199,10 +211,6 @@ def updates_report(out: Path, planned: int) -> str:
 
 
 def run_demo(out: Path, config: DemoConfig | None = None) -> int:
-    from dalle.training.clip_task import CLIPTask, load_clip_train_config
-    from dalle.training.dalle_task import DALLETask, load_dalle_train_config
-    from dalle.training.image_tokenizer_task import image_tokenizer_training
-
     c = config or DemoConfig()
     out.mkdir(parents=True, exist_ok=True)
     if c.training_scale != 1.0:
@@ -214,6 +222,7 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         )
     start = time.perf_counter()
     seconds: dict[str, float] = {}
+    stages = stage_configs(c, out)
 
     tokenizer_dir = out / "tokenizer"
     if _stage(
@@ -221,58 +230,31 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         (tokenizer_dir / "tokenizer.json").exists(),
     ):
         t = time.perf_counter()
+        bpe = TokenizerConfig(vocab_size=c.tokenizer_vocab, max_length=c.caption_length,
+                              max_captions=c.tokenizer_captions)  # fmt: skip
         data = DataConfig(source="shapes", seed=c.seed, subset="train")
-        captions = iter_captions(data, c.tokenizer_captions)
-        TextTokenizer.train(
-            captions, TokenizerConfig(vocab_size=c.tokenizer_vocab, max_length=c.caption_length)
-        ).save(tokenizer_dir)
+        train_caption_tokenizer(TokenizerTrainConfig(data, bpe), tokenizer_dir)
         seconds["tokenizer"] = time.perf_counter() - t
 
-    common = [f"data.image_size={c.image_size}", f"data.seed={c.seed}", f"loop.seed={c.seed}"]
-    config, task = image_tokenizer_training(
-        c.image_tokenizer_config, [*common, *c.image_tokenizer_overrides]
-    )
-    seconds["image_tokenizer"] = _train_stage(
-        f"image tokenizer ({config.preset})",
-        out / "image_tokenizer",
-        lambda: config,
-        task,
-        c.training_scale,
-    )
+    stage, settings = stages["image_tokenizer"]
+    seconds["image_tokenizer"] = _train_stage(f"image tokenizer ({settings.preset})",
+                                              out / "image_tokenizer", stage, settings,
+                                              c.training_scale)  # fmt: skip
     tokens_dir = out / "image_tokens"
     if _stage(f"image tokens ({c.scenes:,} training scenes encoded once)",
               (tokens_dir / META_FILE).exists()):  # fmt: skip
         t = time.perf_counter()
         encode_scenes(out / "image_tokenizer", c, tokens_dir)
         seconds["image_tokens"] = time.perf_counter() - t
-    seconds["transformer"] = _train_stage(
-        "transformer",
-        out / "dalle",
-        lambda: load_dalle_train_config(
-            c.dalle_config,
-            [
-                *common,
-                f"image_tokenizer={out / 'image_tokenizer'}",
-                f"tokenizer={tokenizer_dir}",
-                f"data.source={shards_pattern(tokens_dir)}",
-                *c.dalle_overrides,
-            ],
-        ),
-        DALLETask,
-        c.training_scale,
-    )
+    stage, settings = stages["dalle"]
+    settings = replace(settings, data=replace(settings.data, source=shards_pattern(tokens_dir)))
+    seconds["transformer"] = _train_stage("transformer", out / "dalle", stage, settings,
+                                          c.training_scale)  # fmt: skip
+    seconds["clip"] = _train_stage("CLIP (re-ranks the samples)", out / "clip", *stages["clip"],
+                                   c.training_scale)  # fmt: skip
 
-    seconds["clip"] = _train_stage(
-        "CLIP (re-ranks the samples)",
-        out / "clip",
-        lambda: load_clip_train_config(
-            c.clip_config, [*common, f"tokenizer={tokenizer_dir}", *c.clip_overrides]
-        ),
-        CLIPTask,
-        c.training_scale,
-    )
-
-    pipe = TextToImage.from_pretrained(out / "dalle")
+    reranker = out / "clip" if c.candidates > 1 else None
+    pipe = TextToImage.from_pretrained(out / "dalle", reranker=reranker)
     if _stage(f"sampling settings ({len(c.sampling_candidates)} tried on "
               f"{c.validation_prompts} validation prompts per split)",
               (out / "dalle" / GENERATION_CONFIG).exists()):  # fmt: skip
@@ -284,7 +266,6 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
         print(f"[demo] sampling settings: temperature {best.temperature:g}, guidance "
               f"{best.guidance_scale:g}, recorded in {where}")  # fmt: skip
         seconds["sampling_settings"] = time.perf_counter() - t
-    scorer = CLIPScorer.from_pretrained(out / "clip") if c.candidates > 1 else None
     results: dict = {"clip": final_eval(out / "clip")}
     for name, split in (("seen", "train"), ("zeroshot", "zeroshot")):
         folder = out / name
@@ -295,7 +276,7 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
             t = time.perf_counter()
             prompts = shapes_prompts(split, c.prompts, c.image_size, c.seed)
             rates = generate_and_judge(pipe, prompts, folder, pipe.defaults, c.seed,
-                                       scorer=scorer, candidates=c.candidates)  # fmt: skip
+                                       candidates=c.candidates)  # fmt: skip
             rates_file.write_text(json.dumps(rates))
             marker.touch()
             seconds[f"sample_{name}"] = time.perf_counter() - t

@@ -16,18 +16,9 @@ import torch
 from dalle.sampling.rerank import CLIPScorer
 
 
-@torch.no_grad()
 def image_features(scorer: CLIPScorer, images: torch.Tensor, batch_size: int = 256) -> np.ndarray:
     """Unit-norm CLIP features of uint8 images ``[N, 3, H, W]`` as float64 ``[N, D]``."""
-    size = scorer.model.config.image_size
-    out = []
-    for chunk in images.split(batch_size):
-        x = chunk.to(scorer.device).float() / 255
-        if x.shape[-1] != size:
-            x = torch.nn.functional.interpolate(
-                x, size=(size, size), mode="bilinear", antialias=True
-            ).clamp(0, 1)
-        out.append(scorer.model.encode_image(x).double().cpu())
+    out = [scorer.image_features(chunk).double().cpu() for chunk in images.split(batch_size)]
     return torch.cat(out).numpy()
 
 

@@ -9,7 +9,6 @@ hold a colour-shape pair never seen in training.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,8 +21,6 @@ from dalle.evaluation.shapes_judge import judge_directory
 from dalle.sampling.generate import TextToImage, write_images
 from dalle.sampling.sampler import SamplingConfig
 
-# uint8 images [N, 3, H, W] and their prompts -> a score per image, higher is better.
-Scorer = Callable[[torch.Tensor, list[str]], torch.Tensor]
 # Where validation prompts start within the holdout indices: prompts for choosing settings
 # never coincide with the (test) prompts a model is finally judged on.
 VALIDATION_OFFSET = 1_000_000
@@ -58,7 +55,7 @@ def choose_sampling(
     """The candidate whose first samples pass the judge most often on validation prompts
     (``count`` seen and ``count`` zero-shot, disjoint from the test prompts), and a record
     of every candidate's pass rates. Ties go to the earlier candidate."""
-    size = pipe.model.config.image_grid * pipe.image_tokenizer.downsample
+    size = pipe.image_size
     prompts = {split: shapes_prompts(split, count, size, seed, validation=True)
                for split in ("train", "zeroshot")}  # fmt: skip
     table, best, best_rate = [], candidates[0], -1.0
@@ -84,31 +81,25 @@ def generate_and_judge(
     sampling: SamplingConfig | None = None,
     seed: int = 0,
     batch_size: int = 32,
-    scorer: Scorer | None = None,
     candidates: int = 1,
 ) -> dict[str, float]:
     """One image per prompt, written as ``NNNN.png`` + ``NNNN.txt`` under ``folder`` with a
     grid of the first 32 beside it (``folder_grid.png``), then judged.
 
-    With a ``scorer`` (a CLIP), ``candidates`` images are drawn per prompt and the best
-    one is kept. Returns the judge's pass rate of the kept images and, for comparison,
-    of each prompt's first candidate (what sampling without re-ranking gives).
+    With ``candidates`` > 1, that many images are drawn per prompt and the pipeline's
+    re-ranker keeps the best. Returns the judge's pass rate of the kept images and, for
+    comparison, of each prompt's first candidate (what sampling without re-ranking gives).
     """
     generator = torch.Generator(device=pipe.device).manual_seed(seed)
-    repeated = [p for p in prompts for _ in range(candidates)]
-    drawn = pipe.generate(repeated, sampling, generator, batch_size=batch_size)
-    drawn = drawn.view(len(prompts), candidates, *drawn.shape[1:])  # [P, C, 3, H, W]
-    first = drawn[:, 0]
-    if scorer is not None and candidates > 1:
-        scores = scorer(drawn.flatten(0, 1), repeated).view(len(prompts), candidates)
-        images = drawn[torch.arange(len(prompts)), scores.argmax(dim=1)]
-    else:
-        images = first
+    ranked = candidates > 1
+    done = list(pipe.iter_prompts(prompts, candidates, 1 if ranked else None, sampling,
+                                  generator, batch_size=batch_size))  # fmt: skip
+    images = torch.stack([kept[0] for _, kept, _, _ in done])
     write_images(images, prompts, folder)
     make_grid(images[:32], columns=8).save(folder.with_name(f"{folder.name}_grid.png"))
     result = {"pass_rate": judge_directory(folder).accuracy}
-    if scorer is not None and candidates > 1:
+    if ranked:
         with tempfile.TemporaryDirectory() as scratch:
-            write_images(first, prompts, Path(scratch))
+            write_images(torch.stack([first for *_, first in done]), prompts, Path(scratch))
             result["pass_rate_first_candidate"] = judge_directory(Path(scratch)).accuracy
     return result

@@ -4,7 +4,7 @@ As in Radford et al. (2021) and open_clip: a causal text transformer whose featu
 the output at the end-of-text token, a ViT image encoder whose feature is the output at
 a class token, a linear projection of each into a shared space, and a learnable
 temperature. Training pulls each image towards its own caption and away from the other
-captions in the batch (and vice versa): see :func:`clip_loss`.
+captions in the batch (and vice versa): see :func:`dalle.losses.clip.clip_loss`.
 """
 
 from __future__ import annotations
@@ -215,6 +215,9 @@ class CLIP(PretrainedMixin, nn.Module):
         self.image_norm = nn.LayerNorm(c.image_width)
         self.image_projection = nn.Linear(c.image_width, c.embed_dim, bias=False)
 
+    def no_weight_decay(self) -> set[str]:
+        return set()  # every matrix and kernel decays
+
     def residual_blocks(self) -> list[nn.Module]:
         if self.config.image_encoder == "resnet":
             blocks = [m for m in self.image_resnet.stages if isinstance(m, _ResidualBlock)]
@@ -273,25 +276,3 @@ class CLIP(PretrainedMixin, nn.Module):
         )
         total = sum(p.numel() for p in self.parameters())
         return {"text": text, "image": image, "total": total}
-
-
-def clip_loss(
-    logits: torch.Tensor,
-    images_per_group: int | None = None,
-    texts_per_group: int | None = None,
-) -> torch.Tensor:
-    """Symmetric cross-entropy over similarity logits: each image against every caption,
-    and each image's own caption against every image. About ln(B) at initialisation.
-
-    ``logits`` is ``[B, B]`` (image i's caption is text i), or, with extra captions
-    (hard negatives) after each group's own, ``[G b, G t]``: the images of ``G`` groups
-    (ranks) of ``b``, and texts in groups of ``t >= b`` whose first ``b`` are the
-    images' captions. Extra captions only ever serve as wrong answers.
-    """
-    images = torch.arange(len(logits), device=logits.device)
-    b = images_per_group or len(logits)
-    t = texts_per_group or b
-    own_caption = images // b * t + images % b  # [G b]: each image's caption's column
-    to_text = F.cross_entropy(logits, own_caption)
-    to_image = F.cross_entropy(logits[:, own_caption].T, images)
-    return (to_text + to_image) / 2

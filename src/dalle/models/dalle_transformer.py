@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from dalle.losses.dalle import text_image_loss
 from dalle.models import init
 from dalle.models.attention_masks import (
     IMAGE_ATTENTION_KINDS,
@@ -237,6 +238,11 @@ class DALLETransformer(PretrainedMixin, nn.Module):
     def residual_blocks(self) -> list[nn.Module]:
         return list(self.blocks)
 
+    def no_weight_decay(self) -> set[str]:
+        """The paper's: embeddings do not decay (nor gains, biases, the start token)."""
+        return {f"{name}.weight" for name in ("text_embedding", "text_position",
+                "image_embedding", "row_embedding", "column_embedding")}  # fmt: skip
+
     def init_weights(self) -> None:
         """GPT-2 style: N(0, 0.02), residual projections scaled by 1/sqrt(2 * layers),
         LayerNorms at identity, biases zero. On the meta device this waits: `parallelize`
@@ -331,17 +337,49 @@ class DALLETransformer(PretrainedMixin, nn.Module):
             )  # fmt: skip
         return self._block_masks[key]
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits for the next token at every position.
+    def forward(
+        self,
+        text: torch.Tensor | None,
+        image: torch.Tensor,
+        cache: list[LayerCache] | None = None,
+        start: int = 0,
+    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """Logits for the next token.
 
-        Args:
-            text: caption ids ``[B, L]``, PAD_ID after the caption.
-            image: image token ids ``[B, n]`` in raster order, ``n <= H*W``.
+        Without ``cache`` (training, scoring): ``text`` caption ids ``[B, L]``, PAD_ID
+        after the caption, and ``image`` tokens ``[B, n]`` in raster order, ``n <= H*W``.
+        Returns ``text_logits`` ``[B, L, V_text + L]`` (predicting the caption and its
+        pads) and ``image_logits`` ``[B, n, V_image]``, whose row ``j`` predicts image
+        token ``j`` from the caption and the tokens before it (row 0 comes from the last
+        caption position; the last token given is only a target).
 
-        Returns ``text_logits`` ``[B, L, V_text + L]`` (predicting the caption and its pads)
-        and ``image_logits`` ``[B, n, V_image]``, whose row ``j`` predicts image token ``j``
-        (row 0 comes from the last caption position).
+        With ``cache`` (sampling, from :meth:`new_cache`): a call with ``text`` begins
+        the sequence, the caption going into the cache first (``start`` is then 0); a call
+        without continues it, the first ``start`` image tokens being in the cache
+        already. ``image`` ``[B, n]``, ``n >= 0``, holds the next known tokens, from
+        raster index ``start`` (one per step while sampling, a primed prefix at once); they
+        are added to the cache. Returns no text logits and ``[B, 1, V_image]``: the logits
+        of image token ``start + n``.
         """
+        if cache is None:
+            return self._teacher_forced(text, image)  # type: ignore[arg-type]
+        c, n = self.config, image.shape[1]
+        if start + n >= c.image_tokens:
+            raise ValueError(f"image tokens {start}..{start + n - 1} leave nothing to predict "
+                             f"in a grid of {c.image_tokens}")  # fmt: skip
+        if text is not None and start != 0:
+            raise ValueError("a caption begins the sequence: give it with start 0 only")
+        parts = [self.embed_image(image, first=start)] if n else []
+        if text is not None:
+            parts.insert(0, self.embed_text(self.text_with_position_pads(text)))
+        # Sequence positions: start token 0, caption 1..L, image token i at L + 1 + i.
+        position = 0 if text is not None else c.text_len + 1 + start
+        h = self.run_blocks(torch.cat(parts, dim=1), position, cache)
+        return None, self.image_head(h[:, -1:])
+
+    def _teacher_forced(
+        self, text: torch.Tensor, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         text = self.text_with_position_pads(text)
         # [B, L + n, C]: the last image token is only a target.
@@ -354,14 +392,8 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         """Weighted cross-entropy; ``image`` must hold the whole ``[B, H*W]`` token map."""
         text_logits, image_logits = self(text, image)
         text_targets = self.text_with_position_pads(text)
-        text_loss = F.cross_entropy(text_logits.flatten(0, 1).float(), text_targets.flatten())
-        image_loss = F.cross_entropy(image_logits.flatten(0, 1).float(), image.flatten())
-        w = self.config.text_loss_weight
-        return {
-            "loss": w * text_loss + (1 - w) * image_loss,
-            "text_loss": text_loss,
-            "image_loss": image_loss,
-        }
+        return text_image_loss(text_logits, text_targets, image_logits, image,
+                               self.config.text_loss_weight)  # fmt: skip
 
     def parameter_counts(self) -> dict[str, int]:
         blocks = sum(p.numel() for p in self.blocks.parameters())

@@ -193,6 +193,9 @@ class DiscreteVAE(TokenGridMixin, PretrainedMixin, nn.Module):
         logits = self.encoder(x)
         return x, logits, self.decoder(sample(logits))
 
+    def no_weight_decay(self) -> set[str]:
+        return set()  # every matrix and kernel decays
+
     def residual_blocks(self) -> list[nn.Module]:
         return [m for m in self.modules() if isinstance(m, _ResidualBlock)]
 

@@ -14,7 +14,6 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dalle.models.pretrained import PretrainedMixin
@@ -218,6 +217,9 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module):
         head = self.decoder.layers[-1]
         head.bias.copy_(torch.logit(pixels.float().clamp(0.02, 0.98)))
 
+    def no_weight_decay(self) -> set[str]:
+        return set()  # every matrix and kernel decays
+
     def residual_blocks(self) -> list[nn.Module]:
         return [m for m in self.modules() if isinstance(m, _ResidualBlock)]
 
@@ -225,12 +227,3 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module):
         encoder = sum(p.numel() for p in self.encoder.parameters())
         decoder = sum(p.numel() for p in self.decoder.parameters())
         return {"encoder": encoder, "decoder": decoder, "total": encoder + decoder}
-
-
-def reconstruction_loss(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of the reconstruction's [0, 1] pixels against uint8 ``images``.
-
-    (An L1 error and an extra weight near object boundaries were tried on Shapes World:
-    both let the codes collapse onto the white background; BENCHMARKS.md.)
-    """
-    return F.mse_loss(torch.sigmoid(logits.float()), images.float() / 255)

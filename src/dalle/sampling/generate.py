@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 from dalle.data.images import make_grid, to_pil
 from dalle.models.dalle_transformer import DALLETransformer
 from dalle.models.image_tokenizer import ImageTokenizer, load_image_tokenizer
+from dalle.sampling.rerank import keep_best
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
 
@@ -52,6 +55,24 @@ def image_tokenizer_dir(model_dir: Path) -> Path:
     return folder if folder.is_dir() or not (model_dir / "vae").is_dir() else model_dir / "vae"
 
 
+# Scores images against their prompts, higher is better: ``(uint8 [N, 3, H, W], N
+# prompts) -> [N]``. A CLIP (:class:`dalle.sampling.rerank.CLIPScorer`) or the
+# transformer's own likelihood ratio (:func:`dalle.sampling.rerank.self_scores`).
+Scorer = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+@dataclass
+class GenerationOutput:
+    """What :meth:`TextToImage.__call__` returns for ``P`` prompts."""
+
+    prompts: list[str]
+    # uint8 [P, K, 3, H, W]: each prompt's images, the best first when re-ranked (K is
+    # ``keep``), in the order drawn when not.
+    images: torch.Tensor
+    scores: torch.Tensor | None  # [P, K]: the re-ranker's scores, None without one
+    first_images: torch.Tensor  # uint8 [P, 3, H, W]: each prompt's first draw, unranked
+
+
 @dataclass
 class TextToImage:
     model: DALLETransformer
@@ -60,36 +81,137 @@ class TextToImage:
     device: torch.device
     # Used when a call names no sampling settings: the folder's generation_config.json.
     defaults: SamplingConfig = field(default_factory=SamplingConfig)
+    # Re-ranks the draws of each prompt when a call keeps fewer than it draws.
+    scorer: Scorer | None = None
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, device: str | torch.device = "cpu"
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        reranker: str | Path | None = None,
     ) -> TextToImage:
+        """A `dalle train` model folder; ``reranker`` a `dalle train-clip` folder, or
+        ``"self"`` for the transformer's own likelihood ratio."""
         directory = Path(directory)
         device = torch.device(device)
-        return cls(
+        pipe = cls(
             model=DALLETransformer.from_pretrained(directory, device=device),
             tokenizer=TextTokenizer.load(directory / "tokenizer"),
             image_tokenizer=load_image_tokenizer(image_tokenizer_dir(directory), device),
             device=device,
             defaults=read_sampling_defaults(directory),
         )
+        if reranker is not None:
+            from dalle.sampling.rerank import CLIPScorer, self_scores
+
+            pipe.scorer = (partial(self_scores, pipe) if str(reranker) == "self"
+                           else CLIPScorer.from_pretrained(reranker, device))  # fmt: skip
+        return pipe
+
+    @property
+    def image_size(self) -> int:
+        return self.model.config.image_grid * self.image_tokenizer.downsample
 
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str,
-        num_images: int = 1,
-        sampling: SamplingConfig | None = None,
+        prompt: str | list[str],
+        num_images_per_prompt: int = 1,
+        keep: int | None = None,
+        *,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         generator: torch.Generator | None = None,
-        batch_size: int = 16,
         prime_image: torch.Tensor | None = None,
         prime_rows: int = 0,
-    ) -> torch.Tensor:
-        """uint8 images ``[num_images, 3, H, W]`` for one prompt (see :meth:`generate`)."""
-        return self.generate(
-            [prompt] * num_images, sampling, generator, batch_size, prime_image, prime_rows
-        )
+        batch_size: int = 16,
+        callback: Callable[[int], None] | None = None,
+    ) -> GenerationOutput:
+        """``num_images_per_prompt`` images for each prompt; with ``keep`` (needs a
+        ``scorer``), the best ``keep`` of them by the re-ranker, best first. Sampling settings
+        not given take the model's recommended ones; ``callback(n)`` hears of every
+        ``n`` images drawn. See :meth:`iter_prompts` for the rest."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        done = list(self.iter_prompts(
+            prompts, num_images_per_prompt, keep, self.sampling(guidance_scale, temperature,
+            top_k, top_p), generator, prime_image, prime_rows, batch_size, callback,
+        ))  # fmt: skip
+        scores = None if done[0][2] is None else torch.stack([d[2] for d in done])
+        return GenerationOutput(prompts, torch.stack([d[1] for d in done]), scores,
+                                torch.stack([d[3] for d in done]))  # fmt: skip
+
+    def sampling(
+        self,
+        guidance_scale: float | None = None,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+    ) -> SamplingConfig:
+        """The recommended settings with those given on top."""
+        given = {"guidance_scale": guidance_scale, "temperature": temperature, "top_k": top_k,
+                 "top_p": top_p}  # fmt: skip
+        return replace(self.defaults, **{k: v for k, v in given.items() if v is not None})
+
+    def iter_prompts(
+        self,
+        prompts: list[str],
+        num_images_per_prompt: int,
+        keep: int | None = None,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        prime_image: torch.Tensor | None = None,
+        prime_rows: int = 0,
+        batch_size: int = 16,
+        callback: Callable[[int], None] | None = None,
+    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+        """Yields ``(prompt, images, scores, first image)`` for each prompt as soon as
+        its images are done, so a caller can write them before the next is drawn.
+
+        Draws are made ``batch_size`` at a time, prompts sharing a batch. With ``keep``,
+        at most ``keep`` images of a prompt are held between batches (memory stays one
+        batch plus the kept ones however many are drawn); ties keep the earlier draw.
+        """
+        ranked = keep is not None
+        if ranked and self.scorer is None:
+            raise ValueError("keep needs a re-ranker: from_pretrained(..., reranker=CLIP_DIR)")
+        keep = min(keep, num_images_per_prompt) if ranked else num_images_per_prompt  # type: ignore[type-var]
+        order = [i for i in range(len(prompts)) for _ in range(num_images_per_prompt)]
+        held: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            texts = [prompts[i] for i in chunk]
+            images = self.generate(texts, sampling, generator, batch_size, prime_image, prime_rows)
+            scores = self.scorer(images, texts) if ranked else None  # type: ignore[misc]
+            if callback is not None:
+                callback(len(chunk))
+            for i in dict.fromkeys(chunk):
+                mine = torch.tensor([j for j, k in enumerate(chunk) if k == i])
+                held[i] = self._merge(held.get(i), images[mine],
+                                      None if scores is None else scores[mine], keep)  # fmt: skip
+                if start + len(chunk) >= (i + 1) * num_images_per_prompt:
+                    kept, kept_scores, first = held.pop(i)
+                    yield prompts[i], kept, kept_scores, first
+
+    @staticmethod
+    def _merge(
+        held: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None,
+        images: torch.Tensor,
+        scores: torch.Tensor | None,
+        keep: int,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """A prompt's held images with a batch's new ones: the best ``keep`` when scored,
+        all of them otherwise; and its first draw."""
+        first = images[0] if held is None else held[2]
+        if held is not None:
+            images = torch.cat([held[0], images])
+            if scores is not None:
+                scores = torch.cat([held[1], scores])  # type: ignore[list-item]
+        if scores is not None:
+            images, scores = keep_best(images, scores, keep)
+        return images, scores, first
 
     @torch.no_grad()
     def generate(

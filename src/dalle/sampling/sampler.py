@@ -76,31 +76,25 @@ def sample_image_tokens(
     the top rows of a given image and sample the rest).
     """
     config = config or SamplingConfig()
-    c = model.config
-    batch = text.shape[0]
+    batch, total = text.shape[0], model.config.image_tokens
     guided = config.guidance_scale != 1.0
     rows = torch.cat([text, torch.full_like(text, PAD_ID)]) if guided else text
-    dtype = next(model.parameters()).dtype
-    cache = model.new_cache(rows.shape[0], text.device, dtype)
-    h = model.run_blocks(model.embed_text(model.text_with_position_pads(rows)), 0, cache)
-    logits = model.image_head(h[:, -1]).float()  # [rows, V]: predicts image token 0
-    tokens = torch.empty(batch, c.image_tokens, dtype=torch.long, device=text.device)
+    both = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)
+    tokens = torch.empty(batch, total, dtype=torch.long, device=text.device)
     primed = 0 if prime is None else prime.shape[1]
-    for j in range(c.image_tokens):
-        if j < primed:
-            next_tokens = prime[:, j]  # type: ignore[index]
-        else:
-            step = (
-                guided_logits(logits[:batch], logits[batch:], config.guidance_scale)
-                if guided
-                else logits
-            )
-            step = filter_logits(step / config.temperature, config.top_k, config.top_p)
-            next_tokens = torch.multinomial(step.softmax(dim=-1), 1, generator=generator).squeeze(1)
-        tokens[:, j] = next_tokens
-        if j == c.image_tokens - 1:
-            break
-        fed = torch.cat([next_tokens, next_tokens]) if guided else next_tokens
-        h = model.run_blocks(model.embed_image(fed[:, None], first=j), c.text_len + 1 + j, cache)
-        logits = model.image_head(h[:, -1]).float()
+    if primed:
+        tokens[:, :primed] = prime  # type: ignore[index]
+    if primed >= total:
+        return tokens
+    cache = model.new_cache(rows.shape[0], text.device, next(model.parameters()).dtype)
+    # The caption and the primed tokens in one call: logits of image token ``primed``.
+    _, logits = model(rows, both(tokens[:, :primed]), cache=cache)
+    for j in range(primed, total):
+        step = logits[:, -1].float()  # [rows, V]
+        if guided:
+            step = guided_logits(step[:batch], step[batch:], config.guidance_scale)
+        step = filter_logits(step / config.temperature, config.top_k, config.top_p)
+        tokens[:, j] = torch.multinomial(step.softmax(dim=-1), 1, generator=generator).squeeze(1)
+        if j < total - 1:
+            _, logits = model(None, both(tokens[:, j : j + 1]), cache=cache, start=j)
     return tokens

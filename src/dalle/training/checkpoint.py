@@ -9,6 +9,7 @@ previous checkpoint intact.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -31,6 +32,8 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from dalle.training.parallelize import unsharded_class
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 _PAYLOAD_KEYS = ("model", "optimizer", "loop", "rng", "config")
@@ -304,3 +307,106 @@ def _rank_world() -> tuple[int, int]:
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+@dataclass
+class SavedRun:
+    """What a run folder's last checkpoint says of itself, whichever layout holds it."""
+
+    folder: Path  # the run folder
+    sharded: bool  # ``checkpoint/`` (torch.distributed.checkpoint) or ``checkpoint.pt``
+    config: dict[str, Any]  # the run's settings
+    model_type: str | None  # the model's class name (None: written before export existed)
+    model_config: dict[str, Any] | None
+
+
+def saved_run(run: str | Path) -> SavedRun | None:
+    """The last checkpoint of the run folder ``run``, without loading its weights
+    (None when there is none). A sharded checkpoint, if any, is the one a resume uses."""
+    run = Path(run)
+    if sharded_checkpoint_step(run / SHARDED_CHECKPOINT_DIR) is not None:
+        meta, sharded = read_sharded_meta(run / SHARDED_CHECKPOINT_DIR), True
+    elif (run / CHECKPOINT_FILE).is_file():
+        meta, sharded = read_checkpoint(run / CHECKPOINT_FILE, mmap=True), False
+    else:
+        return None
+    return SavedRun(run, sharded, meta["config"], meta.get("model_type"), meta.get("model_config"))
+
+
+def load_saved_weights(saved: SavedRun, model: torch.nn.Module) -> None:
+    """Loads the checkpoint's weights into a plain (unsharded) ``model``."""
+    if saved.sharded:
+        load_sharded_checkpoint(saved.folder / SHARDED_CHECKPOINT_DIR, model)
+    else:
+        model.load_state_dict(read_checkpoint(saved.folder / CHECKPOINT_FILE)["model"])
+
+
+class Checkpointer:
+    """A run's checkpoints: where they go, when, and how they load.
+
+    One ``checkpoint.pt`` for a single process, a sharded ``checkpoint/`` folder
+    (torch.distributed.checkpoint) under torchrun. A run that has a sharded checkpoint
+    keeps it, so a run started on N ranks resumes on M, one process included. Written
+    every ``every`` updates and at the last one (:meth:`due`).
+    """
+
+    def __init__(
+        self,
+        out_dir: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        run_config: dict[str, Any],
+        every: int,
+        sharded: bool,
+        seed: int,
+        ema: torch.nn.Module | None = None,
+        scaler: Any = None,  # a BlockGradScaler (fp16), saved beside the weights
+    ) -> None:
+        self.file = out_dir / CHECKPOINT_FILE
+        self.folder = out_dir / SHARDED_CHECKPOINT_DIR
+        self.model, self.optimizer, self.ema, self.scaler = model, optimizer, ema, scaler
+        self.run_config, self.every, self.seed = run_config, every, seed
+        self.use_folder = sharded or sharded_checkpoint_step(self.folder) is not None
+        if self.use_folder and ema is not None:
+            raise ValueError(f"{self.folder} is a sharded checkpoint, which does not hold a "
+                             "weight average: resume with optim.ema_decay=0")  # fmt: skip
+
+    def due(self, step: int, last: int) -> bool:
+        return step % self.every == 0 or step == last
+
+    def _extra(self) -> dict[str, Any]:
+        return {"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+
+    def _restore_extra(self, extra: dict[str, Any]) -> None:
+        if self.scaler is not None and "grad_scaler" in extra:
+            self.scaler.load_state_dict(extra["grad_scaler"])
+
+    def load(self) -> LoopState | None:
+        """Restores the last checkpoint, if any; returns its loop state."""
+        if self.use_folder and sharded_checkpoint_step(self.folder) is not None:
+            state, meta = load_sharded_checkpoint(self.folder, self.model, self.optimizer,
+                                                  self.seed)  # fmt: skip
+            self._restore_extra(meta.get("extra", {}))
+            log.info("resuming from %s (saved on %d ranks) at step %d",
+                     self.folder, meta["world_size"], state.step)  # fmt: skip
+            return state
+        if self.file.exists():
+            if self.use_folder:
+                raise ValueError(f"{self.file} is a single-process checkpoint: resume it "
+                                 "without torchrun")  # fmt: skip
+            state, payload = load_checkpoint(self.file, self.model, self.optimizer, ema=self.ema)
+            self._restore_extra(payload.get("extra", {}))
+            log.info("resuming from %s at step %d", self.file, state.step)
+            return state
+        return None
+
+    def save(self, state: LoopState, rng: dict[str, Any] | None = None) -> None:
+        if self.use_folder:
+            save_sharded_checkpoint(self.folder, self.model, self.optimizer, state,
+                                    self.run_config, rng=rng, extra=self._extra())  # fmt: skip
+        else:
+            save_checkpoint(self.file, self.model, self.optimizer, state, self.run_config,
+                            rng=rng, ema=self.ema, extra=self._extra())  # fmt: skip

@@ -8,24 +8,22 @@ by the prompts ``a {color} {shape}`` alone.
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
+from torch import nn
 from torch.distributed.tensor import DTensor
 
-from dalle.config import ConfigError, load_config, peek_key
 from dalle.data.datasets import SHAPES_HOLDOUT_START, Batch, DataConfig, load_images
 from dalle.data.hard_negatives import hard_negatives
 from dalle.data.shapes_world import COLORS, SHAPES, render_scene, sample_scene
-from dalle.models.clip import CLIP, CLIP_PRESETS, CLIPConfig, clip_loss
+from dalle.losses.clip import clip_loss
+from dalle.models.clip import CLIP, CLIPConfig
 from dalle.models.image_tokenizer import load_image_tokenizer
 from dalle.tokenizers.text import TextTokenizer
 from dalle.training import distributed
-from dalle.training.loop import LoopConfig, OptimConfig
+from dalle.training.loop import LoopConfig, Metrics, OptimConfig
 
 
 @dataclass
@@ -66,17 +64,6 @@ class CLIPTrainConfig:
                                             betas=[0.9, 0.98], eps=1e-6, weight_decay=0.2)
     )  # fmt: skip
     eval: CLIPEvalConfig = field(default_factory=CLIPEvalConfig)
-
-
-def load_clip_train_config(path: str | Path | None, overrides: Sequence[str]) -> CLIPTrainConfig:
-    preset = peek_key("preset", path, overrides) or CLIPTrainConfig.preset
-    if preset not in CLIP_PRESETS:
-        raise ConfigError(f"unknown CLIP preset {preset!r}; choose from {sorted(CLIP_PRESETS)}")
-    base = CLIPTrainConfig(preset=preset, model=copy.deepcopy(CLIP_PRESETS[preset]))
-    config = load_config(CLIPTrainConfig, path, overrides, base=base)
-    if not config.tokenizer:
-        raise ConfigError("'tokenizer' is required: the folder of a trained caption tokenizer")
-    return config
 
 
 def zero_shot_prompts() -> list[tuple[str, str, str]]:
@@ -149,15 +136,7 @@ class CLIPTask:
         return torch.cat([tokenizer.decode(tokenizer.encode(b.to(self.device))).to(images.device)
                           for b in images.split(256)])  # fmt: skip
 
-    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        # As open_clip: no decay on gains, biases and the temperature (every tensor of
-        # fewer than two dimensions).
-        decay = [p for p in self.model.parameters() if p.ndim >= 2]
-        no_decay = [p for p in self.model.parameters() if p.ndim < 2]
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
-
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         images = self.as_seen(batch.images.to(self.device, non_blocking=True))
         captions = list(batch.captions)
         negatives = self.config.hard_negatives
@@ -176,8 +155,7 @@ class CLIPTask:
             scale = self.model.logit_scale.detach()
             scale = scale.full_tensor() if isinstance(scale, DTensor) else scale
             scale = scale.clamp(max=self.model.config.logit_scale_max).exp()
-        return loss, {"loss": loss.item(), "batch_accuracy": accuracy.item(),
-                      "logit_scale": scale.item()}  # fmt: skip
+        return loss, {"loss": loss.detach(), "batch_accuracy": accuracy, "logit_scale": scale}
 
     @torch.no_grad()
     def zero_shot_accuracy(self) -> dict[str, float]:
@@ -208,7 +186,8 @@ class CLIPTask:
             metrics.update(self.zero_shot_accuracy())
         return metrics
 
-    def export(self, out_dir: Path) -> None:
-        """The model and, in ``tokenizer/``, the tokenizer it reads captions with."""
-        self.model.save_pretrained(out_dir)
+    def export(self, out_dir: Path, model: nn.Module) -> None:
+        """``model`` (the trained weights, whole) and, in ``tokenizer/``, the tokenizer
+        it reads captions with."""
+        model.save_pretrained(out_dir)  # type: ignore[operator]
         self.tokenizer.save(out_dir / "tokenizer")

@@ -3,28 +3,24 @@ FSQ) and BPE captions."""
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
-from dalle.config import ConfigError, load_config, peek_key
 from dalle.data.datasets import Batch, DataConfig, load_samples
 from dalle.data.images import make_grid
 from dalle.data.token_shards import token_shard_meta
 from dalle.files import folder_hash
-from dalle.models.dalle_transformer import DALLE_PRESETS, DALLEConfig, DALLETransformer
+from dalle.models.dalle_transformer import DALLEConfig, DALLETransformer
 from dalle.models.image_tokenizer import ImageTokenizer, load_image_tokenizer
 from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
-from dalle.training.loop import LoopConfig, OptimConfig
+from dalle.training.loop import LoopConfig, Metrics, OptimConfig
 from dalle.training.parallelize import model_build_device
 
 log = logging.getLogger(__name__)
@@ -56,20 +52,6 @@ class DALLETrainConfig:
                                             betas=[0.9, 0.96], weight_decay=4.5e-2, grad_clip=1.0)
     )  # fmt: skip
     eval: DALLEEvalConfig = field(default_factory=DALLEEvalConfig)
-
-
-def load_dalle_train_config(path: str | Path | None, overrides: Sequence[str]) -> DALLETrainConfig:
-    preset = peek_key("preset", path, overrides) or DALLETrainConfig.preset
-    if preset not in DALLE_PRESETS:
-        raise ConfigError(
-            f"unknown transformer preset {preset!r}; choose from {sorted(DALLE_PRESETS)}"
-        )
-    base = DALLETrainConfig(preset=preset, model=copy.deepcopy(DALLE_PRESETS[preset]))
-    config = load_config(DALLETrainConfig, path, overrides, base=base)
-    for key in ("image_tokenizer", "tokenizer"):
-        if not getattr(config, key):
-            raise ConfigError(f"'{key}' is required: the folder of a trained {key}")
-    return config
 
 
 def check_token_shards(config: DALLETrainConfig) -> None:
@@ -122,19 +104,7 @@ class DALLETask:
         images = batch.images.to(self.device, non_blocking=True)
         return torch.cat([self.image_tokenizer.encode(b).flatten(1) for b in images.split(128)])
 
-    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        decay, no_decay = [], []
-        for module in self.model.modules():
-            for name, param in module.named_parameters(recurse=False):
-                # Only the weight matrices of linear layers decay: not gains, biases,
-                # embeddings or the start token.
-                (decay if isinstance(module, nn.Linear) and name == "weight" else no_decay).append(
-                    param
-                )
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
-
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         image = self.image_tokens(batch)
         text = self.tokenizer.encode(batch.captions, dropout=self.config.bpe_dropout).ids.to(
             self.device
@@ -143,7 +113,7 @@ class DALLETask:
             empty = torch.rand(text.shape[0], device=self.device) < self.config.caption_dropout
             text = torch.where(empty[:, None], torch.full_like(text, PAD_ID), text)
         out = self.model.loss(text, image)
-        return out["loss"], {k: v.item() for k, v in out.items()}
+        return out["loss"], {k: v.detach() for k, v in out.items()}
 
     @torch.no_grad()
     def validation_loss(self, batch_size: int = 64) -> dict[str, float]:
@@ -172,8 +142,9 @@ class DALLETask:
         )
         return metrics
 
-    def export(self, out_dir: Path) -> None:
-        """A self-contained model folder: transformer, tokenizer/ and image_tokenizer/."""
-        self.model.save_pretrained(out_dir)
+    def export(self, out_dir: Path, model: nn.Module) -> None:
+        """A self-contained model folder: ``model`` (the trained weights, whole),
+        tokenizer/ and image_tokenizer/."""
+        model.save_pretrained(out_dir)  # type: ignore[operator]
         self.tokenizer.save(out_dir / "tokenizer")
         self.image_tokenizer.save_pretrained(out_dir / IMAGE_TOKENIZER_DIR)

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from dalle.config import ConfigError, load_config, peek_key
 from dalle.data.datasets import Batch, DataConfig
 from dalle.losses.dvae import dvae_loss, gumbel_softmax
-from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE, DVAEConfig
+from dalle.models.dvae import DiscreteVAE, DVAEConfig
 from dalle.training.image_tokenizer_task import ImageTokenizerEvalConfig, ImageTokenizerTask
-from dalle.training.loop import LoopConfig, OptimConfig
+from dalle.training.loop import LoopConfig, Metrics, OptimConfig
 from dalle.training.schedules import cosine_anneal
 
 
@@ -65,14 +61,6 @@ class DVAETrainConfig:
     init_from_data: bool = True
 
 
-def load_dvae_train_config(path: str | Path | None, overrides: Sequence[str]) -> DVAETrainConfig:
-    preset = peek_key("preset", path, overrides) or DVAETrainConfig.preset
-    if preset not in DVAE_PRESETS:
-        raise ConfigError(f"unknown dVAE preset {preset!r}; choose from {sorted(DVAE_PRESETS)}")
-    base = DVAETrainConfig(preset=preset, model=copy.deepcopy(DVAE_PRESETS[preset]))
-    return load_config(DVAETrainConfig, path, overrides, base=base)
-
-
 class DVAETask(ImageTokenizerTask):
     def __init__(self, config: DVAETrainConfig, device: torch.device) -> None:
         super().__init__(config, DiscreteVAE(config.model).to(device), device)
@@ -85,7 +73,7 @@ class DVAETask(ImageTokenizerTask):
         )
         return kl_weight, temperature
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         images = batch.images.to(self.device, non_blocking=True)
         kl_weight, temperature = self.schedules(step)
         o = self.config.objective
@@ -102,6 +90,6 @@ class DVAETask(ImageTokenizerTask):
             relaxed = self.model.stats_to_images(stats)
             mse = ((relaxed - images.float() / 255) ** 2).mean()
         return out.loss, {
-            "loss": out.loss.item(), "nll": out.nll.item(), "kl": out.kl.item(),
-            "kl_weight": kl_weight, "temperature": temperature, "relaxed_mse": float(mse),
+            "loss": out.loss.detach(), "nll": out.nll.detach(), "kl": out.kl.detach(),
+            "kl_weight": kl_weight, "temperature": temperature, "relaxed_mse": mse,
         }  # fmt: skip

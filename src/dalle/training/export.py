@@ -14,45 +14,36 @@ from pathlib import Path
 import torch
 
 from dalle.models.pretrained import config_from_dict
-from dalle.models.registry import MODEL_CLASSES
-from dalle.training.checkpoint import (
-    CHECKPOINT_FILE,
-    SHARDED_CHECKPOINT_DIR,
-    load_sharded_checkpoint,
-    read_checkpoint,
-    read_sharded_meta,
-    sharded_checkpoint_step,
-)
+from dalle.training.checkpoint import CHECKPOINT_FILE, load_saved_weights, saved_run
+from dalle.training.stages import StageSpec, stage_of_model
 
 
 def export_checkpoint(run: Path, out: Path) -> Path:
-    """Writes ``run``'s last checkpoint to ``out``; a transformer run also gets the
-    tokenizer and dVAE it was trained with, so ``out`` is self-contained."""
-    folder = run / SHARDED_CHECKPOINT_DIR
-    if sharded_checkpoint_step(folder) is not None:
-        meta = read_sharded_meta(folder)
-        model = _build(meta["model_type"], meta["model_config"])
-        load_sharded_checkpoint(folder, model)
-        run_config = meta["config"]
-    elif (run / CHECKPOINT_FILE).is_file():
-        payload = read_checkpoint(run / CHECKPOINT_FILE)
-        if "model_type" not in payload:
-            raise ValueError(f"{run / CHECKPOINT_FILE} predates export support: finish the run")
-        model = _build(payload["model_type"], payload["model_config"])
-        model.load_state_dict(payload["model"])
-        run_config = payload["config"]
-    else:
+    """Writes ``run``'s last checkpoint to ``out``, with the trained folders its stage
+    reads (a transformer's caption and image tokenizers), so ``out`` is self-contained."""
+    saved = saved_run(run)
+    if saved is None:
         raise FileNotFoundError(f"no training checkpoint in {run}")
+    if saved.model_type is None or saved.model_config is None:
+        raise ValueError(f"{run / CHECKPOINT_FILE} predates export support: finish the run")
+    stage = _stage(saved.model_type)
+    model = _build(stage, saved.model_config)
+    load_saved_weights(saved, model)
     model.save_pretrained(out)  # type: ignore[operator]
-    for part in ("tokenizer", "image_tokenizer"):
-        source = run_config.get(part)
+    for part in stage.inputs:
+        source = saved.config.get(part)
         if isinstance(source, str) and source and Path(source).is_dir():
             shutil.copytree(source, out / part, dirs_exist_ok=True)
     return out
 
 
-def _build(model_type: str, model_config: dict) -> torch.nn.Module:
-    if model_type not in MODEL_CLASSES:
-        raise ValueError(f"checkpoint holds an unknown model type {model_type!r}")
-    cls = MODEL_CLASSES[model_type]
+def _stage(model_type: str) -> StageSpec:
+    try:
+        return stage_of_model(model_type)
+    except ValueError:
+        raise ValueError(f"checkpoint holds an unknown model type {model_type!r}") from None
+
+
+def _build(stage: StageSpec, model_config: dict) -> torch.nn.Module:
+    cls = stage.model_class
     return cls(config_from_dict(cls.config_class, model_config))  # type: ignore[attr-defined,call-arg]

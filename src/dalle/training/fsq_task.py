@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from dalle.config import load_config
 from dalle.data.datasets import Batch, DataConfig
-from dalle.models.fsq import FSQ_PRESETS, FSQConfig, FSQTokenizer, reconstruction_loss
+from dalle.losses.reconstruction import reconstruction_loss
+from dalle.models.fsq import FSQConfig, FSQTokenizer
 from dalle.training.image_tokenizer_task import ImageTokenizerEvalConfig, ImageTokenizerTask
-from dalle.training.loop import LoopConfig, OptimConfig
+from dalle.training.loop import LoopConfig, Metrics, OptimConfig
 
 
 @dataclass
@@ -32,17 +29,12 @@ class FSQTrainConfig:
     init_from_data: bool = True  # start the decoder at the held-out images' median colour
 
 
-def load_fsq_train_config(path: str | Path | None, overrides: Sequence[str], preset: str):
-    base = FSQTrainConfig(preset=preset, model=copy.deepcopy(FSQ_PRESETS[preset]))
-    return load_config(FSQTrainConfig, path, overrides, base=base)
-
-
 class FSQTask(ImageTokenizerTask):
     def __init__(self, config: FSQTrainConfig, device: torch.device) -> None:
         super().__init__(config, FSQTokenizer(config.model).to(device), device)
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         images = batch.images.to(self.device, non_blocking=True)
         logits, _ = self.model(images)  # through forward(), where sharding gathers weights
         loss = reconstruction_loss(logits, images)
-        return loss, {"loss": loss.item()}
+        return loss, {"loss": loss.detach()}

@@ -34,12 +34,6 @@ class ImageTokenizerTask:
             pixels = self.eval_images.permute(1, 0, 2, 3).flatten(1).float() / 255
             model.init_output_bias(pixels.median(dim=1).values.to(device))
 
-    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]:
-        decay = [p for p in self.model.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.model.parameters() if p.ndim <= 1]  # biases
-        return [{"params": decay, "weight_decay": weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
-
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
         recon, tokens = reconstruct(self.model, self.eval_images)
         metrics = tokenizer_metrics(self.eval_images, recon, tokens, self.model.vocab_size)
@@ -54,25 +48,5 @@ class ImageTokenizerTask:
         grid.save(out_dir / "recon-latest.png")
         return metrics
 
-    def export(self, out_dir: Path) -> None:
-        self.model.save_pretrained(out_dir)
-
-
-def image_tokenizer_training(path: str | Path | None, overrides: list[str]) -> tuple[Any, type]:
-    """The typed config and task of an image-tokenizer run: the paper's dVAE for
-    ``dvae-*`` presets (the default), FSQ for ``fsq-*``."""
-    from dalle.config import ConfigError, peek_key
-    from dalle.models.dvae import DVAE_PRESETS
-    from dalle.models.fsq import FSQ_PRESETS
-
-    preset = peek_key("preset", path, overrides)
-    if preset is not None and preset not in {**DVAE_PRESETS, **FSQ_PRESETS}:
-        raise ConfigError(f"unknown image tokenizer preset {preset!r}; choose from "
-                          f"{sorted(DVAE_PRESETS)} or {sorted(FSQ_PRESETS)}")  # fmt: skip
-    if preset in FSQ_PRESETS:
-        from dalle.training.fsq_task import FSQTask, load_fsq_train_config
-
-        return load_fsq_train_config(path, overrides, preset), FSQTask
-    from dalle.training.dvae_task import DVAETask, load_dvae_train_config
-
-    return load_dvae_train_config(path, overrides), DVAETask
+    def export(self, out_dir: Path, model: nn.Module) -> None:
+        model.save_pretrained(out_dir)  # type: ignore[operator]

@@ -15,46 +15,27 @@ import dataclasses
 import json
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dalle.data.datasets import Batch, DataConfig, SkipLog, make_loader, open_source, rebatch
 from dalle.interrupts import InterruptGuard
+from dalle.models.protocol import weight_decay_groups
 from dalle.training import distributed
-from dalle.training.checkpoint import (
-    CHECKPOINT_FILE,
-    SHARDED_CHECKPOINT_DIR,
-    LoopState,
-    load_checkpoint,
-    load_sharded_checkpoint,
-    rng_state,
-    save_checkpoint,
-    save_sharded_checkpoint,
-    seed_everything,
-    set_rng_state,
-    sharded_checkpoint_step,
-)
+from dalle.training.checkpoint import Checkpointer, LoopState, rng_state, seed_everything
+from dalle.training.evaluator import Evaluator
 from dalle.training.grad_scaling import BlockGradScaler
-from dalle.training.parallelize import (
-    ParallelPlan,
-    is_sharded,
-    parallelize,
-    residual_blocks,
-    root_unsharded,
-    unsharded_copy,
-)
+from dalle.training.parallelize import ParallelPlan, parallelize, residual_blocks
 from dalle.training.schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -126,23 +107,28 @@ class LoopConfig:
             raise ValueError("loop.schedule_clock=time needs a time budget (loop.max_minutes)")
 
 
+# Scalars a task reports for one batch: tensors (read back from the device only when the
+# loop logs, so an update costs no host sync) or plain numbers (a schedule's value).
+Metrics = dict[str, torch.Tensor | float]
+
+
 class Task(Protocol):
     """What the loop needs from a model family."""
 
     model: nn.Module
 
-    def parameter_groups(self, weight_decay: float) -> list[dict[str, Any]]: ...
-
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss to minimise on one batch, and scalar metrics to log."""
+    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+        """The loss to minimise on one batch, and scalar metrics to log (its ``loss``
+        among them)."""
         ...
 
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
         """Held-out metrics (and any images written under ``out_dir``)."""
         ...
 
-    def export(self, out_dir: Path) -> None:
-        """Writes the trained model in its published format."""
+    def export(self, out_dir: Path, model: nn.Module) -> None:
+        """Writes ``model`` (the trained weights, whole, on one device) in its published
+        format."""
         ...
 
 
@@ -291,164 +277,249 @@ def train(
     ranks), rank 0 alone writes logs and exports, and checkpoints are sharded. Returns the
     final loop state. A KeyboardInterrupt (or SIGTERM) writes a checkpoint first.
     """
-    rank = distributed.current()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if loop_config.threads:
-        torch.set_num_threads(loop_config.threads)
-    device = resolve_device(loop_config.device)
+    trainer = Trainer(task, loop_config, optim, out_dir, run_config)
+    return trainer.run(data)
+
+
+class Trainer:
+    """One session of a run: the parallelised model, its optimizer, weight average and
+    gradient scaler, the checkpointer and the evaluator, and the loop's position."""
+
+    def __init__(
+        self,
+        task: Task,
+        loop: LoopConfig,
+        optim: OptimConfig,
+        out_dir: Path,
+        run_config: dict[str, Any],
+    ) -> None:
+        self.task, self.loop, self.optim, self.out_dir = task, loop, optim, out_dir
+        self.rank = distributed.current()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = _prepare_device(loop)
+        self.precision = resolve_precision(self.device, loop.precision)
+        sharded = self.rank.world_size > 1
+        if sharded and optim.ema_decay > 0:
+            raise ValueError("optim.ema_decay is not supported with sharded (torchrun) training")
+        plan = ParallelPlan(activation_checkpointing=loop.activation_checkpointing,
+                            compile=loop.compile, shard=sharded,
+                            compute_dtype=_DTYPES[self.precision])  # fmt: skip
+        self.model = parallelize(task.model, plan, self.device)
+        self.optimizer = torch.optim.AdamW(weight_decay_groups(task.model, optim.weight_decay),
+                                           lr=optim.lr, betas=(optim.betas[0], optim.betas[1]),
+                                           eps=optim.eps)  # fmt: skip
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(optim.ema_decay))
+                    if optim.ema_decay > 0 else None)  # fmt: skip
+        self.scaler = (BlockGradScaler(self.model, residual_blocks(self.model))
+                       if self.precision == "fp16" else None)  # fmt: skip
+        self.checkpoints = Checkpointer(out_dir, self.model, self.optimizer, run_config,
+                                        loop.checkpoint_every, sharded, loop.seed, self.ema,
+                                        self.scaler)  # fmt: skip
+        self.evaluator = Evaluator(task, self.model, self.ema, out_dir, loop.eval_every)
+        state = self.checkpoints.load()
+        if state is None:
+            state = LoopState()
+            seed_everything(loop.seed + self.rank.rank)
+        self.state = state
+        self.metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=self.rank.is_main)
+        self.skip_log = SkipLog()
+        self.guard = InterruptGuard()
+        # Set on the device when a loss is not finite; read (one host sync) only before
+        # anything is logged or written, so that no checkpoint or export holds its effect.
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        self.checked_step = state.step
+        # The loop position and random state that go with the weights as they are now:
+        # taken after each whole update (evaluation and checkpoint writes leave the random
+        # state alone), so an interrupt anywhere checkpoints one consistent step, and the
+        # resumed run redoes a step cut short with the same batch and random numbers.
+        self.boundary: tuple[LoopState, dict[str, Any]] = (dataclasses.replace(state),
+                                                           rng_state())  # fmt: skip
+
+    def run(self, data: DataConfig) -> LoopState:
+        """Updates until ``loop.steps`` or the time budget; then evaluates if the budget
+        cut the run short, exports, and records the end."""
+        state, loop = self.state, self.loop
+        parameters = sum(p.numel() for p in self.model.parameters())
+        self.metrics.write({"event": "start", "step": state.step, "device": str(self.device),
+                            "world_size": self.rank.world_size, "precision": self.precision,
+                            "parameters": parameters})  # fmt: skip
+        batches = _batches(data, state, self.skip_log)
+        self.progress = tqdm(total=loop.steps, initial=state.step, unit="step",
+                             dynamic_ncols=True, mininterval=2.0,
+                             disable=None if self.rank.is_main else True)  # fmt: skip
+        self.model.train()
+        with self.guard:
+            try:
+                self._updates(batches)
+            except KeyboardInterrupt:
+                self._save_on_interrupt()
+                raise
+            finally:
+                self.progress.close()
+                if self.skip_log.total:
+                    log.warning(self.skip_log.summary())
+        self._check_finite()
+        if state.step < loop.steps:  # stopped by the time budget
+            self.checkpoints.save(state)  # the raw weights; the average goes beside them
+            self.metrics.write({"step": state.step, "eval": self.evaluator.evaluate(state.step)})
+        self.evaluator.export()
+        self.metrics.write({"event": "end", "step": state.step, "elapsed_s": state.elapsed_s,
+                            "skipped": self.skip_log.to_json()})  # fmt: skip
+        return state
+
+    def _updates(self, batches: Iterator[Batch]) -> None:
+        state, loop = self.state, self.loop
+        deadline = _deadline(loop, state)
+        session_start = time.perf_counter() - state.elapsed_s
+        window = _Window(time.perf_counter())
+        # Metrics stay tensors on the device between logs: no host sync per update.
+        logged: dict[str, torch.Tensor | float] = {}
+        while state.step < loop.steps:
+            position = _schedule_position(loop, state)
+            if _budget_spent(deadline) or position >= loop.steps:
+                log.warning(_budget_message(loop, state.step))
+                break
+            lr = warmup_cosine(position, self.optim.warmup_steps, loop.steps, self.optim.lr,
+                               self.optim.final_lr)  # fmt: skip
+            step_metrics, samples = self.train_step(batches, lr)
+            state.elapsed_s = time.perf_counter() - session_start
+            window.samples += samples
+            _accumulate(logged, step_metrics, 1 / loop.log_every)
+            self.progress.update(1)
+            last = loop.steps
+            if state.step % loop.log_every == 0 or state.step == last:
+                self._check_finite()
+                self._log(_to_floats(logged), lr, window)
+                logged = {}
+            if self.evaluator.due(state.step, last):
+                self._check_finite()
+                evaluated = self.evaluator.evaluate(state.step)
+                self.metrics.write({"step": state.step, "eval": evaluated})
+                if self.rank.is_main:
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items())
+                    self.progress.write(f"step {state.step}: {shown}")
+            if self.checkpoints.due(state.step, last):
+                self._check_finite()
+                self.checkpoints.save(state)
+
+    def train_step(
+        self, batches: Iterator[Batch], lr: float
+    ) -> tuple[dict[str, torch.Tensor | float], int]:
+        """One optimizer update over ``loop.grad_accum`` batches at learning rate ``lr``.
+        Returns the update's metrics (tensors, not yet read back from the device) and the
+        samples it consumed over all ranks."""
+        loop, state = self.loop, self.state
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        metrics: dict[str, torch.Tensor | float] = {}
+        samples = 0
+        for _ in range(loop.grad_accum):
+            batch = next(batches)
+            with autocast_context(self.device, self.precision):
+                loss, batch_metrics = self.task.training_loss(batch, state.step)
+            scaled = self.scaler.scale(loss) if self.scaler is not None else loss
+            (scaled / loop.grad_accum).backward()
+            self.nonfinite |= ~torch.isfinite(loss.detach())
+            _accumulate(metrics, {"loss": loss.detach(), **batch_metrics}, 1 / loop.grad_accum)
+            samples += len(batch.captions) * self.rank.world_size
+        finite = self.scaler.unscale_() if self.scaler is not None else True
+        if self.optim.grad_clip > 0:
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.optim.grad_clip)
+            metrics["grad_norm"] = _full(norm).detach()
+        with self.guard.deferred():  # the update and its record, whole or not at all
+            if finite:
+                self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                metrics["skipped_update"] = float(not finite)
+                metrics["loss_scale"] = self.scaler.loss_scale
+                self.scaler.update()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            state.step += 1
+            state.samples_seen += samples
+            self.boundary = (dataclasses.replace(state), rng_state())
+        return metrics, samples
+
+    def _check_finite(self) -> None:
+        """Stops the run if a loss since the last check was nan or infinite."""
+        if bool(self.nonfinite):
+            raise FloatingPointError(
+                f"the loss became nan or infinite between steps {self.checked_step} and "
+                f"{self.state.step}; the last checkpoint holds the weights from before"
+            )
+        self.checked_step = self.state.step
+
+    def _log(self, logged: dict[str, float], lr: float, window: _Window) -> None:
+        state, loop = self.state, self.loop
+        logged = distributed.mean_over_ranks(logged)
+        rate = window.rate(time.perf_counter())
+        self.metrics.write({"step": state.step, "lr": lr, "images_per_s": rate,
+                            "elapsed_s": state.elapsed_s, **logged})  # fmt: skip
+        self.progress.set_postfix(loss=f"{logged.get('loss', math.nan):.4f}", img_s=f"{rate:.0f}")
+        if self.progress.disable and self.rank.is_main:
+            eta = (loop.steps - state.step) * state.elapsed_s / max(state.step, 1)
+            log.info("step %d/%d  loss %.4f  %.0f img/s  ETA %s", state.step, loop.steps,
+                     logged.get("loss", math.nan), rate, _hms(eta))  # fmt: skip
+
+    def _save_on_interrupt(self) -> None:
+        self.progress.close()
+        self.optimizer.zero_grad(set_to_none=True)
+        last_state, last_rng = self.boundary
+        if self.rank.world_size > 1:
+            # The other ranks may be anywhere, even inside a collective: saving now could
+            # hang. The last periodic checkpoint is where a re-run resumes.
+            log.warning("interrupted: run again to resume from the last checkpoint")
+            return
+        with self.guard.deferred():  # a second Ctrl-C waits for this checkpoint
+            self.checkpoints.save(last_state, rng=last_rng)
+        log.warning("interrupted: checkpoint written at step %d; run again to resume",
+                    last_state.step)  # fmt: skip
+
+
+@dataclass
+class _Window:
+    """Samples seen since the last log, for the throughput it reports."""
+
+    start: float
+    samples: int = 0
+
+    def rate(self, now: float) -> float:
+        rate = self.samples / max(now - self.start, 1e-9)
+        self.start, self.samples = now, 0
+        return rate
+
+
+def _prepare_device(loop: LoopConfig) -> torch.device:
+    if loop.threads:
+        torch.set_num_threads(loop.threads)
+    device = resolve_device(loop.device)
     if device.type == "cpu":
         # Tiny probabilities (a confident softmax over thousands of codes) underflow into
         # denormal floats, which CPUs process many times slower; flushing them to zero
         # changes nothing that training can see.
         torch.set_flush_denormal(True)
-    precision = resolve_precision(device, loop_config.precision)
-    sharded = rank.world_size > 1
-    if sharded and optim.ema_decay > 0:
-        raise ValueError("optim.ema_decay is not supported with sharded (torchrun) training")
-    plan = ParallelPlan(
-        activation_checkpointing=loop_config.activation_checkpointing,
-        compile=loop_config.compile,
-        shard=sharded,
-        compute_dtype=_DTYPES[precision],
-    )
-    model = parallelize(task.model, plan, device)
-    optimizer = torch.optim.AdamW(
-        task.parameter_groups(optim.weight_decay),
-        lr=optim.lr,
-        betas=(optim.betas[0], optim.betas[1]),
-        eps=optim.eps,
-    )
-    ema = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(optim.ema_decay))
-        if optim.ema_decay > 0
-        else None
-    )
-    scaler = BlockGradScaler(model, residual_blocks(model)) if precision == "fp16" else None
-    checkpoints = _Checkpoints(out_dir, model, optimizer, ema, scaler, run_config, sharded,
-                               loop_config.seed)  # fmt: skip
-    state = checkpoints.load()
-    if state is None:
-        state = LoopState()
-        seed_everything(loop_config.seed + rank.rank)
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=rank.is_main)
-    metrics.write({"event": "start", "step": state.step, "device": str(device),
-                   "world_size": rank.world_size, "precision": precision,
-                   "parameters": sum(p.numel() for p in model.parameters())})  # fmt: skip
+    return device
 
-    # The loop position and random state that go with the weights as they are now: taken
-    # after each whole update (evaluation and checkpoint writes leave the random state
-    # alone), so an interrupt anywhere checkpoints one consistent step, and the resumed
-    # run redoes a step cut short with the same batch and the same random numbers.
-    boundary: tuple[LoopState, dict[str, Any]] = (dataclasses.replace(state), rng_state())
 
-    skip_log = SkipLog()
-    batches = _batches(data, state, skip_log)
-    progress = tqdm(total=loop_config.steps, initial=state.step, unit="step", dynamic_ncols=True,
-                    mininterval=2.0, disable=None if rank.is_main else True)  # fmt: skip
-    window_start, window_samples = time.perf_counter(), 0
-    session_start = time.perf_counter() - state.elapsed_s
-    model.train()
-    deadline = _deadline(loop_config, state)
-    guard = InterruptGuard()
-    guard.__enter__()  # left in the finally below
-    try:
-        while state.step < loop_config.steps:
-            position = _schedule_position(loop_config, state)
-            if _budget_spent(deadline) or position >= loop_config.steps:
-                log.warning(_budget_message(loop_config, state.step))
-                break
-            lr = warmup_cosine(
-                position, optim.warmup_steps, loop_config.steps, optim.lr, optim.final_lr
-            )
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            logged: dict[str, float] = {}
-            for _ in range(loop_config.grad_accum):
-                batch = next(batches)
-                with autocast_context(device, precision):
-                    loss, step_metrics = task.training_loss(batch, state.step)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {state.step}")
-                scaled = scaler.scale(loss) if scaler is not None else loss
-                (scaled / loop_config.grad_accum).backward()
-                for key, value in step_metrics.items():
-                    logged[key] = logged.get(key, 0.0) + value / loop_config.grad_accum
-                state.samples_seen += len(batch.captions) * rank.world_size
-                window_samples += len(batch.captions) * rank.world_size
-            finite = scaler.unscale_() if scaler is not None else True
-            if optim.grad_clip > 0:
-                norm = nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-                logged["grad_norm"] = float(_full(norm))
-            with guard.deferred():  # the update and its record, whole or not at all
-                if finite:
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    logged["skipped_update"] = float(not finite)
-                    logged["loss_scale"] = scaler.loss_scale
-                    scaler.update()
-                if ema is not None:
-                    ema.update_parameters(model)
-                state.step += 1
-                state.elapsed_s = time.perf_counter() - session_start
-                boundary = (dataclasses.replace(state), rng_state())
-            progress.update(1)
-            if state.step % loop_config.log_every == 0 or state.step == loop_config.steps:
-                logged = distributed.mean_over_ranks(logged)
-                now = time.perf_counter()
-                rate = window_samples / max(now - window_start, 1e-9)
-                window_start, window_samples = now, 0
-                record = {"step": state.step, "lr": lr, "images_per_s": rate,
-                          "elapsed_s": state.elapsed_s, **logged}  # fmt: skip
-                metrics.write(record)
-                progress.set_postfix(
-                    loss=f"{logged.get('loss', float('nan')):.4f}", img_s=f"{rate:.0f}"
-                )
-                eta = (loop_config.steps - state.step) * state.elapsed_s / max(state.step, 1)
-                if progress.disable and rank.is_main:
-                    loss_value = logged.get("loss", math.nan)
-                    log.info(
-                        "step %d/%d  loss %.4f  %.0f img/s  ETA %s",
-                        state.step, loop_config.steps, loss_value, rate, _hms(eta),
-                    )  # fmt: skip
-            if state.step % loop_config.eval_every == 0 or state.step == loop_config.steps:
-                evaluated = _evaluate(task, model, ema, state.step, out_dir)
-                metrics.write({"step": state.step, "eval": evaluated})
-                if rank.is_main:
-                    shown = ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items())
-                    progress.write(f"step {state.step}: {shown}")
-            if state.step % loop_config.checkpoint_every == 0 or state.step == loop_config.steps:
-                checkpoints.save(state)
-    except KeyboardInterrupt:
-        progress.close()
-        optimizer.zero_grad(set_to_none=True)
-        last_state, last_rng = boundary
-        if sharded:
-            # The other ranks may be anywhere, even inside a collective: saving now could
-            # hang. The last periodic checkpoint is where a re-run resumes.
-            log.warning("interrupted: run again to resume from the last checkpoint")
-        else:
-            with guard.deferred():  # a second Ctrl-C waits for this checkpoint
-                checkpoints.save(last_state, rng=last_rng)
-            log.warning(
-                "interrupted: checkpoint written at step %d; run again to resume", last_state.step
-            )
-        raise
-    finally:
-        guard.__exit__()
-        progress.close()
-        if skip_log.total:
-            log.warning(skip_log.summary())
-    stopped_early = state.step < loop_config.steps  # by the time budget
-    if stopped_early:
-        checkpoints.save(state)  # the raw weights: the average goes in the checkpoint beside them
-        metrics.write(
-            {"step": state.step, "eval": _evaluate(task, model, ema, state.step, out_dir)}
-        )
-    _export(task, model, ema, out_dir)
-    metrics.write({"event": "end", "step": state.step, "elapsed_s": state.elapsed_s,
-                   "skipped": skip_log.to_json()})  # fmt: skip
-    return state
+def _accumulate(
+    into: dict[str, torch.Tensor | float], values: dict[str, torch.Tensor | float], weight: float
+) -> None:
+    """``into[k] += weight * values[k]``, tensors kept on their device."""
+    for key, value in values.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().float()
+        into[key] = into.get(key, 0.0) + value * weight
+
+
+def _to_floats(metrics: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """Reads every tensor metric back from the device at once (one sync)."""
+    keys = [k for k, v in metrics.items() if isinstance(v, torch.Tensor)]
+    out = {k: float(v) for k, v in metrics.items() if not isinstance(v, torch.Tensor)}
+    if keys:
+        values = torch.stack([metrics[k].reshape(()) for k in keys]).tolist()  # type: ignore[union-attr]
+        out.update(zip(keys, values, strict=True))
+    return {k: out[k] for k in metrics}
 
 
 def _deadline(config: LoopConfig, state: LoopState) -> float:
@@ -467,10 +538,11 @@ def _schedule_position(config: LoopConfig, state: LoopState) -> float:
     if config.schedule_clock != "time":
         return float(state.step)
     by_time = config.steps * state.elapsed_s / (60 * config.max_minutes)
-    shared = torch.tensor(by_time, dtype=torch.float64, device=distributed.collective_device())
     if distributed.current().world_size > 1:
+        shared = torch.tensor(by_time, dtype=torch.float64, device=distributed.collective_device())
         torch.distributed.broadcast(shared, src=0)
-    return max(float(state.step), float(shared))
+        by_time = float(shared)
+    return max(float(state.step), by_time)
 
 
 def _budget_message(config: LoopConfig, step: int) -> str:
@@ -486,130 +558,20 @@ def _budget_message(config: LoopConfig, step: int) -> str:
 def _budget_spent(deadline: float) -> bool:
     """Whether the wall-time budget is spent, decided by rank 0 for every rank (ranks that
     stopped at different steps would wait on each other forever)."""
-    spent = torch.tensor(float(time.monotonic() > deadline), device=distributed.collective_device())
-    if distributed.current().world_size > 1:
-        torch.distributed.broadcast(spent, src=0)
-    return bool(spent)
+    if deadline == math.inf:
+        return False
+    spent = time.monotonic() > deadline
+    if distributed.current().world_size == 1:
+        return spent
+    shared = torch.tensor(float(spent), device=distributed.collective_device())
+    torch.distributed.broadcast(shared, src=0)
+    return bool(shared)
 
 
 def _full(value: torch.Tensor) -> torch.Tensor:
     return value.full_tensor() if isinstance(value, DTensor) else value
 
 
-def _evaluate(
-    task: Task, model: nn.Module, ema: AveragedModel | None, step: int, out_dir: Path
-) -> dict[str, float]:
-    """Every rank evaluates (a sharded model's forward pass needs them all); files are
-    kept from rank 0 only. The random state is put back afterwards, so training draws the
-    same numbers whether or not (and however often) it evaluates."""
-    model.eval()
-    random_state = rng_state()
-    try:
-        with averaged_weights(model, ema), root_unsharded(model):
-            if distributed.current().is_main:
-                return task.evaluate(step, out_dir)
-            with tempfile.TemporaryDirectory() as scratch:
-                return task.evaluate(step, Path(scratch))
-    finally:
-        set_rng_state(random_state)
-        model.train()
-
-
-def _export(task: Task, model: nn.Module, ema: AveragedModel | None, out_dir: Path) -> None:
-    """Writes the trained model; a sharded one is first gathered whole on rank 0."""
-    model.eval()
-    if not is_sharded(model):
-        with averaged_weights(model, ema):
-            task.export(out_dir)
-        return
-    whole = get_model_state_dict(
-        model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-    )
-    if distributed.current().is_main:
-        plain = unsharded_copy(model, whole)
-        task.model = plain
-        try:
-            task.export(out_dir)
-        finally:
-            task.model = model
-    distributed.barrier()
-
-
-@contextmanager
-def averaged_weights(model: nn.Module, ema: AveragedModel | None) -> Iterator[None]:
-    """Puts the weight average into ``model`` for the duration, then restores its own."""
-    if ema is None:
-        yield
-        return
-    own = {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
-    model.load_state_dict(ema.module.state_dict())
-    try:
-        yield
-    finally:
-        model.load_state_dict(own)
-
-
 def _hms(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
-class _Checkpoints:
-    """Where and how a run checkpoints: one ``checkpoint.pt`` for a single process, a
-    sharded ``checkpoint/`` folder (torch.distributed.checkpoint) under torchrun. A run
-    that has a sharded checkpoint keeps it, so a run started on N ranks resumes on M,
-    one process included."""
-
-    def __init__(
-        self,
-        out_dir: Path,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        ema: AveragedModel | None,
-        scaler: BlockGradScaler | None,
-        run_config: dict[str, Any],
-        sharded: bool,
-        seed: int,
-    ) -> None:
-        self.file = out_dir / CHECKPOINT_FILE
-        self.folder = out_dir / SHARDED_CHECKPOINT_DIR
-        self.model, self.optimizer, self.ema, self.scaler = model, optimizer, ema, scaler
-        self.run_config, self.seed = run_config, seed
-        self.use_folder = sharded or sharded_checkpoint_step(self.folder) is not None
-        if self.use_folder and ema is not None:
-            raise ValueError(f"{self.folder} is a sharded checkpoint, which does not hold a "
-                             "weight average: resume with optim.ema_decay=0")  # fmt: skip
-
-    def _extra(self) -> dict[str, Any]:
-        return {"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}
-
-    def _restore_extra(self, extra: dict[str, Any]) -> None:
-        if self.scaler is not None and "grad_scaler" in extra:
-            self.scaler.load_state_dict(extra["grad_scaler"])
-
-    def load(self) -> LoopState | None:
-        """Restores the last checkpoint, if any; returns its loop state."""
-        if self.use_folder and sharded_checkpoint_step(self.folder) is not None:
-            state, meta = load_sharded_checkpoint(self.folder, self.model, self.optimizer,
-                                                  self.seed)  # fmt: skip
-            self._restore_extra(meta.get("extra", {}))
-            log.info("resuming from %s (saved on %d ranks) at step %d",
-                     self.folder, meta["world_size"], state.step)  # fmt: skip
-            return state
-        if self.file.exists():
-            if self.use_folder:
-                raise ValueError(f"{self.file} is a single-process checkpoint: resume it "
-                                 "without torchrun")  # fmt: skip
-            state, payload = load_checkpoint(self.file, self.model, self.optimizer, ema=self.ema)
-            self._restore_extra(payload.get("extra", {}))
-            log.info("resuming from %s at step %d", self.file, state.step)
-            return state
-        return None
-
-    def save(self, state: LoopState, rng: dict[str, Any] | None = None) -> None:
-        if self.use_folder:
-            save_sharded_checkpoint(self.folder, self.model, self.optimizer, state,
-                                    self.run_config, rng=rng, extra=self._extra())  # fmt: skip
-        else:
-            save_checkpoint(self.file, self.model, self.optimizer, state, self.run_config,
-                            rng=rng, ema=self.ema, extra=self._extra())  # fmt: skip

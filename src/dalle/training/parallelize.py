@@ -22,6 +22,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 )
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
+from dalle.models.protocol import MetaBuildable, TrainableModel
 from dalle.training import distributed
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,9 @@ def model_build_device(device: torch.device) -> torch.device:
 
 
 def residual_blocks(model: nn.Module) -> list[nn.Module]:
-    """The model's repeated blocks, the units of checkpointing, compiling and sharding."""
-    get = getattr(model, "residual_blocks", None)
-    return list(get()) if callable(get) else []
+    """The model's repeated blocks, the units of checkpointing, compiling and sharding
+    (none for a module that is not one of this project's models)."""
+    return list(model.residual_blocks()) if isinstance(model, TrainableModel) else []
 
 
 def _replace(root: nn.Module, old: nn.Module, new: nn.Module) -> None:
@@ -102,12 +103,11 @@ def parallelize(model: nn.Module, plan: ParallelPlan, device: torch.device) -> n
     if plan.shard:
         apply_fsdp(model, blocks, plan.compute_dtype)
     if any(p.is_meta for p in model.parameters()):
-        init = getattr(model, "init_weights", None)
-        if not callable(init):
+        if not isinstance(model, MetaBuildable):
             raise TypeError(f"{type(model).__name__} was built on the meta device but has no "
                             "init_weights() to initialise it after sharding")  # fmt: skip
         model.to_empty(device=device)
-        init()
+        model.init_weights()
     return model
 
 

@@ -17,46 +17,30 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from dalle.config import ConfigError, save_config
 from dalle.files import folder_hash
-from dalle.training.checkpoint import (
-    CHECKPOINT_FILE,
-    SHARDED_CHECKPOINT_DIR,
-    read_checkpoint,
-    read_sharded_meta,
-    seed_everything,
-    sharded_checkpoint_step,
-)
+from dalle.training.checkpoint import saved_run, seed_everything
 from dalle.training.distributed import init_distributed
-from dalle.training.loop import LoopState, Task, read_metrics, resolve_device, train
+from dalle.training.loop import LoopState, read_metrics, resolve_device, train
+
+if TYPE_CHECKING:
+    from dalle.training.stages import StageSpec
 
 log = logging.getLogger(__name__)
 
 CONFIG_RECORD = "train_config.yaml"
 CHANGES_FILE = "config_changes.jsonl"
-# Top-level settings that name a trained input folder; resuming needs the same contents.
-INPUT_FOLDERS = ("image_tokenizer", "tokenizer")
 # Dotted settings (or prefixes ending in ".") a resume may change without a flag: they
 # decide how long the run goes, where, and what it reports, not what it learns.
 FREE_TO_CHANGE = (
     "loop.steps", "loop.max_minutes", "loop.log_every", "loop.eval_every",
     "loop.checkpoint_every", "loop.threads", "loop.device", "data.num_workers", "eval.",
 )  # fmt: skip
-
-
-def saved_run_config(out: Path) -> dict[str, Any] | None:
-    """The settings of the checkpoint in ``out`` (None when there is none)."""
-    if sharded_checkpoint_step(out / SHARDED_CHECKPOINT_DIR) is not None:
-        return read_sharded_meta(out / SHARDED_CHECKPOINT_DIR)["config"]
-    if (out / CHECKPOINT_FILE).exists():
-        return read_checkpoint(out / CHECKPOINT_FILE, mmap=True)["config"]
-    return None
 
 
 def config_changes(saved: dict[str, Any], config: dict[str, Any]) -> dict[str, tuple]:
@@ -77,10 +61,10 @@ def check_resumable(out: Path, config: dict[str, Any], allow_changes: bool = Fal
     """Refuses to resume a run whose settings or inputs differ from its checkpoint's,
     except those free to change or, with ``allow_changes``, any. Returns the accepted
     changes (empty for a new run)."""
-    saved = saved_run_config(out)
+    saved = saved_run(out)
     if saved is None:
         return {}
-    changes = config_changes(saved, config)
+    changes = config_changes(saved.config, config)
     refused = {k: v for k, v in changes.items() if not is_free(k)}
     if refused and not allow_changes:
         shown = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, (a, b) in refused.items())
@@ -91,10 +75,10 @@ def check_resumable(out: Path, config: dict[str, Any], allow_changes: bool = Fal
     return changes
 
 
-def input_fingerprints(config: Any) -> dict[str, str]:
-    """A content hash of each input folder the config names (image and caption tokenizers)."""
+def input_fingerprints(config: Any, keys: tuple[str, ...]) -> dict[str, str]:
+    """A content hash of each input folder (config ``keys``) the config names."""
     prints = {}
-    for key in INPUT_FOLDERS:
+    for key in keys:
         folder = getattr(config, key, None)
         if isinstance(folder, str) and folder and Path(folder).is_dir():
             prints[key] = folder_hash(Path(folder))
@@ -108,24 +92,23 @@ def final_eval(out: Path) -> dict[str, float]:
 
 
 def run_training(
-    config: Any,
-    make_task: Callable[[Any, torch.device], Task],
-    out: Path,
-    allow_changes: bool = False,
+    stage: StageSpec, config: Any, out: Path, allow_changes: bool = False
 ) -> LoopState:
-    """Trains (or resumes) ``config`` into ``out`` and prints a one-line summary.
+    """Trains (or resumes) ``stage`` with ``config`` into ``out``; prints a summary.
 
     Launched by torchrun, every rank runs this: the ranks join one process group and
     share each global batch (``data.batch_size``), and rank 0 alone writes and prints.
     """
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file, not a run folder")
+    stage.check_inputs(config)
     rank = init_distributed(config.loop.device)
     device = resolve_device(config.loop.device)
     # The model's initial weights depend on the seed; every rank builds the same model.
     seed_everything(config.loop.seed)
-    task = make_task(config, device)  # may fill derived config fields
-    run_config = {**dataclasses.asdict(config), "inputs": input_fingerprints(config)}
+    task = stage.build_task(config, device)  # may fill derived config fields
+    folders = (*stage.inputs, *stage.optional_inputs)
+    run_config = {**dataclasses.asdict(config), "inputs": input_fingerprints(config, folders)}
     changes = check_resumable(out, run_config, allow_changes)
     if rank.is_main:
         out.mkdir(parents=True, exist_ok=True)

@@ -1,36 +1,10 @@
-"""Every named model preset, across model families."""
+"""How large a model is: parameters per part, and training memory when sharded."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from dalle.models.clip import CLIP, CLIP_PRESETS
-from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
-from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
-from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
-
-
-def preset_names() -> list[str]:
-    return sorted([*DVAE_PRESETS, *FSQ_PRESETS, *DALLE_PRESETS, *CLIP_PRESETS])
-
-
-def build_preset(name: str, device: str = "meta") -> nn.Module:
-    """The preset's model; on the meta device by default, so nothing is allocated."""
-    import torch
-
-    if name in DVAE_PRESETS:
-        with torch.device(device):
-            return DiscreteVAE(DVAE_PRESETS[name])
-    if name in FSQ_PRESETS:
-        with torch.device(device):
-            return FSQTokenizer(FSQ_PRESETS[name])
-    if name in DALLE_PRESETS:
-        with torch.device(device):
-            return DALLETransformer(DALLE_PRESETS[name])
-    if name in CLIP_PRESETS:
-        with torch.device(device):
-            return CLIP(CLIP_PRESETS[name])
-    raise ValueError(f"unknown preset {name!r}; choose from {', '.join(preset_names())}")
+from dalle.models.protocol import TrainableModel
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
@@ -38,11 +12,6 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     if hasattr(model, "parameter_counts"):
         return model.parameter_counts()  # type: ignore[operator]
     return {"total": sum(p.numel() for p in model.parameters())}
-
-
-MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    cls.__name__: cls for cls in (DiscreteVAE, FSQTokenizer, DALLETransformer, CLIP)
-}
 
 
 def sharded_memory(model: nn.Module, gpus: int) -> dict[str, float]:
@@ -54,8 +23,7 @@ def sharded_memory(model: nn.Module, gpus: int) -> dict[str, float]:
     if gpus < 1:
         raise ValueError(f"--gpus must be at least 1, not {gpus}")
     total = sum(p.numel() for p in model.parameters())
-    get_blocks = getattr(model, "residual_blocks", None)
-    blocks = get_blocks() if callable(get_blocks) else []
+    blocks = model.residual_blocks() if isinstance(model, TrainableModel) else []
     largest_block = max((sum(p.numel() for p in b.parameters()) for b in blocks), default=total)
     memory = {
         "weights_fp32": 4 * total / gpus,
