@@ -16,8 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from dalle.cli import main
+from dalle.data.datasets import local_batch_size
 from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
-from dalle.training.distributed import local_batch_size
 from dalle.training.parallelize import ParallelPlan, parallelize
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -116,6 +116,21 @@ def test_two_ranks_match_one_with_the_same_global_batch(stages: dict[str, Path])
     for name in final:
         assert torch.equal(weights[name], final[name]), name
     assert (exported / "image_tokenizer" / "model.safetensors").is_file()
+
+
+def test_two_ranks_in_bf16_match_one(stages: dict[str, Path]) -> None:
+    """bf16 under FSDP2 on gloo: the ranks gather weights in bf16 (the precision policy)
+    and compute under bf16 autocast, one process only the latter; the losses agree to
+    bf16's precision, and the exported weights are fp32."""
+    one, two = stages["root"] / "bf16-one", stages["root"] / "bf16-two"
+    args = ["loop.steps=3", "loop.eval_every=3", "loop.checkpoint_every=3", "loop.precision=bf16"]
+    assert main(_train_args(stages, one, *args)) == 0
+    _torchrun(2, _train_args(stages, two, *args))
+    single, sharded = _losses(one), _losses(two)
+    assert sorted(sharded) == [1, 2, 3]
+    for step, loss in single.items():
+        assert abs(loss - sharded[step]) < 2e-2 * loss, (step, loss, sharded[step])
+    assert {t.dtype for t in load_file(two / "model.safetensors").values()} == {torch.float32}
 
 
 def test_killed_two_rank_run_resumes_to_the_same_weights(stages: dict[str, Path]) -> None:

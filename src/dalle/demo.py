@@ -70,7 +70,9 @@ class DemoConfig:
     # Every stage a few updates of a tiny model (:func:`shrink`): for tests, not for looking at.
     smoke: bool = False
     # Samples drawn per prompt; the demo's CLIP keeps the best one (1: no re-ranking).
-    candidates: int = 8
+    # 32 rather than 8: the CLIP keeps a passing sample for 3-4 points more prompts, for
+    # about 50 s more sampling (BENCHMARKS.md, sixth session).
+    candidates: int = 32
     # Sampling settings tried on validation prompts (not the demo's); the best is written
     # to the transformer's folder as its recommended settings, and the demo samples with it.
     sampling_candidates: list[SamplingConfig] = field(default_factory=sampling_candidates)
@@ -215,27 +217,35 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if c.training_scale != 1.0:
         minutes = demo_training_minutes(c) * c.training_scale
-        print(
-            f"[demo] training budget scaled by {c.training_scale:.3g}: {minutes:.1f} min "
-            "over all stages",
-            flush=True,
-        )
+        print(f"[demo] training budget scaled by {c.training_scale:.3g}: {minutes:.1f} min "
+              "over all stages", flush=True)  # fmt: skip
     start = time.perf_counter()
-    seconds: dict[str, float] = {}
-    stages = stage_configs(c, out)
+    seconds = _train_every_stage(c, out)
+    reranker = out / "clip" if c.candidates > 1 else None
+    pipe = TextToImage.from_pretrained(out / "dalle", reranker=reranker)
+    seconds["sampling_settings"] = _choose_sampling(c, out, pipe)
+    results: dict = {"clip": final_eval(out / "clip")}
+    for name, split in (("seen", "train"), ("zeroshot", "zeroshot")):
+        results[name], seconds[f"sample_{name}"] = _sample_and_judge(c, out / name, split, pipe)
+    results["seconds_this_run"] = {k: round(v, 1) for k, v in seconds.items() if v}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"[demo] grids: {out / 'seen_grid.png'}, {out / 'zeroshot_grid.png'}; "
+          f"results: {out / 'results.json'} ({time.perf_counter() - start:.0f}s)")  # fmt: skip
+    return 0
 
+
+def _train_every_stage(c: DemoConfig, out: Path) -> dict[str, float]:
+    """Stages 1-5, each skipped when a previous run finished it; the seconds each took."""
+    stages, seconds = stage_configs(c, out), {}
     tokenizer_dir = out / "tokenizer"
-    if _stage(
-        f"caption tokenizer (BPE on {c.tokenizer_captions:,} training captions)",
-        (tokenizer_dir / "tokenizer.json").exists(),
-    ):
+    if _stage(f"caption tokenizer (BPE on {c.tokenizer_captions:,} training captions)",
+              (tokenizer_dir / "tokenizer.json").exists()):  # fmt: skip
         t = time.perf_counter()
         bpe = TokenizerConfig(vocab_size=c.tokenizer_vocab, max_length=c.caption_length,
                               max_captions=c.tokenizer_captions)  # fmt: skip
         data = DataConfig(source="shapes", seed=c.seed, subset="train")
         train_caption_tokenizer(TokenizerTrainConfig(data, bpe), tokenizer_dir)
         seconds["tokenizer"] = time.perf_counter() - t
-
     stage, settings = stages["image_tokenizer"]
     seconds["image_tokenizer"] = _train_stage(f"image tokenizer ({settings.preset})",
                                               out / "image_tokenizer", stage, settings,
@@ -252,46 +262,47 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
                                           c.training_scale)  # fmt: skip
     seconds["clip"] = _train_stage("CLIP (re-ranks the samples)", out / "clip", *stages["clip"],
                                    c.training_scale)  # fmt: skip
+    return seconds
 
-    reranker = out / "clip" if c.candidates > 1 else None
-    pipe = TextToImage.from_pretrained(out / "dalle", reranker=reranker)
-    if _stage(f"sampling settings ({len(c.sampling_candidates)} tried on "
-              f"{c.validation_prompts} validation prompts per split)",
-              (out / "dalle" / GENERATION_CONFIG).exists()):  # fmt: skip
-        t = time.perf_counter()
-        best, record = choose_sampling(pipe, c.sampling_candidates, c.validation_prompts, c.seed)
-        write_sampling_defaults(out / "dalle", best, record)
-        pipe.defaults = best
-        where = out / "dalle" / GENERATION_CONFIG
-        print(f"[demo] sampling settings: temperature {best.temperature:g}, guidance "
-              f"{best.guidance_scale:g}, recorded in {where}")  # fmt: skip
-        seconds["sampling_settings"] = time.perf_counter() - t
-    results: dict = {"clip": final_eval(out / "clip")}
-    for name, split in (("seen", "train"), ("zeroshot", "zeroshot")):
-        folder = out / name
-        marker = folder / ".complete"
-        rates_file = folder / "pass_rates.json"
-        if _stage(f"{name} samples ({c.prompts} {split}-split prompts, best of "
-                  f"{c.candidates} by CLIP)", marker.exists()):  # fmt: skip
-            t = time.perf_counter()
-            prompts = shapes_prompts(split, c.prompts, c.image_size, c.seed)
-            rates = generate_and_judge(pipe, prompts, folder, pipe.defaults, c.seed,
-                                       candidates=c.candidates)  # fmt: skip
-            rates_file.write_text(json.dumps(rates))
-            marker.touch()
-            seconds[f"sample_{name}"] = time.perf_counter() - t
-        report = judge_directory(folder)
-        results[name] = {k: v for k, v in report.to_json().items() if k != "failures"}
-        if rates_file.exists():
-            first = json.loads(rates_file.read_text()).get("pass_rate_first_candidate")
-            if first is not None:
-                results[name]["accuracy_without_reranking"] = first
-                print(f"[demo] {name}: first sample of each prompt passes {first:.1%}; the "
-                      f"best of {c.candidates} by CLIP {report.accuracy:.1%}")  # fmt: skip
-        print(f"[demo] judge on {name} samples: {report.summary()}", flush=True)
 
-    results["seconds_this_run"] = {k: round(v, 1) for k, v in seconds.items() if v}
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"[demo] grids: {out / 'seen_grid.png'}, {out / 'zeroshot_grid.png'}; "
-          f"results: {out / 'results.json'} ({time.perf_counter() - start:.0f}s)")  # fmt: skip
-    return 0
+def _choose_sampling(c: DemoConfig, out: Path, pipe: TextToImage) -> float:
+    """Stage 6: the sampling settings, chosen on validation prompts and recorded in the
+    transformer's folder (unless a previous run did); the seconds it took."""
+    where = out / "dalle" / GENERATION_CONFIG
+    if not _stage(f"sampling settings ({len(c.sampling_candidates)} tried on "
+                  f"{c.validation_prompts} validation prompts per split)",
+                  where.exists()):  # fmt: skip
+        return 0.0
+    t = time.perf_counter()
+    best, record = choose_sampling(pipe, c.sampling_candidates, c.validation_prompts, c.seed)
+    write_sampling_defaults(out / "dalle", best, record)
+    pipe.defaults = best
+    print(f"[demo] sampling settings: temperature {best.temperature:g}, guidance "
+          f"{best.guidance_scale:g}, recorded in {where}")  # fmt: skip
+    return time.perf_counter() - t
+
+
+def _sample_and_judge(
+    c: DemoConfig, folder: Path, split: str, pipe: TextToImage
+) -> tuple[dict, float]:
+    """Stage 7 for one split: the kept samples of its test prompts (unless a previous run
+    wrote them), and the judge's report on them; the seconds sampling took."""
+    name, marker, rates_file = folder.name, folder / ".complete", folder / "pass_rates.json"
+    t = time.perf_counter()
+    if _stage(f"{name} samples ({c.prompts} {split}-split prompts, best of "
+              f"{c.candidates} by CLIP)", marker.exists()):  # fmt: skip
+        prompts = shapes_prompts(split, c.prompts, c.image_size, c.seed)
+        rates = generate_and_judge(pipe, prompts, folder, pipe.defaults, c.seed,
+                                   candidates=c.candidates)  # fmt: skip
+        rates_file.write_text(json.dumps(rates))
+        marker.touch()
+    took = time.perf_counter() - t
+    report = judge_directory(folder)
+    result = {k: v for k, v in report.to_json().items() if k != "failures"}
+    first = json.loads(rates_file.read_text()).get("pass_rate_first_candidate")
+    if first is not None:
+        result["accuracy_without_reranking"] = first
+        print(f"[demo] {name}: first sample of each prompt passes {first:.1%}; the "
+              f"best of {c.candidates} by CLIP {report.accuracy:.1%}")  # fmt: skip
+    print(f"[demo] judge on {name} samples: {report.summary()}", flush=True)
+    return result, took

@@ -202,6 +202,17 @@ def _attach_skips(results) -> Iterator[dict]:
         yield skips_only(pending)
 
 
+def local_batch_size(global_batch: int, world_size: int) -> int:
+    """Each rank's share of a global batch, which must split evenly: a run's results then
+    depend on the global batch, not on how many processes compute it."""
+    if global_batch % world_size:
+        raise ValueError(
+            f"data.batch_size {global_batch} (the global batch) does not split evenly "
+            f"over {world_size} ranks"
+        )
+    return global_batch // world_size
+
+
 def _rank_and_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -679,20 +690,22 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader that collates to :class:`Batch`; map-style sets are shuffled by seed.
 
-    ``config.batch_size`` is what each process gets. With ``split_by_rank``, a map-style
-    set (a folder) is dealt out over the ranks; streams split themselves.
+    ``config.batch_size`` is the global batch, as everywhere. With ``split_by_rank``, the
+    data are dealt out over the ranks (a map-style set here; streams split themselves)
+    and each process gets its share of every batch; without, each process reads all.
     """
     generator = torch.Generator().manual_seed(config.seed)
     shuffle = config.shuffle and not isinstance(dataset, IterableDataset)
     sampler = None
     rank, world = _rank_and_world()
+    batch_size = local_batch_size(config.batch_size, world) if split_by_rank else config.batch_size
     if split_by_rank and world > 1 and not isinstance(dataset, IterableDataset):
         sampler = DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=config.seed,
                                      drop_last=True)  # fmt: skip
         shuffle = False
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         shuffle=shuffle,
         sampler=sampler,
         num_workers=config.num_workers,

@@ -80,7 +80,7 @@ def generate_and_judge(
     folder: Path,
     sampling: SamplingConfig | None = None,
     seed: int = 0,
-    batch_size: int = 32,
+    batch_size: int = 64,
     candidates: int = 1,
 ) -> dict[str, float]:
     """One image per prompt, written as ``NNNN.png`` + ``NNNN.txt`` under ``folder`` with a

@@ -19,7 +19,6 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -28,6 +27,7 @@ from torch import nn
 
 from dalle.models.pretrained import PretrainedMixin
 from dalle.models.token_grid import TokenGridMixin
+from dalle.precision import fp32_island
 
 
 @dataclass
@@ -70,13 +70,6 @@ DVAE_PRESETS: dict[str, DVAEConfig] = {
         vocab_size=128, group_count=2, hidden_width=16, blocks_per_group=1, decoder_input_width=16
     ),
 }
-
-
-def full_precision(device: torch.device):
-    """A context in which autocast is off (meta tensors have no autocast to turn off)."""
-    if device.type == "meta":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, enabled=False)
 
 
 def _conv(n_in: int, n_out: int, kernel: int) -> nn.Conv2d:
@@ -127,7 +120,7 @@ class DVAEEncoder(nn.Module):
         h = self.blocks(x)
         # As in openai/DALL-E, the logits are computed in fp32 even under mixed precision:
         # they feed a softmax over thousands of codes and the KL term.
-        with full_precision(h.device):
+        with fp32_island(h.device):
             return self.to_logits(h.float())
 
 
@@ -154,7 +147,7 @@ class DVAEDecoder(nn.Module):
         """Token distributions ``[B, V, h, w]`` -> logit-Laplace stats ``[B, 6, H, W]``."""
         # The embedding of a relaxed one-hot over thousands of codes runs in fp32, as in
         # openai/DALL-E; the rest follows the ambient precision.
-        with full_precision(z.device):
+        with fp32_island(z.device):
             h = self.embed(z.float())
         return self.blocks(h)
 

@@ -61,17 +61,6 @@ def current() -> Distributed:
     return Distributed()
 
 
-def local_batch_size(global_batch: int, world_size: int) -> int:
-    """Each rank's share of a global batch, which must split evenly: a run's results then
-    depend on the global batch, not on how many processes compute it."""
-    if global_batch % world_size:
-        raise ValueError(
-            f"data.batch_size {global_batch} (the global batch) does not split evenly "
-            f"over {world_size} ranks"
-        )
-    return global_batch // world_size
-
-
 def collective_device() -> torch.device:
     """Where small tensors for collectives must live: NCCL only moves GPU memory."""
     if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":

@@ -17,7 +17,6 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,9 +27,18 @@ from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from dalle.data.datasets import Batch, DataConfig, SkipLog, make_loader, open_source, rebatch
+from dalle.data.datasets import (
+    Batch,
+    DataConfig,
+    SkipLog,
+    local_batch_size,
+    make_loader,
+    open_source,
+    rebatch,
+)
 from dalle.interrupts import InterruptGuard
 from dalle.models.protocol import weight_decay_groups
+from dalle.precision import DTYPES, PRECISIONS, autocast_context, resolve_precision
 from dalle.training import distributed
 from dalle.training.checkpoint import Checkpointer, LoopState, rng_state, seed_everything
 from dalle.training.evaluator import Evaluator
@@ -132,10 +140,6 @@ class Task(Protocol):
         ...
 
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
 def resolve_device(name: str) -> torch.device:
     """``auto``: this rank's GPU if there is one, else the CPU. A device this machine
     does not have is a ValueError that says so."""
@@ -159,21 +163,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def resolve_precision(device: torch.device, precision: str) -> str:
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast_context(device: torch.device, precision: str):
-    precision = resolve_precision(device, precision)
-    if precision not in _DTYPES:
-        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if precision == "fp32":
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=_DTYPES[precision])
-
-
 def _batches(data: DataConfig, loop: LoopState, skip_log: SkipLog) -> Iterator[Batch]:
     """This rank's batches from the loop's position on, epoch after epoch.
 
@@ -185,9 +174,7 @@ def _batches(data: DataConfig, loop: LoopState, skip_log: SkipLog) -> Iterator[B
     batch) are carried into the next, and the epoch's remainder is dropped, its skips
     counted.
     """
-    world = distributed.current().world_size
-    local = distributed.local_batch_size(data.batch_size, world)
-    data = dataclasses.replace(data, batch_size=local)
+    local = local_batch_size(data.batch_size, distributed.current().world_size)
     dataset = open_source(data, split_by_rank=True)
     skip_log.add(getattr(dataset, "index_skips", []))  # what indexing found missing
     while True:
@@ -303,7 +290,7 @@ class Trainer:
             raise ValueError("optim.ema_decay is not supported with sharded (torchrun) training")
         plan = ParallelPlan(activation_checkpointing=loop.activation_checkpointing,
                             compile=loop.compile, shard=sharded,
-                            compute_dtype=_DTYPES[self.precision])  # fmt: skip
+                            compute_dtype=DTYPES[self.precision])  # fmt: skip
         self.model = parallelize(task.model, plan, self.device)
         self.optimizer = torch.optim.AdamW(weight_decay_groups(task.model, optim.weight_decay),
                                            lr=optim.lr, betas=(optim.betas[0], optim.betas[1]),
