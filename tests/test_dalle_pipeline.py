@@ -360,3 +360,30 @@ def test_sampling_is_chosen_on_validation_prompts_only(monkeypatch) -> None:
     # The validation scenes, not the test scenes models are finally judged on.
     validation = text_to_image.shapes_prompts("train", 16, validation=True)
     assert seen[:16] == validation != text_to_image.shapes_prompts("train", 16)
+
+
+def test_pipeline_keeps_the_best_of_each_prompts_draws(trained: tuple[Path, str]) -> None:
+    from dalle.sampling.generate import TextToImage
+    from dalle.sampling.rerank import self_scores
+
+    pipe = TextToImage.from_pretrained(trained[0], reranker="self")
+    prompts = ["a red circle", "a blue star"]
+    out = pipe(prompts, 4, keep=2, batch_size=3, generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (2, 2, 3, 32, 32) and out.first_images.shape == (2, 3, 32, 32)
+    assert out.scores is not None and out.scores.shape == (2, 2)
+    assert (out.scores[:, 0] >= out.scores[:, 1]).all()  # best first
+    for i, prompt in enumerate(prompts):  # the scores are the re-ranker's, of those images
+        again = self_scores(pipe, out.images[i], [prompt, prompt])
+        assert torch.allclose(again, out.scores[i], atol=1e-3)
+    # Every draw, unranked: the first of them is the first draw the ranked call reported.
+    every = pipe(prompts, 4, batch_size=3, generator=torch.Generator().manual_seed(0))
+    assert every.scores is None and every.images.shape == (2, 4, 3, 32, 32)
+    assert torch.equal(every.images[:, 0], out.first_images)
+    # The kept ones are among the draws, and the best two of them by the scorer.
+    for i, prompt in enumerate(prompts):
+        scores = self_scores(pipe, every.images[i], [prompt] * 4)
+        best = every.images[i][scores.argsort(descending=True, stable=True)[:2]]
+        assert torch.equal(best, out.images[i])
+    pipe.scorer = None
+    with pytest.raises(ValueError, match="keep needs a re-ranker"):
+        pipe(prompts, 4, keep=2)

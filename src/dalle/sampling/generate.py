@@ -135,6 +135,8 @@ class TextToImage:
         not given take the model's recommended ones; ``callback(n)`` hears of every
         ``n`` images drawn. See :meth:`iter_prompts` for the rest."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("give at least one prompt")
         done = list(self.iter_prompts(
             prompts, num_images_per_prompt, keep, self.sampling(guidance_scale, temperature,
             top_k, top_p), generator, prime_image, prime_rows, batch_size, callback,
@@ -174,6 +176,8 @@ class TextToImage:
         at most ``keep`` images of a prompt are held between batches (memory stays one
         batch plus the kept ones however many are drawn); ties keep the earlier draw.
         """
+        if not prompts or num_images_per_prompt < 1:
+            raise ValueError("give at least one prompt and one image per prompt")
         ranked = keep is not None
         if ranked and self.scorer is None:
             raise ValueError("keep needs a re-ranker: from_pretrained(..., reranker=CLIP_DIR)")

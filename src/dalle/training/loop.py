@@ -359,8 +359,6 @@ class Trainer:
         deadline = _deadline(loop, state)
         session_start = time.perf_counter() - state.elapsed_s
         window = _Window(time.perf_counter())
-        # Metrics stay tensors on the device between logs: no host sync per update.
-        logged: dict[str, torch.Tensor | float] = {}
         while state.step < loop.steps:
             position = _schedule_position(loop, state)
             if _budget_spent(deadline) or position >= loop.steps:
@@ -371,13 +369,13 @@ class Trainer:
             step_metrics, samples = self.train_step(batches, lr)
             state.elapsed_s = time.perf_counter() - session_start
             window.samples += samples
-            _accumulate(logged, step_metrics, 1 / loop.log_every)
             self.progress.update(1)
             last = loop.steps
             if state.step % loop.log_every == 0 or state.step == last:
+                # The logged update's metrics, read back from the device only now: the
+                # updates in between cost no host sync.
                 self._check_finite()
-                self._log(_to_floats(logged), lr, window)
-                logged = {}
+                self._log(_to_floats(step_metrics), lr, window)
             if self.evaluator.due(state.step, last):
                 self._check_finite()
                 evaluated = self.evaluator.evaluate(state.step)
