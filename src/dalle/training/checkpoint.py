@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from dalle.training.parallelize import unsharded_class
+from dalle.training.schedules import every_or_last
 
 log = logging.getLogger(__name__)
 
@@ -375,7 +376,7 @@ class Checkpointer:
                              "weight average: resume with optim.ema_decay=0")  # fmt: skip
 
     def due(self, step: int, last: int) -> bool:
-        return step % self.every == 0 or step == last
+        return every_or_last(step, self.every, last)
 
     def _extra(self) -> dict[str, Any]:
         return {"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}

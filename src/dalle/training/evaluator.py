@@ -16,6 +16,7 @@ from torch.optim.swa_utils import AveragedModel
 from dalle.training import distributed
 from dalle.training.checkpoint import rng_state, set_rng_state
 from dalle.training.parallelize import is_sharded, root_unsharded, unsharded_copy
+from dalle.training.schedules import every_or_last
 
 if TYPE_CHECKING:
     from dalle.training.loop import Task
@@ -31,7 +32,7 @@ class Evaluator:
         self.task, self.model, self.ema, self.out_dir, self.every = task, model, ema, out_dir, every
 
     def due(self, step: int, last: int) -> bool:
-        return step % self.every == 0 or step == last
+        return every_or_last(step, self.every, last)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """The task's held-out metrics. The random state is put back afterwards, so

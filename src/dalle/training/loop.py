@@ -44,7 +44,7 @@ from dalle.training.checkpoint import Checkpointer, LoopState, rng_state, seed_e
 from dalle.training.evaluator import Evaluator
 from dalle.training.grad_scaling import BlockGradScaler
 from dalle.training.parallelize import ParallelPlan, parallelize, residual_blocks
-from dalle.training.schedules import warmup_cosine
+from dalle.training.schedules import every_or_last, warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +371,7 @@ class Trainer:
             window.samples += samples
             self.progress.update(1)
             last = loop.steps
-            if state.step % loop.log_every == 0 or state.step == last:
+            if every_or_last(state.step, loop.log_every, last):
                 # The logged update's metrics, read back from the device only now: the
                 # updates in between cost no host sync.
                 self._check_finite()
@@ -405,7 +405,7 @@ class Trainer:
             scaled = self.scaler.scale(loss) if self.scaler is not None else loss
             (scaled / loop.grad_accum).backward()
             self.nonfinite |= ~torch.isfinite(loss.detach())
-            _accumulate(metrics, {"loss": loss.detach(), **batch_metrics}, 1 / loop.grad_accum)
+            _accumulate(metrics, batch_metrics, 1 / loop.grad_accum)
             samples += len(batch.captions) * self.rank.world_size
         finite = self.scaler.unscale_() if self.scaler is not None else True
         if self.optim.grad_clip > 0:

@@ -21,3 +21,9 @@ def warmup_cosine(step: float, warmup: int, total: int, peak: float, final: floa
     if warmup > 0 and step < warmup:
         return peak * (step + 1) / warmup
     return cosine_anneal(step - warmup, total - warmup, peak, final)
+
+
+def every_or_last(step: int, every: int, last: int) -> bool:
+    """Whether a periodic task (logging, evaluation, a checkpoint) is due after update
+    ``step``: every ``every`` updates, and at the last one."""
+    return step % every == 0 or step == last
