@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,10 @@ from safetensors.torch import load_file
 
 from dalle.cli import main
 from dalle.data.datasets import local_batch_size
+from dalle.models.clip import CLIP, CLIP_PRESETS
 from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
+from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
+from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
 from dalle.training.parallelize import ParallelPlan, parallelize
 
 CONFIGS = Path(__file__).parent.parent / "configs"
@@ -158,17 +162,57 @@ def test_killed_two_rank_run_resumes_to_the_same_weights(stages: dict[str, Path]
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5)
 
 
-def test_initialising_after_a_meta_build_gives_the_single_device_weights() -> None:
+@pytest.mark.parametrize("build", [
+    lambda: DALLETransformer(DALLE_PRESETS["dalle-tiny"]),
+    lambda: FSQTokenizer(FSQ_PRESETS["fsq-tiny"]),
+    lambda: DiscreteVAE(DVAE_PRESETS["dvae-tiny"]),
+    lambda: CLIP(CLIP_PRESETS["clip-tiny"]),
+    lambda: CLIP(replace(CLIP_PRESETS["clip-tiny"], image_encoder="resnet")),
+], ids=["transformer", "fsq", "dvae", "clip", "clip-resnet"])  # fmt: skip
+def test_initialising_after_a_meta_build_gives_the_single_device_weights(build) -> None:
     torch.manual_seed(3)
-    direct = DALLETransformer(DALLE_PRESETS["dalle-tiny"])
+    direct = build()
     torch.manual_seed(3)
     with torch.device("meta"):
-        deferred = DALLETransformer(DALLE_PRESETS["dalle-tiny"])
+        deferred = build()
     parallelize(deferred, ParallelPlan(activation_checkpointing=True), torch.device("cpu"))
     expected = direct.state_dict()
     for name, tensor in deferred.state_dict().items():
         assert torch.equal(tensor, expected[name]), name
-    assert torch.equal(deferred.mask_row, direct.mask_row)  # buffers rebuilt too
+    for name, buffer in direct.named_buffers():  # buffers (masks, levels) rebuilt too
+        assert torch.equal(dict(deferred.named_buffers())[name], buffer), name
+    # Each parameter has its own generator: copies of one layer do not start identical.
+    weights = [p for p in direct.parameters() if p.ndim >= 2 and p.any()]
+    assert len({tuple(p.flatten()[:4].tolist()) for p in weights}) == len(weights) > 2
+
+
+def test_a_meta_built_tokenizer_keeps_its_background_start() -> None:
+    background = torch.tensor([1.0, 0.5, 0.0])
+    with torch.device("meta"):
+        tokenizer = FSQTokenizer(FSQ_PRESETS["fsq-tiny"])
+    tokenizer.init_output_bias(background)
+    parallelize(tokenizer, ParallelPlan(), torch.device("cpu"))
+    head = tokenizer.decoder.layers[-1]
+    torch.testing.assert_close(torch.sigmoid(head.bias), background.clamp(0.02, 0.98))
+
+
+def test_two_ranks_evaluate_an_image_tokenizer_as_one(stages: dict[str, Path]) -> None:
+    """encode / decode outside forward gather the sharded weights themselves."""
+    evaluations = {}
+    for ranks in (1, 2):
+        out = stages["root"] / f"fsq-{ranks}"
+        args = ["train-image-tokenizer", "--preset", "fsq-tiny", "--data", "shapes",
+                "--out", str(out), "data.image_size=16", "data.batch_size=8", "loop.steps=2",
+                "loop.eval_every=2", "loop.checkpoint_every=2", "eval.samples=8",
+                "eval.grid=2"]  # fmt: skip
+        if ranks == 1:
+            assert main(args) == 0
+        else:
+            _torchrun(2, args)
+        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        evaluations[ranks] = next(r["eval"] for r in records if "eval" in r)
+    assert evaluations[2]["psnr"] == pytest.approx(evaluations[1]["psnr"], abs=1e-3)
+    assert evaluations[2]["codes_used"] == evaluations[1]["codes_used"]
 
 
 def test_global_batch_must_split_evenly() -> None:

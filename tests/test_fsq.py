@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dalle.cli import main
-from dalle.losses.reconstruction import reconstruction_loss
+from dalle.losses.reconstruction import gradient_difference, reconstruction_loss
 from dalle.models.fsq import (
     FSQ_LEVELS,
     FSQ_PRESETS,
@@ -112,3 +112,16 @@ def test_train_export_load_and_reconstruct(tmp_path: Path, capsys) -> None:
         clip_like.mkdir()
         (clip_like / "config.json").write_text('{"model_type": "CLIP", "config": {}}')
         load_image_tokenizer(clip_like)
+
+
+def test_gradient_difference_asks_for_edges_that_pixel_error_lets_blur() -> None:
+    """A thin white gap between two dark blocks, and the same with the gap filled in
+    grey: the extra term costs the blur more than the pixel error alone does."""
+    sharp = torch.full((1, 3, 8, 8), 255, dtype=torch.uint8)
+    sharp[..., :, :3], sharp[..., :, 4:7] = 0, 0  # columns 3 and 7 are the gaps
+    blurred = sharp.clone()
+    blurred[..., :, 3] = 128
+    logits = torch.logit((blurred.float() / 255).clamp(1e-4, 1 - 1e-4))
+    assert gradient_difference(sharp.float() / 255, sharp.float() / 255) == 0
+    plain, with_edges = reconstruction_loss(logits, sharp), reconstruction_loss(logits, sharp, 1.0)
+    assert with_edges > 2 * plain

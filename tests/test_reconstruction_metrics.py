@@ -7,6 +7,7 @@ import torch
 
 from dalle.evaluation.reconstruction import (
     code_usage,
+    collapse_message,
     foreground_tokens,
     reconstruction_metrics,
     tokenizer_metrics,
@@ -35,3 +36,14 @@ def test_foreground_usage_is_not_capped_by_the_background_code() -> None:
     assert metrics["perplexity"] < 1.6
     assert metrics["foreground_perplexity"] == pytest.approx(4.0)
     assert metrics["foreground_codes_used"] == pytest.approx(4 / 16)
+
+
+def test_collapse_is_named_when_foreground_tokens_share_a_few_codes() -> None:
+    images = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
+    images[0, :, :16] = 0  # the top half is foreground: 32 of the 64 tokens
+    few = torch.zeros(1, 8, 8, dtype=torch.long)  # one code for everything
+    many = torch.arange(64).view(1, 8, 8)  # every token its own code
+    collapsed = tokenizer_metrics(images, images, few, vocab_size=512)
+    message = collapse_message(collapsed, vocab_size=512)
+    assert message is not None and "1 of 512 codes" in message
+    assert collapse_message(tokenizer_metrics(images, images, many, vocab_size=512), 512) is None

@@ -61,6 +61,21 @@ def tokenizer_metrics(
     return metrics
 
 
+# A tokenizer whose foreground tokens use less than this fraction of its codes has
+# collapsed: a few codes stand for every object (the paper dVAE's failure on mostly-white
+# data; healthy Shapes World tokenizers here use 7-90%).
+COLLAPSE_FRACTION = 0.02
+
+
+def collapse_message(metrics: dict[str, float], vocab_size: int) -> str | None:
+    """A one-line warning when ``tokenizer_metrics`` show collapsed codes, else None."""
+    used = metrics["foreground_codes_used"]
+    if used >= COLLAPSE_FRACTION:
+        return None
+    return (f"image tokenizer collapsed: its foreground tokens use {round(used * vocab_size)} "
+            f"of {vocab_size} codes ({used:.1%}, below {COLLAPSE_FRACTION:.0%})")  # fmt: skip
+
+
 @torch.no_grad()
 def reconstruct(
     tokenizer, images: torch.Tensor, batch_size: int = 128

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
 from dalle.tokenizers.text import EOT_ID
 
@@ -165,7 +166,7 @@ class ResNetTower(nn.Module):
             channels = width
         stages.append(nn.GroupNorm(math.gcd(channels, 8), channels))
         self.stages = nn.Sequential(*stages)
-        self.positions = nn.Parameter(torch.randn(c.patches + 1, channels) * channels**-0.5)
+        self.positions = nn.Parameter(torch.empty(c.patches + 1, channels))  # N(0, 1/W)
         self.pool = nn.MultiheadAttention(channels, c.image_heads, batch_first=True)
         self.projection = nn.Linear(channels, c.embed_dim, bias=False)
 
@@ -182,8 +183,9 @@ class CLIP(PretrainedMixin, nn.Module):
     def __init__(self, config: CLIPConfig) -> None:
         super().__init__()
         self.config = c = config
+        self.init_seed = init.draw_seed()  # first, even on meta (see dalle.models.init)
         self.token_embedding = nn.Embedding(c.text_vocab_size, c.text_width)
-        self.text_positions = nn.Parameter(torch.randn(c.text_len, c.text_width) * 0.01)
+        self.text_positions = nn.Parameter(torch.empty(c.text_len, c.text_width))
         self.text_blocks = _encoder(c.text_width, c.text_layers, c.text_heads, c.mlp_ratio)
         self.text_norm = nn.LayerNorm(c.text_width)
         self.text_projection = nn.Linear(c.text_width, c.embed_dim, bias=False)
@@ -194,12 +196,35 @@ class CLIP(PretrainedMixin, nn.Module):
             self._vit_tower(c)
 
         # Shape [1], not a scalar: FSDP2 shards only tensors with a dimension.
-        self.logit_scale = nn.Parameter(torch.tensor([c.logit_scale_init]))
-        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.logit_scale = nn.Parameter(torch.empty(1))
+        self.register_buffer("pixel_mean", torch.empty(3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.empty(3, 1, 1), persistent=False)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """PyTorch's defaults for layers, with CLIP's own starts: token embeddings
+        N(0, 0.02), text positions N(0, 0.01), image positions and class token
+        N(0, 1/width), the logit scale at ``logit_scale_init``. A no-op on meta."""
+        if self.logit_scale.is_meta:
+            return
+        c = self.config
+        starts = {"token_embedding.weight": init.normal(0.02),
+                  "text_positions": init.normal(0.01),
+                  "logit_scale": init.constant(c.logit_scale_init),
+                  "class_token": init.normal(c.image_width**-0.5),
+                  "image_positions": init.normal(c.image_width**-0.5)}  # fmt: skip
+        if c.image_encoder == "resnet":
+            width = self.image_resnet.positions.shape[1]
+            starts["image_resnet.positions"] = init.normal(width**-0.5)
+
+        def rule(module_name: str, module: nn.Module, name: str, param: torch.Tensor) -> init.Fill:
+            full_name = f"{module_name}.{name}" if module_name else name
+            return starts.get(init.clean_name(full_name)) or init.torch_default(module, name, param)
+
+        init.initialise_(self, self.init_seed, rule)
         # CLIP's per-channel normalisation of [0, 1] pixels (its training-set statistics).
-        mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(3, 1, 1), persistent=False)
+        self.pixel_mean.copy_(torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1))
+        self.pixel_std.copy_(torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1))
 
     def _vit_tower(self, c: CLIPConfig) -> None:
         if c.conv_stem_width:
@@ -207,9 +232,8 @@ class CLIP(PretrainedMixin, nn.Module):
         else:
             self.patch_embedding = nn.Conv2d(3, c.image_width, c.patch_size, c.patch_size,
                                              bias=False)  # fmt: skip
-        scale = c.image_width**-0.5
-        self.class_token = nn.Parameter(torch.randn(c.image_width) * scale)
-        self.image_positions = nn.Parameter(torch.randn(c.patches + 1, c.image_width) * scale)
+        self.class_token = nn.Parameter(torch.empty(c.image_width))
+        self.image_positions = nn.Parameter(torch.empty(c.patches + 1, c.image_width))
         self.image_pre_norm = nn.LayerNorm(c.image_width)
         self.image_blocks = _encoder(c.image_width, c.image_layers, c.image_heads, c.mlp_ratio)
         self.image_norm = nn.LayerNorm(c.image_width)
@@ -226,6 +250,16 @@ class CLIP(PretrainedMixin, nn.Module):
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """Caption ids ``[B, L]`` ([EOT] then [PAD]) -> unit-norm features ``[B, D]``."""
+        return self._text_features(text)
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images (or [0, 1] floats) ``[B, 3, S, S]`` -> unit-norm features ``[B, D]``."""
+        return self._image_features(images)
+
+    # The public encoders above are entry points that sharding wraps like ``forward``
+    # (they gather the weights outside the blocks); ``forward`` calls these, so the
+    # wrappers never nest.
+    def _text_features(self, text: torch.Tensor) -> torch.Tensor:
         length = text.shape[1]
         h = self.token_embedding(text) + self.text_positions[:length]  # [B, L, W]
         causal = nn.Transformer.generate_square_subsequent_mask(length, device=text.device)
@@ -235,8 +269,7 @@ class CLIP(PretrainedMixin, nn.Module):
         pooled = h[torch.arange(len(text), device=text.device), end]
         return F.normalize(self.text_projection(pooled), dim=-1)
 
-    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images (or [0, 1] floats) ``[B, 3, S, S]`` -> unit-norm features ``[B, D]``."""
+    def _image_features(self, images: torch.Tensor) -> torch.Tensor:
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         x = ((x - self.pixel_mean) / self.pixel_std).to(self.logit_scale.dtype)
         if self.config.image_encoder == "resnet":
@@ -262,7 +295,7 @@ class CLIP(PretrainedMixin, nn.Module):
         ``gather`` (data-parallel training) concatenates every rank's features, so that
         each image is contrasted with the captions of the whole global batch.
         """
-        image_features, text_features = self.encode_image(images), self.encode_text(text)
+        image_features, text_features = self._image_features(images), self._text_features(text)
         if gather is not None:
             image_features, text_features = gather(image_features), gather(text_features)
         return self.scale() * image_features @ text_features.T

@@ -251,17 +251,17 @@ class DALLETransformer(PretrainedMixin, nn.Module):
             return
         residual_std = 0.02 / math.sqrt(2 * self.config.layers)
         # (A checkpoint wrapper forwards attribute lookups to the block it wraps.)
-        projections = {id(p) for b in self.blocks for p in (b.attention.out, b.mlp[2])}
-        for module_name, module in self.named_modules():
-            for name, param in module.named_parameters(recurse=False):
-                if isinstance(module, nn.LayerNorm):
-                    fill = init.constant(1.0 if name == "weight" else 0.0)
-                elif name == "bias":
-                    fill = init.constant(0.0)
-                else:  # linear and embedding weights, the start token
-                    fill = init.normal(residual_std if id(module) in projections else 0.02)
-                full_name = f"{module_name}.{name}" if module_name else name
-                init.init_parameter_(param, fill, self.init_seed, full_name)
+        projections = {id(m) for b in self.blocks for m in (b.attention.out, b.mlp[2])}
+
+        def rule(module_name: str, module: nn.Module, name: str, param: torch.Tensor) -> init.Fill:
+            if isinstance(module, nn.LayerNorm):
+                return init.constant(1.0 if name == "weight" else 0.0)
+            if name == "bias":
+                return init.constant(0.0)
+            # linear and embedding weights, the start token
+            return init.normal(residual_std if id(module) in projections else 0.02)
+
+        init.initialise_(self, self.init_seed, rule)
         # Buffers are not saved: after a meta build they are empty memory until now.
         for kind in sorted(set(self.config.layer_attention)):
             getattr(self, f"mask_{kind}").copy_(self._mask(kind))

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
 from dalle.models.token_grid import TokenGridMixin
 from dalle.precision import fp32_island
@@ -73,11 +74,7 @@ DVAE_PRESETS: dict[str, DVAEConfig] = {
 
 
 def _conv(n_in: int, n_out: int, kernel: int) -> nn.Conv2d:
-    conv = nn.Conv2d(n_in, n_out, kernel, padding=(kernel - 1) // 2)
-    # openai/DALL-E init: N(0, 1 / fan_in), zero bias.
-    nn.init.normal_(conv.weight, std=1 / math.sqrt(n_in * kernel**2))
-    nn.init.zeros_(conv.bias)
-    return conv
+    return nn.Conv2d(n_in, n_out, kernel, padding=(kernel - 1) // 2)  # see init_weights
 
 
 class _ResidualBlock(nn.Module):
@@ -170,8 +167,29 @@ class DiscreteVAE(TokenGridMixin, PretrainedMixin, nn.Module):
     def __init__(self, config: DVAEConfig) -> None:
         super().__init__()
         self.config = config
+        self.init_seed = init.draw_seed()  # first, even on meta (see dalle.models.init)
         self.encoder = DVAEEncoder(config)
         self.decoder = DVAEDecoder(config)
+        self.output_bias: torch.Tensor | None = None  # [2C], see init_output_bias
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """openai/DALL-E's: every convolution N(0, 1 / fan_in) with zero bias; the output
+        bias, once ``init_output_bias`` has set it, at the data's background. A no-op on
+        the meta device."""
+        head = self.decoder.blocks[-1]
+        if head.weight.is_meta:
+            return
+
+        def rule(module_name: str, module: nn.Module, name: str, param: torch.Tensor) -> init.Fill:
+            if module is head and name == "bias" and self.output_bias is not None:
+                bias = self.output_bias
+                return lambda t, g: t.copy_(bias)
+            if name == "bias":
+                return init.constant(0.0)
+            return init.normal(1 / math.sqrt(param[0].numel()))  # fan_in = in * kernel area
+
+        init.initialise_(self, self.init_seed, rule)
 
     def forward(
         self, images: torch.Tensor, sample: Callable[[torch.Tensor], torch.Tensor]
@@ -234,9 +252,11 @@ class DiscreteVAE(TokenGridMixin, PretrainedMixin, nn.Module):
         that first lesson, so codes are spent on what differs from it.
         """
         head = self.decoder.blocks[-1]  # the 1x1 conv to [location; log-scale] channels
-        mapped = map_pixels(pixels.float().clamp(0, 1), self.config.logit_laplace_eps)
-        head.bias[: self.config.channels] = torch.logit(mapped).to(head.bias)
-        head.bias[self.config.channels :] = log_scale
+        pixels = pixels.detach().float().cpu().clamp(0, 1)
+        mapped = map_pixels(pixels, self.config.logit_laplace_eps)
+        self.output_bias = torch.cat([torch.logit(mapped), torch.full_like(mapped, log_scale)])
+        if not head.bias.is_meta:  # on meta, init_weights applies it once weights exist
+            head.bias.copy_(self.output_bias)
 
     def parameter_counts(self) -> dict[str, int]:
         encoder = sum(p.numel() for p in self.encoder.parameters())

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
 from dalle.models.token_grid import TokenGridMixin
 
@@ -118,8 +119,6 @@ class _ResidualBlock(nn.Module):
             nn.SiLU(), nn.Conv2d(width, width, 3, padding=1),
             nn.SiLU(), nn.Conv2d(width, width, 3, padding=1),
         )  # fmt: skip
-        nn.init.zeros_(self.branch[-1].weight)  # starts as the identity
-        nn.init.zeros_(self.branch[-1].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.branch(x)
@@ -180,9 +179,32 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module):
     def __init__(self, config: FSQConfig) -> None:
         super().__init__()
         self.config = config
+        self.init_seed = init.draw_seed()  # first, even on meta (see dalle.models.init)
         self.encoder = FSQEncoder(config)
         self.decoder = FSQDecoder(config)
         self.register_buffer("levels", torch.tensor(config.levels), persistent=False)
+        self.background: torch.Tensor | None = None  # [C] in [0, 1], see init_output_bias
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """PyTorch's default initialisation, except that each residual branch ends at zero
+        (a block starts as the identity) and the output bias, once ``init_output_bias`` has
+        named a background, draws that colour. A no-op on the meta device."""
+        if self.levels.is_meta:
+            return
+        branch_ends = {id(block.branch[-1]) for block in self.residual_blocks()}
+        head = self.decoder.layers[-1]
+
+        def rule(module_name: str, module: nn.Module, name: str, param: torch.Tensor) -> init.Fill:
+            if id(module) in branch_ends:
+                return init.constant(0.0)
+            if module is head and name == "bias" and self.background is not None:
+                bias = torch.logit(self.background.clamp(0.02, 0.98))
+                return lambda t, g: t.copy_(bias)
+            return init.torch_default(module, name, param)
+
+        init.initialise_(self, self.init_seed, rule)
+        self.levels.copy_(torch.tensor(self.config.levels))  # buffers are not saved
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The training pass: uint8 or [0, 1] images ``[B, 3, H, W]`` -> pixel logits of
@@ -213,9 +235,12 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module):
     @torch.no_grad()
     def init_output_bias(self, pixels: torch.Tensor) -> None:
         """Starts the decoder at a constant image of ``pixels`` (``[C]`` in [0, 1]), the
-        data's background: capacity then goes to what differs from it."""
+        data's background: capacity then goes to what differs from it. On the meta
+        device the colour is kept for ``init_weights``."""
+        self.background = pixels.detach().float().cpu()
         head = self.decoder.layers[-1]
-        head.bias.copy_(torch.logit(pixels.float().clamp(0.02, 0.98)))
+        if not head.bias.is_meta:
+            head.bias.copy_(torch.logit(self.background.clamp(0.02, 0.98)))
 
     def no_weight_decay(self) -> set[str]:
         return set()  # every matrix and kernel decays

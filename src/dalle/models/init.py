@@ -9,10 +9,12 @@ step by step.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 Fill = Callable[[torch.Tensor, torch.Generator], object]
@@ -53,3 +55,39 @@ def init_parameter_(param: torch.Tensor, fill: Fill, seed: int, name: str) -> No
         param.to_local().copy_(mine.to_local())
     else:
         param.copy_(whole)
+
+
+def uniform(bound: float) -> Fill:
+    return lambda t, g: t.uniform_(-bound, bound, generator=g)
+
+
+def torch_default(module: nn.Module, name: str, param: torch.Tensor) -> Fill:
+    """PyTorch's own default initialisation of ``module``'s parameter ``name``, as a fill:
+    convolutions and linear layers U(+-1/sqrt(fan_in)) for weight and bias (what
+    ``kaiming_uniform_(a=sqrt(5))`` comes to), attention's input projection Xavier-uniform
+    with zero biases, norms at identity, embeddings N(0, 1)."""
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        return constant(1.0 if name == "weight" else 0.0)
+    if isinstance(module, nn.Embedding):
+        return normal(1.0)
+    if isinstance(module, nn.MultiheadAttention):
+        if name == "in_proj_weight":  # [3E, E]
+            return uniform(math.sqrt(6 / (param.shape[0] + param.shape[1])))
+        return constant(0.0)  # in_proj_bias
+    if isinstance(module, (nn.Conv2d, nn.Linear)):
+        if isinstance(module, nn.modules.linear.NonDynamicallyQuantizableLinear) and name == "bias":
+            return constant(0.0)  # attention's output projection: zero bias
+        return uniform(1 / math.sqrt(module.weight[0].numel()))  # fan_in = in * kernel area
+    raise TypeError(f"no default initialisation for {type(module).__name__}.{name}")
+
+
+Rule = Callable[[str, nn.Module, str, torch.Tensor], Fill]
+
+
+def initialise_(model: nn.Module, seed: int, rule: Rule) -> None:
+    """Fills every parameter of ``model`` by ``rule(module_name, module, name, param)``,
+    each from its own generator (:func:`init_parameter_`)."""
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            full_name = f"{module_name}.{name}" if module_name else name
+            init_parameter_(param, rule(module_name, module, name, param), seed, full_name)

@@ -24,6 +24,7 @@ from dalle.models.image_tokenizer import load_image_tokenizer
 from dalle.tokenizers.text import TextTokenizer
 from dalle.training import distributed
 from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.parallelize import build_model
 
 
 @dataclass
@@ -107,7 +108,7 @@ class CLIPTask:
             text_len=self.tokenizer.max_length,
             image_size=config.data.image_size,
         )
-        self.model = CLIP(m).to(device)
+        self.model = build_model(CLIP, m, device)
         self.image_tokenizer = None
         if config.image_tokenizer:
             self.image_tokenizer = load_image_tokenizer(config.image_tokenizer, device)

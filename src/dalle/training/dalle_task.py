@@ -21,7 +21,7 @@ from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
 from dalle.training.loop import LoopConfig, Metrics, OptimConfig
-from dalle.training.parallelize import model_build_device
+from dalle.training.parallelize import build_model
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +87,7 @@ class DALLETask:
         self.image_tokenizer = load_image_tokenizer(config.image_tokenizer, device)
         check_token_shards(config)
         fit_to_tokenizers(config, self.tokenizer, self.image_tokenizer)
-        # On the meta device under torchrun: the loop shards it, then initialises it.
-        with torch.device(model_build_device(device)):
-            self.model = DALLETransformer(config.model)
+        self.model = build_model(DALLETransformer, config.model, device)
         holdout = load_samples(replace(config.data, subset="holdout"), config.eval.samples)
         self.eval_captions = holdout.captions
         self.eval_text = self.tokenizer.encode(self.eval_captions).ids

@@ -11,6 +11,7 @@ from dalle.losses.dvae import dvae_loss, gumbel_softmax
 from dalle.models.dvae import DiscreteVAE, DVAEConfig
 from dalle.training.image_tokenizer_task import ImageTokenizerEvalConfig, ImageTokenizerTask
 from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.parallelize import build_model
 from dalle.training.schedules import cosine_anneal
 
 
@@ -63,7 +64,7 @@ class DVAETrainConfig:
 
 class DVAETask(ImageTokenizerTask):
     def __init__(self, config: DVAETrainConfig, device: torch.device) -> None:
-        super().__init__(config, DiscreteVAE(config.model).to(device), device)
+        super().__init__(config, build_model(DiscreteVAE, config.model, device), device)
 
     def schedules(self, step: int) -> tuple[float, float]:
         o = self.config.objective

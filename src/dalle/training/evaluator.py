@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from dalle.training import distributed
 from dalle.training.checkpoint import rng_state, set_rng_state
-from dalle.training.parallelize import is_sharded, root_unsharded, unsharded_copy
+from dalle.training.parallelize import is_sharded, unsharded_copy
 from dalle.training.schedules import every_or_last
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Evaluator:
         self.model.eval()
         random_state = rng_state()
         try:
-            with averaged_weights(self.model, self.ema), root_unsharded(self.model):
+            with averaged_weights(self.model, self.ema):
                 if distributed.current().is_main:
                     return self.task.evaluate(step, self.out_dir)
                 with tempfile.TemporaryDirectory() as scratch:

@@ -11,6 +11,7 @@ from dalle.losses.reconstruction import reconstruction_loss
 from dalle.models.fsq import FSQConfig, FSQTokenizer
 from dalle.training.image_tokenizer_task import ImageTokenizerEvalConfig, ImageTokenizerTask
 from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.parallelize import build_model
 
 
 @dataclass
@@ -27,14 +28,16 @@ class FSQTrainConfig:
     )  # fmt: skip
     eval: ImageTokenizerEvalConfig = field(default_factory=ImageTokenizerEvalConfig)
     init_from_data: bool = True  # start the decoder at the held-out images' median colour
+    # Weight of the error in neighbouring-pixel differences beside the pixel error (0: off).
+    gradient_weight: float = 0.0
 
 
 class FSQTask(ImageTokenizerTask):
     def __init__(self, config: FSQTrainConfig, device: torch.device) -> None:
-        super().__init__(config, FSQTokenizer(config.model).to(device), device)
+        super().__init__(config, build_model(FSQTokenizer, config.model, device), device)
 
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         images = batch.images.to(self.device, non_blocking=True)
         logits, _ = self.model(images)  # through forward(), where sharding gathers weights
-        loss = reconstruction_loss(logits, images)
+        loss = reconstruction_loss(logits, images, self.config.gradient_weight)
         return loss, {"loss": loss.detach()}

@@ -3,6 +3,7 @@ reconstruction metrics and grids, and export. A kind of tokenizer adds its loss.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,9 @@ from torch import nn
 
 from dalle.data.datasets import load_images
 from dalle.data.images import make_grid
-from dalle.evaluation.reconstruction import reconstruct, tokenizer_metrics
+from dalle.evaluation.reconstruction import collapse_message, reconstruct, tokenizer_metrics
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,6 +40,10 @@ class ImageTokenizerTask:
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
         recon, tokens = reconstruct(self.model, self.eval_images)
         metrics = tokenizer_metrics(self.eval_images, recon, tokens, self.model.vocab_size)
+        warning = collapse_message(metrics, self.model.vocab_size)
+        if warning:
+            log.warning("step %d: %s", step, warning)
+        metrics["collapsed"] = float(warning is not None)
         n = min(self.config.eval.grid, len(recon))
         columns = min(8, n)
         rows = []

@@ -10,9 +10,9 @@ each rank then only ever holds its share.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -20,10 +20,17 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
     CheckpointImpl,
     checkpoint_wrapper,
 )
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 
 from dalle.models.protocol import MetaBuildable, TrainableModel
 from dalle.training import distributed
+
+M = TypeVar("M", bound=nn.Module)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +49,13 @@ def model_build_device(device: torch.device) -> torch.device:
     """Where a task builds a model that can initialise itself after sharding: on the meta
     device when the run will be sharded (no rank then ever holds the whole model)."""
     return torch.device("meta") if distributed.current().world_size > 1 else device
+
+
+def build_model(model_class: Callable[[Any], M], config: Any, device: torch.device) -> M:
+    """``model_class(config)`` built where it will train: on ``device``, or on the meta
+    device under torchrun, where ``parallelize`` shards it and then initialises it."""
+    with torch.device(model_build_device(device)):
+        return model_class(config)
 
 
 def residual_blocks(model: nn.Module) -> list[nn.Module]:
@@ -82,6 +96,14 @@ def apply_fsdp(model: nn.Module, blocks: list[nn.Module], compute_dtype: torch.d
         # The last block's weights are needed again at once by the backward pass.
         fully_shard(block, mp_policy=policy, reshard_after_forward=index < len(blocks) - 1)
     fully_shard(model, mp_policy=policy)
+    for name in ENTRY_POINTS:
+        if hasattr(model, name):  # gathers the root's weights around these calls too
+            register_fsdp_forward_method(model, name)
+
+
+# Methods other than ``forward`` that evaluation and inference call on a whole model
+# (image tokenizers, CLIP). None may call another, nor be called by ``forward``.
+ENTRY_POINTS = ("encode", "decode", "encode_text", "encode_image")
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -109,21 +131,6 @@ def parallelize(model: nn.Module, plan: ParallelPlan, device: torch.device) -> n
         model.to_empty(device=device)
         model.init_weights()
     return model
-
-
-@contextmanager
-def root_unsharded(model: nn.Module) -> Iterator[None]:
-    """Gathers the weights that live outside the blocks (embeddings, heads) for code that
-    uses them without calling the model's ``forward`` (evaluation, sampling); blocks
-    gather their own whenever they are called."""
-    if not is_sharded(model):
-        yield
-        return
-    model.unshard()  # type: ignore[operator]
-    try:
-        yield
-    finally:
-        model.reshard()  # type: ignore[operator]
 
 
 def unsharded_class(model: nn.Module) -> type[nn.Module]:
