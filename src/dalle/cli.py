@@ -506,16 +506,8 @@ def _add_train_commands(commands) -> None:
         parser.set_defaults(func=cmd_train, train_command=command.name)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="dalle", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument(
-        "--debug",
-        action="store_true",
-        help=f"show tracebacks, anywhere on the line (or {DEBUG_ENV}=1)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_data_commands(commands) -> None:
+    """Making, checking and judging data."""
     data = commands.add_parser("data", help="make and check data sets").add_subparsers(
         dest="data_command", required=True, metavar="DATA_COMMAND"
     )
@@ -557,6 +549,9 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--json", action="store_true", help="machine-readable report")
     judge.set_defaults(func=cmd_judge)
 
+
+def _add_image_tokenizer_commands(commands) -> None:
+    """An image tokenizer over a data set: reconstructions, and token shards."""
     recon = commands.add_parser(
         "reconstruct", help="an image tokenizer's reconstructions as NNNN.png + NNNN.txt"
     )
@@ -585,6 +580,9 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--json", action="store_true")
     tokenize.set_defaults(func=cmd_tokenize_data)
 
+
+def _add_caption_tokenizer_commands(commands) -> None:
+    """The caption BPE."""
     tokenizer = commands.add_parser(
         "tokenizer", help="train and use the caption BPE"
     ).add_subparsers(dest="tokenizer_command", required=True, metavar="TOKENIZER_COMMAND")
@@ -601,6 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
     encode.add_argument("text", nargs="+")
     encode.set_defaults(func=cmd_tokenizer_encode)
 
+
+def _add_model_commands(commands) -> None:
+    """Model folders: sizes, conversion, export from a checkpoint."""
     info = commands.add_parser(
         "model-info", help="parameter counts of a preset (nothing allocated)"
     )
@@ -610,8 +611,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=cmd_model_info)
-
-    _add_train_commands(commands)
 
     convert = commands.add_parser(
         "convert-openai-dvae",
@@ -630,6 +629,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
     export.set_defaults(func=cmd_export_checkpoint)
 
+
+def _add_inference_commands(commands) -> None:
+    """Using trained models: generation, scoring, metrics."""
     generate = commands.add_parser("generate", help="images from a caption")
     generate.add_argument("prompt", nargs="*", help="caption(s)")
     generate.add_argument("--prompts", type=Path, help="a file of prompts, one a line")
@@ -687,6 +689,9 @@ def build_parser() -> argparse.ArgumentParser:
     metrics.add_argument("--json", action="store_true")
     metrics.set_defaults(func=cmd_clip_metrics)
 
+
+def _add_demo_command(commands) -> None:
+    """The main job on built-in data."""
     demo = commands.add_parser("demo", help="the main job on built-in data")
     demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
     demo.add_argument("--seed", type=int, default=0)
@@ -699,6 +704,25 @@ def build_parser() -> argparse.ArgumentParser:
         "minutes in all (default: the tuned budget, about 17); for a fresh --out",
     )  # fmt: skip
     demo.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="dalle", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show tracebacks, anywhere on the line (or {DEBUG_ENV}=1)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _add_data_commands(commands)
+    _add_image_tokenizer_commands(commands)
+    _add_caption_tokenizer_commands(commands)
+    _add_model_commands(commands)
+    _add_train_commands(commands)
+    _add_inference_commands(commands)
+    _add_demo_command(commands)
     return parser
 
 

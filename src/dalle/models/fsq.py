@@ -83,6 +83,11 @@ class FSQConfig:
     # of the compute for little gain.
     block_stages: int = 2
     channels: int = 3
+    # GroupNorm before the encoder's last convolution: it keeps the latents at the scale
+    # of the tanh bound. Without it, at lr 2e-3 the encoder's activations ran away within
+    # 200 updates on some seeds: every latent saturated the bound, all positions took
+    # one code and no gradient came back (BENCHMARKS.md).
+    norm: bool = True
 
     def __post_init__(self) -> None:
         if len(self.levels) < 1 or min(self.levels) < 2:
@@ -144,7 +149,9 @@ class FSQEncoder(nn.Module):
                 layers += [_ResidualBlock(width) for _ in range(config.blocks)]
             if i + 1 < len(widths):  # halve the resolution
                 layers.append(nn.Conv2d(width, widths[i + 1], 4, stride=2, padding=1))
-        layers += [nn.SiLU(), nn.Conv2d(widths[-1], len(config.levels), 1)]
+        width = widths[-1]
+        norm = nn.GroupNorm(min(8, width // 4), width) if config.norm else nn.Identity()
+        layers += [norm, nn.SiLU(), nn.Conv2d(width, len(config.levels), 1)]
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
