@@ -25,7 +25,7 @@ from dalle.data.datasets import (
     new_skip_log,
     open_source,
 )
-from dalle.data.images import load_image, resize_center_crop, to_rgb
+from dalle.data.images import load_image, random_crops, resize_center_crop, to_rgb
 from dalle.data.shapes_world import sample_scene
 
 
@@ -275,3 +275,22 @@ def test_holdout_split_holds_under_ranks(tmp_path: Path, monkeypatch) -> None:
         shares.append(set(_keys(replace(config, subset="train"), split_by_rank=True)))
     assert holdout and not (shares[0] & shares[1]) and not ((shares[0] | shares[1]) & holdout)
     assert len(shares[0] | shares[1] | holdout) == 400
+
+
+def test_random_crops_are_windows_on_the_patch_grid() -> None:
+    images = torch.arange(4 * 3 * 16 * 16, dtype=torch.float32).view(4, 3, 16, 16)
+    generator = torch.Generator().manual_seed(0)
+    corners = set()
+    for _ in range(10):
+        crops = random_crops(images, 8, stride=4, generator=generator)
+        assert crops.shape == (4, 3, 8, 8)
+        for image, crop in zip(images, crops, strict=True):
+            row, col = divmod(int((crop[0, 0, 0] - image[0, 0, 0]).item()), 16)
+            assert row % 4 == 0 and col % 4 == 0  # the corner lies on the 4-pixel grid
+            assert torch.equal(crop, image[:, row : row + 8, col : col + 8])
+            corners.add((row, col))
+    assert len(corners) == 9  # every corner of the 3 x 3 possible ones is drawn
+    with pytest.raises(ValueError, match="multiple of 4"):
+        random_crops(images, 6, stride=4)
+    with pytest.raises(ValueError, match="must fit"):
+        random_crops(images, 32)

@@ -139,8 +139,27 @@ def test_the_demo_tokenizer_does_not_collapse_at_its_learning_rate(tmp_path: Pat
     assert main(["train-image-tokenizer", "--config", str(CONFIGS / "fsq-shapes-demo.yaml"),
                  "--out", str(run), "loop.steps=160", "loop.max_minutes=0",
                  "loop.schedule_clock=steps", "loop.eval_every=160", "loop.checkpoint_every=160",
-                 "loop.log_every=40", "eval.samples=64", "eval.grid=2"]) == 0  # fmt: skip
+                 "loop.log_every=40", "eval.samples=64", "eval.grid=2",
+                 "crop=0", "data.batch_size=32"]) == 0  # the setting seen to collapse  # fmt: skip
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evaluated = next(r["eval"] for r in records if "eval" in r)
     assert evaluated["collapsed"] == 0
     assert evaluated["foreground_codes_used"] > 0.1 and evaluated["psnr"] > 20
+
+
+def test_training_on_crops_evaluates_whole_images(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "crops"
+    args = ["train-image-tokenizer", "--preset", "fsq-tiny", "--out", str(run), "--steps", "2",
+            "data.image_size=16", "data.batch_size=4", "eval.samples=8", "eval.grid=2"]  # fmt: skip
+    assert main([*args, "crop=8"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert "psnr" in next(r["eval"] for r in records if "eval" in r)
+    tokenizer = load_image_tokenizer(run)  # trained on 8px crops, used on 16px images
+    assert tokenizer.encode(torch.zeros(1, 3, 16, 16, dtype=torch.uint8)).shape == (1, 8, 8)
+    assert (
+        main([*args[:4], str(tmp_path / "bad"), *args[5:], "crop=5"]) == 2
+    )  # a bad setting: one line, no traceback
+    assert (
+        "crop 5 must be at most data.image_size (16) and a multiple of the patch size (2)"
+        in capsys.readouterr().err
+    )

@@ -143,3 +143,19 @@ def make_grid(images: torch.Tensor, columns: int, padding: int = 2) -> Image.Ima
         y, x = padding + r * (h + padding), padding + c * (w + padding)
         grid[y : y + h, x : x + w] = images[i].permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(grid)
+
+
+def random_crops(
+    images: torch.Tensor, size: int, stride: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One random ``size`` x ``size`` window of each image ``[B, C, H, W]``, its corner on
+    a multiple of ``stride`` (a tokenizer's patch size, so that a crop's tokens fall on
+    the whole image's token grid). Returns ``[B, C, size, size]``."""
+    b, _, h, w = images.shape
+    if size > min(h, w) or size % stride:
+        raise ValueError(f"crop {size} must fit in {h}x{w} images and be a multiple of {stride}")
+    rows = torch.randint(0, (h - size) // stride + 1, (b,), generator=generator) * stride
+    cols = torch.randint(0, (w - size) // stride + 1, (b,), generator=generator) * stride
+    corners = zip(rows.tolist(), cols.tolist(), strict=True)
+    return torch.stack([image[:, r : r + size, c : c + size]
+                        for image, (r, c) in zip(images, corners, strict=True)])  # fmt: skip
