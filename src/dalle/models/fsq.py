@@ -190,7 +190,7 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module):
         self.encoder = FSQEncoder(config)
         self.decoder = FSQDecoder(config)
         self.register_buffer("levels", torch.tensor(config.levels), persistent=False)
-        self.background: torch.Tensor | None = None  # [C] in [0, 1], see init_output_bias
+        self.output_bias: torch.Tensor | None = None  # [C] logits, see init_output_bias
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -205,8 +205,8 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module):
         def rule(module_name: str, module: nn.Module, name: str, param: torch.Tensor) -> init.Fill:
             if id(module) in branch_ends:
                 return init.constant(0.0)
-            if module is head and name == "bias" and self.background is not None:
-                bias = torch.logit(self.background.clamp(0.02, 0.98))
+            if module is head and name == "bias" and self.output_bias is not None:
+                bias = self.output_bias
                 return lambda t, g: t.copy_(bias)
             return init.torch_default(module, name, param)
 
@@ -244,10 +244,10 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module):
         """Starts the decoder at a constant image of ``pixels`` (``[C]`` in [0, 1]), the
         data's background: capacity then goes to what differs from it. On the meta
         device the colour is kept for ``init_weights``."""
-        self.background = pixels.detach().float().cpu()
+        self.output_bias = torch.logit(pixels.detach().float().cpu().clamp(0.02, 0.98))
         head = self.decoder.layers[-1]
         if not head.bias.is_meta:
-            head.bias.copy_(torch.logit(self.background.clamp(0.02, 0.98)))
+            head.bias.copy_(self.output_bias)
 
     def no_weight_decay(self) -> set[str]:
         return set()  # every matrix and kernel decays
