@@ -66,6 +66,23 @@ def test_temperature_starts_at_one_fourteenth_and_is_capped_at_100() -> None:
     assert model.scale().item() == pytest.approx(100.0, rel=1e-5)
 
 
+@pytest.mark.parametrize("tower", ["text", "image"])
+def test_transformer_blocks_start_depth_scaled_and_distinct(tower: str) -> None:
+    config = CLIPConfig(text_vocab_size=64, text_len=8, text_width=64, text_layers=4,
+                        text_heads=2, image_size=32, patch_size=8, image_width=64,
+                        image_layers=4, image_heads=2, embed_dim=16)  # fmt: skip
+    torch.manual_seed(0)
+    layers = getattr(CLIP(config), f"{tower}_blocks").layers
+    residual = (64 * 2 * 4) ** -0.5  # back into the stream: 1 / sqrt(width * 2 layers)
+    for layer in layers:
+        assert layer.self_attn.in_proj_weight.std().item() == pytest.approx(64**-0.5, rel=0.05)
+        assert layer.self_attn.out_proj.weight.std().item() == pytest.approx(residual, rel=0.05)
+        assert layer.linear1.weight.std().item() == pytest.approx(128**-0.5, rel=0.05)
+        assert layer.linear2.weight.std().item() == pytest.approx(residual, rel=0.05)
+    # nn.TransformerEncoder copies one layer; every layer must start from its own draw.
+    assert not torch.equal(layers[0].linear1.weight, layers[1].linear1.weight)
+
+
 def test_frechet_distance_of_a_shifted_copy_is_the_squared_shift() -> None:
     import numpy as np
 
