@@ -125,7 +125,7 @@ def transformer_block_starts(prefix: str, width: int, layers: int) -> dict[str, 
     variance grows by a fixed amount over the whole depth. OpenAI applies this to the text
     tower only; here it goes on both: against PyTorch's defaults (uniform, the same scale
     for every layer) it raised the demo CLIP's zero-shot shape accuracy from 58-66% to
-    83-90% in the same 3.2 minutes (BENCHMARKS.md)."""
+    63-79% on the same seeds in the same 3.2 minutes (BENCHMARKS.md)."""
     attention, mlp, residual = width**-0.5, (2 * width) ** -0.5, (width * 2 * layers) ** -0.5
     starts: dict[str, init.Fill] = {}
     for i in range(layers):
