@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# The page's browser test drives Debian's chromium (Playwright's own download is not used).
+BROWSER_STAMP := $(VENV)/.browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test test-all lint format venv clean
 
@@ -22,11 +25,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/dalle demo --out outputs/demo
 
-test: $(STAMP)
-	$(PY) -m pytest -q
+$(BROWSER_STAMP):
+	command -v chromium >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+	touch $(BROWSER_STAMP)
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q -m ""
+test: $(STAMP) $(BROWSER_STAMP)
+	DALLE_BROWSER_REQUIRED=1 $(PY) -m pytest -q
+
+test-all: $(STAMP) $(BROWSER_STAMP)
+	DALLE_BROWSER_REQUIRED=1 $(PY) -m pytest -q -m ""
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from dalle.models.dalle_transformer import DALLE_PRESETS, DALLEConfig, DALLETransformer
-from dalle.sampling.sampler import SamplingConfig, filter_logits, guided_logits, sample_image_tokens
+from dalle.sampling.sampler import (
+    SamplingConfig,
+    draw_tokens,
+    filter_logits,
+    guided_logits,
+    sample_image_tokens,
+)
 from dalle.tokenizers.text import PAD_ID
 
 
@@ -76,3 +82,31 @@ def test_guided_sampling_runs_both_rows_in_one_batch() -> None:
     _, conditional = forward(text, tokens)
     _, unconditional = forward(torch.full_like(text, PAD_ID), tokens)
     assert torch.equal(guided_logits(conditional, unconditional, 3.0).argmax(dim=-1), tokens)
+
+
+def test_draws_with_a_generator_per_row_follow_the_distribution() -> None:
+    rows = 20_000
+    probs = torch.tensor([[0.5, 0.3, 0.2, 0.0]]).expand(rows, -1)
+    tokens = draw_tokens(probs, [torch.Generator().manual_seed(i) for i in range(rows)])
+    frequency = torch.bincount(tokens, minlength=4) / rows
+    assert frequency[3] == 0  # a token of probability 0 is never drawn
+    assert torch.allclose(frequency[:3], probs[0, :3], atol=0.015)
+    with pytest.raises(ValueError, match="2 generators for 3 rows"):
+        draw_tokens(probs[:3], [torch.Generator(), torch.Generator()])
+
+
+def test_a_row_with_its_own_generator_draws_the_same_whatever_shares_its_batch() -> None:
+    """What lets a server batch many clients' requests: row 1 alone, or beside others,
+    or guided, draws the same tokens from the same generator."""
+    model = _model()
+    text = torch.randint(2, 64, (3, 8))
+
+    def seeded(*seeds: int) -> list[torch.Generator]:
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    for config in (SamplingConfig(), SamplingConfig(guidance_scale=2.0, top_k=8)):
+        together = sample_image_tokens(model, text, config, generator=seeded(0, 1, 2))
+        alone = sample_image_tokens(model, text[1:2], config, generator=seeded(1))
+        assert torch.equal(together[1:2], alone)
+        other = sample_image_tokens(model, text[1:2], config, generator=seeded(5))
+        assert not torch.equal(other, alone)

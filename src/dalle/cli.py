@@ -690,6 +690,52 @@ def _add_inference_commands(commands) -> None:
     metrics.set_defaults(func=cmd_clip_metrics)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """An HTTP API and a page over one worker that owns the model, until Ctrl-C."""
+    from dalle.serving.jobs import Limits
+    from dalle.serving.server import ServeConfig, serve
+    from dalle.training.loop import resolve_device
+
+    limits = Limits(max_images=args.max_images, max_queue=args.max_queue,
+                    max_job_seconds=args.max_job_seconds, batch_size=args.batch_size,
+                    batching=not args.no_batching, history_count=args.history)  # fmt: skip
+    check_output_dir(args.out_dir, "--out-dir")
+    serve(ServeConfig(
+        model=args.model, clip=args.clip, host=args.host, port=args.port, token=args.token,
+        insecure=args.insecure, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
+        out_dir=args.out_dir, limits=limits, device=resolve_device(args.device),
+    ))  # fmt: skip
+    return 0
+
+
+def _add_serve_command(commands) -> None:
+    serve = commands.add_parser("serve", help="an HTTP API and a web page to generate images")
+    serve.add_argument("--model", type=Path, required=True, help="a `dalle train` model folder")
+    serve.add_argument("--clip", type=Path, help="a `dalle train-clip` folder: scores, re-ranking")
+    serve.add_argument("--host", default="127.0.0.1", help="default: this machine only")
+    serve.add_argument("--port", type=positive_int, default=8000)
+    serve.add_argument("--token", help="bearer token the API requires (or DALLE_SERVE_TOKEN); "
+                       "needed to serve beyond this machine")  # fmt: skip
+    serve.add_argument("--insecure", action="store_true",
+                       help="serve beyond this machine without a token")  # fmt: skip
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name clients may use (repeatable)")  # fmt: skip
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="an origin other pages may call the API from (repeatable)")  # fmt: skip
+    serve.add_argument("--out-dir", type=Path, default=Path("outputs/serve"),
+                       help="every image, with its prompt and settings, lands here")  # fmt: skip
+    serve.add_argument("--max-images", type=positive_int, default=16, help="per job")
+    serve.add_argument("--max-queue", type=positive_int, default=32, help="jobs waiting")
+    serve.add_argument("--max-job-seconds", type=positive_float, default=600.0)
+    serve.add_argument("--batch-size", type=positive_int, default=16, help="images per batch")
+    serve.add_argument("--no-batching", action="store_true",
+                       help="never put two jobs in one sampling batch")  # fmt: skip
+    serve.add_argument("--history", type=positive_int, default=200,
+                       help="finished jobs remembered (their files stay)")  # fmt: skip
+    serve.add_argument("--device", default="auto")
+    serve.set_defaults(func=cmd_serve)
+
+
 def _add_demo_command(commands) -> None:
     """The main job on built-in data."""
     demo = commands.add_parser("demo", help="the main job on built-in data")
@@ -722,6 +768,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_commands(commands)
     _add_train_commands(commands)
     _add_inference_commands(commands)
+    _add_serve_command(commands)
     _add_demo_command(commands)
     return parser
 

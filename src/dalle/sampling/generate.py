@@ -16,7 +16,7 @@ from dalle.data.images import make_grid, to_pil
 from dalle.models.dalle_transformer import DALLETransformer
 from dalle.models.image_tokenizer import ImageTokenizer, load_image_tokenizer
 from dalle.sampling.rerank import keep_best
-from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
+from dalle.sampling.sampler import Generators, SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
 
 # A transformer's model folder holds its image tokenizer here (``vae/`` before).
@@ -222,10 +222,11 @@ class TextToImage:
         self,
         prompts: list[str],
         sampling: SamplingConfig | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         batch_size: int = 16,
         prime_image: torch.Tensor | None = None,
         prime_rows: int = 0,
+        on_token: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
         """One uint8 image ``[3, H, W]`` per prompt, ``[len(prompts), 3, H, W]``; different
         prompts share a batch.
@@ -233,6 +234,8 @@ class TextToImage:
         With ``prime_image`` (uint8 ``[3, H, W]``), the top ``prime_rows`` rows of its
         tokens are kept and the rest is sampled: completion of a given image (the paper
         primes 14 of 32 rows). Without ``sampling``, the model's recommended settings.
+        ``generator``: one for all, or one per prompt (each image then depends only on its
+        own). ``on_token(j)`` hears of each image token drawn in a batch.
         """
         sampling = sampling or self.defaults
         grid = self.model.config.image_grid
@@ -247,9 +250,10 @@ class TextToImage:
             chunk = prompts[start : start + batch_size]
             text = self.tokenizer.encode(chunk).ids.to(self.device)  # [n, L]
             primed = None if prime is None else prime.expand(len(chunk), -1)
-            tokens = sample_image_tokens(
-                self.model, text, sampling, prime=primed, generator=generator
-            )
+            mine = (generator if generator is None or isinstance(generator, torch.Generator)
+                    else generator[start : start + batch_size])  # fmt: skip
+            tokens = sample_image_tokens(self.model, text, sampling, prime=primed,
+                                         generator=mine, on_token=on_token)  # fmt: skip
             tokens = tokens.view(len(chunk), grid, grid)
             images.append(self.image_tokenizer.decode(tokens).cpu())
         return torch.cat(images)

@@ -9,6 +9,7 @@ caption) rows in one batch and mixes their logits.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,31 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return out
 
 
+# One generator for the batch, or one per row: with one per row, a row's draws depend
+# only on its own generator, never on the rows that share its batch (a server batching
+# many clients' requests gives each the images it would get alone).
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def draw_tokens(probs: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+    """One token per row of ``probs`` ``[B, V]``, ``[B]``.
+
+    With a generator per row, each row inverts its own cumulative distribution at a
+    uniform number from its own generator (drawn on the CPU, so a row's draws are the
+    same on any device).
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+    if len(generator) != probs.shape[0]:
+        raise ValueError(f"{len(generator)} generators for {probs.shape[0]} rows")
+    uniform = torch.cat([torch.rand(1, generator=g) for g in generator]).to(probs.device)
+    cumulative = probs.double().cumsum(dim=-1)  # [B, V]
+    # (1 - u) lies in (0, 1], so the token found always has a positive probability.
+    target = (1 - uniform.double()) * cumulative[:, -1]
+    index = torch.searchsorted(cumulative, target[:, None]).squeeze(1)
+    return index.clamp_max(probs.shape[-1] - 1)
+
+
 def guided_logits(
     conditional: torch.Tensor, unconditional: torch.Tensor, scale: float
 ) -> torch.Tensor:
@@ -68,12 +94,15 @@ def sample_image_tokens(
     text: torch.Tensor,
     config: SamplingConfig | None = None,
     prime: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
+    on_token: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Samples ``[B, H*W]`` image tokens for captions ``text`` ``[B, L]`` (PAD_ID-padded).
 
     ``prime`` ``[B, m]`` fixes the first ``m`` image tokens (image-prompted completion: keep
-    the top rows of a given image and sample the rest).
+    the top rows of a given image and sample the rest). ``generator``: one for the batch
+    or one per row (see :data:`Generators`). ``on_token(j)`` is called after token ``j``
+    of every row is drawn (progress; it may raise to abandon the batch).
     """
     config = config or SamplingConfig()
     batch, total = text.shape[0], model.config.image_tokens
@@ -94,7 +123,9 @@ def sample_image_tokens(
         if guided:
             step = guided_logits(step[:batch], step[batch:], config.guidance_scale)
         step = filter_logits(step / config.temperature, config.top_k, config.top_p)
-        tokens[:, j] = torch.multinomial(step.softmax(dim=-1), 1, generator=generator).squeeze(1)
+        tokens[:, j] = draw_tokens(step.softmax(dim=-1), generator)
+        if on_token is not None:
+            on_token(j)
         if j < total - 1:
             _, logits = model(None, both(tokens[:, j : j + 1]), cache=cache, start=j)
     return tokens

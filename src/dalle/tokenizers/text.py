@@ -145,6 +145,7 @@ class TextTokenizer:
         ]
         self._merge_ranks: dict[tuple[str, str], int] = {m: r for r, m in enumerate(merges)}
         self._vocab: dict[str, int] = tokenizer.get_vocab()
+        self._plain: Tokenizer | None = None  # no padding, no truncation: for token_count
 
     @property
     def vocab_size(self) -> int:
@@ -233,6 +234,15 @@ class TextTokenizer:
             pieces = bpe_with_dropout(list(word), self._merge_ranks, dropout, generator)
             ids += [self._vocab[p] for p in pieces]
         return ids
+
+    def token_count(self, caption: str) -> int:
+        """Tokens of ``caption`` without [EOT] and without truncation: it fits when this
+        is below ``max_length``. Rust-side, so fast on any input."""
+        if self._plain is None:
+            self._plain = Tokenizer.from_str(self.to_str())
+            self._plain.no_padding()
+            self._plain.no_truncation()
+        return len(self._plain.encode(caption, add_special_tokens=False).ids)
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Text of one id sequence, special tokens (padding, end of text) dropped."""

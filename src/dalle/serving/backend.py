@@ -1,0 +1,112 @@
+"""What the server's worker needs from a text-to-image system, and DALL-E's.
+
+The job queue knows nothing of a particular model: it asks a :class:`Backend` to draw a
+batch of images (one generator per image) and to score images against prompts. DALL-E 2
+will be a second backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from dalle.sampling.generate import TextToImage
+from dalle.sampling.sampler import SamplingConfig
+
+
+class Backend(Protocol):
+    """A loaded pipeline, owned by the server's one worker thread."""
+
+    name: str  # the request's ``pipeline``
+    steps_per_image: int  # progress units of one image (tokens, or diffusion steps)
+    image_size: int
+    defaults: SamplingConfig  # the model folder's recommended settings
+    can_score: bool
+
+    def prompt_tokens(self, prompt: str) -> int: ...
+
+    @property
+    def max_prompt_tokens(self) -> int: ...
+
+    def draw(
+        self,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        generators: list[torch.Generator],
+        on_step: Callable[[int], None],
+    ) -> torch.Tensor:
+        """uint8 images ``[len(prompts), 3, H, W]``, image ``i`` drawn from ``generators[i]``
+        only; ``on_step(j)`` after step ``j`` of the batch."""
+        ...
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        """``[N]``, higher is better (cosine similarity for a CLIP)."""
+        ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class DalleBackend:
+    pipe: TextToImage
+    model_dir: Path
+    name: str = "dalle"
+
+    @classmethod
+    def load(cls, model_dir: Path, clip_dir: Path | None, device: torch.device) -> DalleBackend:
+        pipe = TextToImage.from_pretrained(model_dir, device, reranker=clip_dir)
+        return cls(pipe, model_dir)
+
+    @property
+    def steps_per_image(self) -> int:
+        return self.pipe.model.config.image_tokens
+
+    @property
+    def image_size(self) -> int:
+        return self.pipe.image_size
+
+    @property
+    def defaults(self) -> SamplingConfig:
+        return self.pipe.defaults
+
+    @property
+    def can_score(self) -> bool:
+        return self.pipe.scorer is not None
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.pipe.tokenizer.max_length - 1  # room for [EOT]
+
+    def prompt_tokens(self, prompt: str) -> int:
+        return self.pipe.tokenizer.token_count(prompt)
+
+    def draw(
+        self,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        generators: list[torch.Generator],
+        on_step: Callable[[int], None],
+    ) -> torch.Tensor:
+        return self.pipe.generate(prompts, sampling, generators, batch_size=len(prompts),
+                                  on_token=on_step)  # fmt: skip
+
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        if self.pipe.scorer is None:
+            raise ValueError("this server has no CLIP to score with (start it with --clip)")
+        return self.pipe.scorer(images, prompts)
+
+    def describe(self) -> dict[str, Any]:
+        config = self.pipe.model.config
+        return {
+            "id": self.model_dir.name,
+            "pipeline": self.name,
+            "image_size": self.image_size,
+            "image_tokens": config.image_tokens,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "rerank": self.can_score,
+            "defaults": asdict(self.defaults),
+        }

@@ -1,0 +1,73 @@
+"""Tiny model folders for the server's tests, and backends that misbehave on purpose."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from dalle.data.shapes_world import sample_caption
+from dalle.models.clip import CLIP, CLIP_PRESETS
+from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
+from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
+from dalle.sampling.sampler import SamplingConfig
+from dalle.serving.backend import DalleBackend
+from dalle.tokenizers.text import TextTokenizer, TokenizerConfig
+
+TEXT_LENGTH = 40
+
+
+def make_tiny_models(root: Path) -> tuple[Path, Path]:
+    """A model folder (untrained tiny transformer, tiny FSQ: 8x8 images of 4x4 tokens,
+    BPE of 40 tokens) and a tiny CLIP folder beside it. Seeded, so every run is alike."""
+    torch.manual_seed(0)
+    captions = [sample_caption(0, i) for i in range(2000)]
+    config = TokenizerConfig(vocab_size=300, max_length=TEXT_LENGTH, max_captions=None)
+    tokenizer = TextTokenizer.train(captions, config)
+    image_tokenizer = FSQTokenizer(FSQ_PRESETS["fsq-tiny"])
+    model = DALLETransformer(replace(
+        DALLE_PRESETS["dalle-tiny"], text_vocab_size=tokenizer.vocab_size,
+        text_len=TEXT_LENGTH, image_vocab_size=image_tokenizer.vocab_size, image_grid=4,
+    ))  # fmt: skip
+    model_dir, clip_dir = root / "dalle", root / "clip"
+    model.save_pretrained(model_dir)
+    tokenizer.save(model_dir / "tokenizer")
+    image_tokenizer.save_pretrained(model_dir / "image_tokenizer")
+    clip = CLIP(replace(CLIP_PRESETS["clip-tiny"], text_vocab_size=tokenizer.vocab_size,
+                        text_len=TEXT_LENGTH))  # fmt: skip
+    clip.save_pretrained(clip_dir)
+    tokenizer.save(clip_dir / "tokenizer")
+    return model_dir, clip_dir
+
+
+@dataclass
+class SlowBackend:
+    """A real backend whose every sampling step also sleeps, so that a test (or a
+    person in a browser) can watch, cancel or time out a running job; and which fails
+    any batch holding the prompt ``fail_on``."""
+
+    inner: DalleBackend
+    step_seconds: float = 0.0
+    fail_on: str | None = None
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def draw(
+        self,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        generators: list[torch.Generator],
+        on_step: Callable[[int], None],
+    ) -> torch.Tensor:
+        if self.fail_on in prompts:
+            raise RuntimeError(f"this backend fails on {self.fail_on!r}")
+
+        def slow_step(step: int) -> None:
+            time.sleep(self.step_seconds)
+            on_step(step)
+
+        return self.inner.draw(prompts, sampling, generators, slow_step)
