@@ -23,13 +23,12 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "src"))
-from dalle.data.shapes_world import sample_caption  # noqa: E402
+from dalle.data.shapes_world import sample_caption
 
 
 @dataclass
@@ -58,7 +57,9 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def start_server(args: argparse.Namespace, batching: bool, out_dir: Path) -> tuple[subprocess.Popen, str]:
+def start_server(
+    args: argparse.Namespace, batching: bool, out_dir: Path
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     command = [sys.executable, "-m", "dalle", "serve", "--model", str(args.model), "--port",
                str(port), "--out-dir", str(out_dir), "--max-queue", str(4 * args.clients),
@@ -83,7 +84,9 @@ def start_server(args: argparse.Namespace, batching: bool, out_dir: Path) -> tup
     raise RuntimeError(f"the server did not start; see {log.name}")
 
 
-def run_client(base: str, index: int, args: argparse.Namespace, until: float, record: Client) -> None:
+def run_client(
+    base: str, index: int, args: argparse.Namespace, until: float, record: Client
+) -> None:
     """Submits a job, follows it to the end, and again, until ``until``. The prompts and
     seeds follow the client's index, so both servers see the same jobs in the same order."""
     rng = random.Random(index)
@@ -149,8 +152,11 @@ def measure(args: argparse.Namespace, batching: bool, work: Path) -> dict:
                    for i in range(args.clients)]  # fmt: skip
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        memory = []  # (seconds into the load, MiB), every 10 s: flat once history is full
+        while any(thread.is_alive() for thread in threads):
+            memory.append((round(time.monotonic() - started), round(rss_mib(server.pid), 1)))
+            for thread in threads:
+                thread.join(timeout=10 / len(threads))
         elapsed = time.monotonic() - started
         memory_end = rss_mib(server.pid)
     finally:
@@ -184,8 +190,16 @@ def measure(args: argparse.Namespace, batching: bool, work: Path) -> dict:
         "other_problems": [p for r in records for p in r.other][:10],
         "memory_start_mib": round(memory_start, 1),
         "memory_end_mib": round(memory_end, 1),
-        "clients_detail": [asdict(r) | {"submitted": len(r.submitted), "done": len(r.done),
-                                        "latencies": None} for r in records],  # fmt: skip
+        "memory_mib_over_time": memory,
+        "per_client": [
+            {
+                "submitted": len(r.submitted),
+                "done": len(r.done),
+                "images": r.images,
+                "refused_429": r.refused,
+            }
+            for r in records
+        ],
     }
 
 
@@ -206,7 +220,7 @@ def main() -> int:
         for batching in {"both": (True, False), "batched": (True,), "alone": (False,)}[args.mode]:
             result = measure(args, batching, Path(tmp))
             results.append(result)
-            shown = {k: v for k, v in result.items() if k != "clients_detail"}
+            shown = {k: v for k, v in result.items() if k != "per_client"}
             print(json.dumps(shown), flush=True)
     summary: dict = {"runs": results}
     if len(results) == 2:

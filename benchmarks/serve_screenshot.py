@@ -68,7 +68,7 @@ def shoot(base: str, args: argparse.Namespace) -> None:
         browser = playwright.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
         page = browser.new_page(viewport={"width": 1100, "height": 760})
         page.goto(base)
-        page.wait_for_function("() => !document.getElementById('model').textContent.includes('loading')")
+        page.wait_for_function("() => !document.getElementById('model').textContent.includes('…')")
         page.fill("#prompt", args.prompt)
         page.click("#settings summary")
         page.fill("#num_images", str(args.images))

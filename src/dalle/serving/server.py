@@ -83,5 +83,6 @@ def serve(config: ServeConfig) -> None:
     app = build_app(config)
     shown = f"[{config.host}]" if ":" in config.host else config.host
     print(f"serving {config.model} at http://{shown}:{config.port}/ (Ctrl-C stops)", flush=True)
+    # Ctrl-C: open event streams get 5 s to end, then the worker cancels what is left.
     uvicorn.run(app, host=config.host, port=config.port, log_level="info",
-                proxy_headers=False, server_header=False)  # fmt: skip
+                proxy_headers=False, server_header=False, timeout_graceful_shutdown=5)  # fmt: skip
