@@ -140,6 +140,12 @@ def test_a_seed_gives_the_same_images_alone_or_batched_with_others(backend, tmp_
         batched_pixels = _pixels(client, views[2])
     assert queue.batches == 1 and queue.batched_jobs == 1
     assert batched_pixels == alone_pixels
+    # `dalle generate` seeds its draws the same way.
+    out_dir = tmp_path / "cli"
+    assert main(["generate", "a blue star", "--model", str(backend.model_dir), "--num", "3",
+                 "--seed", "0", "--out-dir", str(out_dir)]) == 0  # fmt: skip
+    cli = [Image.open(out_dir / f"{i:04d}.png").convert("RGB").tobytes() for i in range(3)]
+    assert cli == alone_pixels
 
 
 @pytest.mark.parametrize(

@@ -286,7 +286,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
     choice = f", keeping the best {keep} by {args.rerank}" if args.rerank else ""
     print(f"generating {args.num} images for each of {len(prompts)} prompt(s) on {device}"
           f"{choice}", flush=True)  # fmt: skip
-    generator = torch.Generator(device=device).manual_seed(args.seed)
+    # Image i of each prompt draws from its own generator seeded --seed + i, as in `dalle
+    # serve`: the same prompt, seed and settings give the same images from either.
+    generator = [torch.Generator().manual_seed(args.seed + i) for _ in prompts
+                 for i in range(args.num)]  # fmt: skip
     output = _GenerateOutput(args, columns=keep or args.num if len(prompts) > 1 else 8)
     progress = tqdm(total=args.num * len(prompts), unit="image", leave=False)
     try:
@@ -646,7 +649,8 @@ def _add_inference_commands(commands) -> None:
     generate.add_argument(
         "--guidance", type=finite_float, help=f"classifier-free guidance scale; {recommended}"
     )
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--seed", type=non_negative_int, default=0,
+                          help="image i of each prompt is drawn with seed + i")  # fmt: skip
     generate.add_argument("--batch-size", type=positive_int, default=16)
     generate.add_argument(
         "--rerank",

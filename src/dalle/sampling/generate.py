@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
@@ -124,7 +124,7 @@ class TextToImage:
         temperature: float | None = None,
         top_k: int | None = None,
         top_p: float | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         prime_image: torch.Tensor | None = None,
         prime_rows: int = 0,
         batch_size: int = 16,
@@ -163,7 +163,7 @@ class TextToImage:
         num_images_per_prompt: int,
         keep: int | None = None,
         sampling: SamplingConfig | None = None,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         prime_image: torch.Tensor | None = None,
         prime_rows: int = 0,
         batch_size: int = 16,
@@ -175,6 +175,8 @@ class TextToImage:
         Draws are made ``batch_size`` at a time, prompts sharing a batch. With ``keep``,
         at most ``keep`` images of a prompt are held between batches (memory stays one
         batch plus the kept ones however many are drawn); ties keep the earlier draw.
+        ``generator``: one for every draw, or a list with one per draw, prompt by prompt
+        (as diffusers takes them): each draw then depends on its own generator only.
         """
         if not prompts or num_images_per_prompt < 1:
             raise ValueError("give at least one prompt and one image per prompt")
@@ -183,11 +185,15 @@ class TextToImage:
             raise ValueError("keep needs a re-ranker: from_pretrained(..., reranker=CLIP_DIR)")
         keep = min(keep, num_images_per_prompt) if ranked else num_images_per_prompt  # type: ignore[type-var]
         order = [i for i in range(len(prompts)) for _ in range(num_images_per_prompt)]
+        if isinstance(generator, Sequence) and len(generator) != len(order):
+            raise ValueError(f"{len(generator)} generators for {len(order)} draws")
         held: dict[int, tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]] = {}
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
             texts = [prompts[i] for i in chunk]
-            images = self.generate(texts, sampling, generator, batch_size, prime_image, prime_rows)
+            mine = (generator[start : start + batch_size] if isinstance(generator, Sequence)
+                    else generator)  # fmt: skip
+            images = self.generate(texts, sampling, mine, batch_size, prime_image, prime_rows)
             scores = self.scorer(images, texts) if ranked else None  # type: ignore[misc]
             if callback is not None:
                 callback(len(chunk))
@@ -250,8 +256,8 @@ class TextToImage:
             chunk = prompts[start : start + batch_size]
             text = self.tokenizer.encode(chunk).ids.to(self.device)  # [n, L]
             primed = None if prime is None else prime.expand(len(chunk), -1)
-            mine = (generator if generator is None or isinstance(generator, torch.Generator)
-                    else generator[start : start + batch_size])  # fmt: skip
+            mine = (generator[start : start + batch_size] if isinstance(generator, Sequence)
+                    else generator)  # fmt: skip
             tokens = sample_image_tokens(self.model, text, sampling, prime=primed,
                                          generator=mine, on_token=on_token)  # fmt: skip
             tokens = tokens.view(len(chunk), grid, grid)
