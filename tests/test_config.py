@@ -9,7 +9,7 @@ import pytest
 from dalle.cli import main
 from dalle.config import ConfigError, load_config, save_config
 from dalle.training.caption_tokenizer import TokenizerTrainConfig
-from dalle.training.stages import CLIP_STAGE, IMAGE_TOKENIZER, TRANSFORMER
+from dalle.training.stages import CLIP_STAGE, DECODER, IMAGE_TOKENIZER, PRIOR, TRANSFORMER
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 LOADERS = {
@@ -20,6 +20,8 @@ LOADERS = {
         path, ["image_tokenizer=some/fsq", "tokenizer=some/tok"]
     ),
     "clip-": lambda path: CLIP_STAGE.build_config(path, ["tokenizer=some/tok"]),
+    "prior-": lambda path: PRIOR.build_config(path, ["clip=some/clip"]),
+    "decoder-": lambda path: DECODER.build_config(path, ["clip=some/clip"]),
 }
 
 

@@ -27,6 +27,7 @@ from dalle.cli_support import (
     read_image,
     report,
 )
+from dalle.cli_unclip import add_unclip_commands
 from dalle.config import load_config
 from dalle.data.datasets import DataConfig
 from dalle.data.images import DEFAULT_MAX_PIXELS
@@ -479,6 +480,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 INPUT_FLAGS = {
     "image_tokenizer": (("--image-tokenizer", "--vae"), "a trained image tokenizer folder"),
     "tokenizer": (("--tokenizer",), "the caption tokenizer: a folder with tokenizer.json"),
+    "clip": (("--clip",), "a trained CLIP folder (`dalle train-clip`), frozen"),
 }  # fmt: skip
 # Older names of training commands, still accepted.
 TRAIN_ALIASES = {"train-image-tokenizer": ["train-vae"]}
@@ -772,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_commands(commands)
     _add_train_commands(commands)
     _add_inference_commands(commands)
+    add_unclip_commands(commands)
     _add_serve_command(commands)
     _add_demo_command(commands)
     return parser

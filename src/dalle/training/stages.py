@@ -26,18 +26,23 @@ from torch import nn
 from dalle.config import ConfigError, load_config, peek_key
 from dalle.models.clip import CLIP, CLIP_PRESETS
 from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
+from dalle.models.decoder import DECODER_PRESETS, ImageDecoder
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
 from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
+from dalle.models.prior import PRIOR_PRESETS, DiffusionPrior
 from dalle.training.clip_task import CLIPTask, CLIPTrainConfig
 from dalle.training.dalle_task import DALLETask, DALLETrainConfig
+from dalle.training.decoder_task import DecoderTask, DecoderTrainConfig
 from dalle.training.dvae_task import DVAETask, DVAETrainConfig
 from dalle.training.fsq_task import FSQTask, FSQTrainConfig
 from dalle.training.loop import Task
+from dalle.training.prior_task import PriorTask, PriorTrainConfig
 
 # What the trained folders a stage reads are, for messages: config key -> description.
 FOLDER_NAMES = {
     "tokenizer": "caption tokenizer (a folder with tokenizer.json)",
     "image_tokenizer": "image tokenizer (dVAE, FSQ)",
+    "clip": "CLIP (a `dalle train-clip` folder)",
 }
 
 
@@ -93,7 +98,11 @@ TRANSFORMER = StageSpec("transformer", DALLETrainConfig, DALLE_PRESETS, DALLETra
                         DALLETask, inputs=("image_tokenizer", "tokenizer"))  # fmt: skip
 CLIP_STAGE = StageSpec("CLIP", CLIPTrainConfig, CLIP_PRESETS, CLIP, CLIPTask,
                        inputs=("tokenizer",), optional_inputs=("image_tokenizer",))  # fmt: skip
-STAGES: tuple[StageSpec, ...] = (DVAE, FSQ, TRANSFORMER, CLIP_STAGE)
+PRIOR = StageSpec("prior", PriorTrainConfig, PRIOR_PRESETS, DiffusionPrior, PriorTask,
+                  inputs=("clip",))  # fmt: skip
+DECODER = StageSpec("decoder", DecoderTrainConfig, DECODER_PRESETS, ImageDecoder, DecoderTask,
+                    inputs=("clip",))  # fmt: skip
+STAGES: tuple[StageSpec, ...] = (DVAE, FSQ, TRANSFORMER, CLIP_STAGE, PRIOR, DECODER)
 
 
 @dataclass(frozen=True)
@@ -134,6 +143,10 @@ TRAIN_COMMANDS: tuple[TrainCommand, ...] = (
                  (DVAE, FSQ)),
     TrainCommand("train", "the DALL-E transformer", (TRANSFORMER,)),
     TrainCommand("train-clip", "the CLIP model", (CLIP_STAGE,)),
+    TrainCommand("train-prior", "DALL-E 2's diffusion prior (caption to CLIP image embedding)",
+                 (PRIOR,)),
+    TrainCommand("train-decoder", "DALL-E 2's decoder (CLIP image embedding to image)",
+                 (DECODER,)),
 )  # fmt: skip
 IMAGE_TOKENIZER = TRAIN_COMMANDS[0]
 

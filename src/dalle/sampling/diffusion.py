@@ -1,0 +1,160 @@
+"""Noise schedules and samplers for DALL-E 2's diffusion stages, from ``diffusers``.
+
+Every stage trains on the cosine schedule (Nichol & Dhariwal 2021; diffusers'
+``squaredcos_cap_v2``) over ``timesteps`` steps and samples with DDIM on a strided
+subset of them, starting from the last step ("trailing" spacing). The models here
+predict the clean sample (x0), as the paper's prior does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+from dalle.models.decoder import ImageDecoder
+from dalle.models.prior import DiffusionPrior
+
+if TYPE_CHECKING:  # diffusers takes seconds to import: only where a schedule is made
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+
+def training_schedule(timesteps: int, prediction: str = "sample") -> DDPMScheduler:
+    """The forward (noising) process: ``add_noise(x0, noise, t)`` gives x_t.
+    ``prediction``: what the model predicts, ``sample`` (x0) or ``epsilon`` (the noise)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type=prediction, clip_sample=False)  # fmt: skip
+
+
+def sampling_schedule(
+    timesteps: int, steps: int, prediction: str = "sample", clip_sample: bool = False
+) -> DDIMScheduler:
+    """DDIM over ``steps`` of the ``timesteps`` training steps, the last one first;
+    ``clip_sample`` keeps each step's x0 estimate in [-1, 1] (for images)."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler(num_train_timesteps=timesteps, beta_schedule="squaredcos_cap_v2",
+                              prediction_type=prediction, clip_sample=clip_sample,
+                              timestep_spacing="trailing", set_alpha_to_one=True)  # fmt: skip
+    scheduler.set_timesteps(min(steps, timesteps))
+    return scheduler
+
+
+def noised(
+    clean: torch.Tensor, timesteps: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_t, t, noise)``: each row of ``clean`` noised to a uniformly drawn step ``t``
+    ``[B]`` with Gaussian ``noise`` (drawn on the CPU, so the same on any device)."""
+    schedule = training_schedule(timesteps)
+    t = torch.randint(0, timesteps, (len(clean),), generator=generator).to(clean.device)
+    noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
+    return schedule.add_noise(clean, noise, t), t, noise
+
+
+def guided(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance on predictions: ``u + scale * (c - u)``; 1 is none."""
+    return unconditional + scale * (conditional - unconditional)
+
+
+@torch.no_grad()
+def denoise(
+    predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    shape: tuple[int, ...],
+    timesteps: int,
+    steps: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+    eta: float = 0.0,
+    prediction: str = "sample",
+    clip_sample: bool = False,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Runs DDIM from ``noise`` (default: drawn, of ``shape``); ``predict(x_t, t [B])``
+    gives what the model predicts (``prediction``). ``eta`` 0 is deterministic given
+    the starting noise; 1 is as stochastic as DDPM."""
+    scheduler = sampling_schedule(timesteps, steps, prediction, clip_sample)
+    x = torch.randn(shape, generator=generator) if noise is None else noise
+    x = x.to(device)
+    for t in scheduler.timesteps:
+        output = predict(x, torch.full((shape[0],), int(t), device=device, dtype=torch.long))
+        x = scheduler.step(output, t, x, eta=eta, generator=generator).prev_sample
+    return x
+
+
+@torch.no_grad()
+def sample_image_embeddings(
+    prior: DiffusionPrior,
+    text: torch.Tensor,
+    text_embed: torch.Tensor,
+    steps: int = 64,
+    guidance_scale: float = 1.0,
+    candidates: int = 2,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Unit-norm CLIP image embeddings ``[B, D]`` for captions ``text`` ``[B, L]`` with
+    CLIP text embeddings ``text_embed`` ``[B, D]``.
+
+    Draws ``candidates`` embeddings per caption and keeps the one closest to its text
+    embedding (the paper draws 2). The paper found guiding the prior hurt: 1 (none) is
+    the default.
+    """
+    rows, dim = len(text) * candidates, prior.config.embed_dim
+    text_k, embed_k = (
+        text.repeat_interleave(candidates, 0),
+        text_embed.repeat_interleave(candidates, 0),
+    )
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance_scale == 1.0:
+            return prior(x, t, text_k, embed_k)
+        drop = torch.arange(2 * rows, device=x.device) >= rows
+        both = prior(torch.cat([x, x]), torch.cat([t, t]), torch.cat([text_k, text_k]),
+                     torch.cat([embed_k, embed_k]), drop_text=drop)  # fmt: skip
+        return guided(both[:rows], both[rows:], guidance_scale)
+
+    device = text.device
+    standardised = denoise(predict, (rows, dim), prior.config.timesteps, steps, generator, device)
+    embeddings = F.normalize(prior.unstandardise(standardised), dim=-1).view(
+        len(text), candidates, dim
+    )
+    closeness = (embeddings * text_embed[:, None]).sum(-1)  # [B, candidates]
+    return embeddings[torch.arange(len(text), device=device), closeness.argmax(dim=1)]
+
+
+@torch.no_grad()
+def sample_images(
+    decoder: ImageDecoder,
+    text: torch.Tensor,
+    image_embed: torch.Tensor,
+    steps: int = 50,
+    guidance_scale: float = 3.0,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    noise: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """uint8 images ``[B, 3, S, S]`` decoded from unit-norm CLIP image embeddings ``[B, D]``
+    and captions ``[B, L]``. Guidance mixes the prediction with both conditions and the
+    one with neither; ``eta`` > 0 samples stochastically (variations); ``noise`` fixes
+    the starting point (interpolation)."""
+    rows, size = len(text), decoder.config.image_size
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if guidance_scale == 1.0:
+            return decoder(x, t, text, image_embed)
+        drop = torch.arange(2 * rows, device=x.device) >= rows
+        twice = [torch.cat([a, a]) for a in (x, t, text, image_embed)]
+        both = decoder(*twice, drop_text=drop, drop_image=drop)
+        return guided(both[:rows], both[rows:], guidance_scale)
+
+    images = denoise(predict, (rows, 3, size, size), decoder.config.timesteps, steps, generator,
+                     text.device, eta, "epsilon", clip_sample=True, noise=noise)  # fmt: skip
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to floats in [-1, 1], as the decoder diffuses them."""
+    return images.float() / 127.5 - 1

@@ -1,0 +1,200 @@
+"""DALL-E 2 (unCLIP) with trained folders: prompt -> prior -> CLIP image embedding ->
+decoder -> image; and the paper's image manipulations (section 3): variations,
+interpolation, text diffs.
+
+A prior folder (`dalle train-prior`) and a decoder folder (`dalle train-decoder`) each
+keep the CLIP they were trained on in ``clip/``; they must be the same CLIP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dalle.models.clip import CLIP
+from dalle.models.decoder import ImageDecoder
+from dalle.models.prior import DiffusionPrior
+from dalle.sampling.diffusion import sample_image_embeddings, sample_images
+from dalle.sampling.rerank import keep_best
+from dalle.tokenizers.text import PAD_ID, TextTokenizer
+from dalle.training.prior_task import CLIP_DIR
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
+    """Spherical interpolation of unit vectors ``[..., D]``: ``a`` at 0, ``b`` at 1."""
+    cosine = (a * b).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7)
+    angle = torch.acos(cosine)
+    out = (torch.sin((1 - weight) * angle) * a + torch.sin(weight * angle) * b) / torch.sin(angle)
+    return F.normalize(out, dim=-1)
+
+
+def _weights_hash(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+@dataclass
+class UnCLIPOutput:
+    prompts: list[str]
+    images: torch.Tensor  # uint8 [P, K, 3, S, S], best first when re-ranked
+    scores: torch.Tensor  # [P, K]: the CLIP's cosine of each image with its prompt
+
+
+@dataclass
+class UnCLIP:
+    prior: DiffusionPrior | None  # None: a decoder alone (variations, interpolation)
+    decoder: ImageDecoder
+    clip: CLIP
+    tokenizer: TextTokenizer
+    device: torch.device
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        decoder: str | Path,
+        prior: str | Path | None = None,
+        device: str | torch.device = "cpu",
+    ) -> UnCLIP:
+        decoder, device = Path(decoder), torch.device(device)
+        clip_dir = decoder / CLIP_DIR
+        if prior is not None and _weights_hash(Path(prior) / CLIP_DIR) != _weights_hash(clip_dir):
+            raise ValueError(f"{prior} and {decoder} were trained on different CLIPs")
+        loaded = None if prior is None else DiffusionPrior.from_pretrained(prior, device=device)
+        return cls(
+            prior=None if loaded is None else loaded.eval(),
+            decoder=ImageDecoder.from_pretrained(decoder, device=device).eval(),
+            clip=CLIP.from_pretrained(clip_dir, device=device).eval(),
+            tokenizer=TextTokenizer.load(clip_dir / "tokenizer"),
+            device=device,
+        )  # fmt: skip
+
+    @property
+    def image_size(self) -> int:
+        return self.decoder.config.image_size
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Caption ids ``[B, L]`` and their unit-norm CLIP text embeddings ``[B, D]``."""
+        text = self.tokenizer.encode(prompts).ids.to(self.device)
+        return text, self.clip.encode_text(text).float()
+
+    def no_caption(self, rows: int) -> torch.Tensor:
+        """``rows`` captions of padding only: the decoder's dropped caption."""
+        return torch.full((rows, self.tokenizer.max_length), PAD_ID, device=self.device)
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-norm CLIP image embeddings ``[B, D]`` of uint8 images ``[B, 3, S, S]``."""
+        return self.clip.encode_image(images.to(self.device)).float()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        num_images_per_prompt: int = 1,
+        keep: int | None = None,
+        *,
+        prior_guidance_scale: float = 1.0,
+        decoder_guidance_scale: float = 3.0,
+        prior_num_inference_steps: int = 64,
+        decoder_num_inference_steps: int = 50,
+        generator: torch.Generator | None = None,
+        batch_size: int = 16,
+    ) -> UnCLIPOutput:
+        """``num_images_per_prompt`` images per prompt; with ``keep``, the best ``keep`` by
+        the CLIP's similarity with the prompt, best first."""
+        if self.prior is None:
+            raise ValueError("text to image needs a prior: from_pretrained(decoder, prior=...)")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        rows = [p for p in prompts for _ in range(num_images_per_prompt)]
+        images, scores = [], []
+        for start in range(0, len(rows), batch_size):
+            chunk = rows[start : start + batch_size]
+            text, text_embed = self.encode_text(chunk)
+            embed = sample_image_embeddings(self.prior, text, text_embed,
+                                            prior_num_inference_steps, prior_guidance_scale,
+                                            generator=generator)  # fmt: skip
+            drawn = sample_images(self.decoder, text, embed, decoder_num_inference_steps,
+                                  decoder_guidance_scale, generator)  # fmt: skip
+            images.append(drawn.cpu())
+            scores.append((self.encode_image(drawn) * text_embed).sum(-1).cpu())
+        per_prompt = torch.cat(images).view(
+            len(prompts), num_images_per_prompt, *images[0].shape[1:]
+        )
+        score = torch.cat(scores).view(len(prompts), num_images_per_prompt)
+        if keep is not None:
+            best = [keep_best(i, s, keep) for i, s in zip(per_prompt, score, strict=True)]
+            per_prompt = torch.stack([b[0] for b in best])
+            score = torch.stack([b[1] for b in best])
+        return UnCLIPOutput(prompts, per_prompt, score)
+
+    @torch.no_grad()
+    def variations(
+        self,
+        image: torch.Tensor,
+        num_images: int = 8,
+        caption: str = "",
+        decoder_guidance_scale: float = 3.0,
+        steps: int = 50,
+        eta: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``num_images`` uint8 images that keep what the CLIP sees in ``image`` (uint8
+        ``[3, S, S]``): its embedding decoded with stochastic sampling (``eta`` > 0)."""
+        embed = self.encode_image(image[None]).expand(num_images, -1)
+        text = (
+            self.encode_text([caption] * num_images)[0] if caption else self.no_caption(num_images)
+        )
+        return sample_images(self.decoder, text, embed, steps, decoder_guidance_scale,
+                             generator, eta=eta).cpu()  # fmt: skip
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        first: torch.Tensor,
+        second: torch.Tensor,
+        num_images: int = 8,
+        decoder_guidance_scale: float = 3.0,
+        steps: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``num_images`` uint8 images from ``first`` to ``second`` (uint8 ``[3, S, S]``):
+        the slerp of their CLIP embeddings, all decoded from the same starting noise."""
+        a, b = self.encode_image(torch.stack([first, second]))
+        weights = torch.linspace(0, 1, num_images).tolist()
+        embeds = torch.stack([slerp(a, b, w) for w in weights])
+        return self._decode_fixed_noise(embeds, decoder_guidance_scale, steps, generator)
+
+    @torch.no_grad()
+    def text_diff(
+        self,
+        image: torch.Tensor,
+        source: str,
+        target: str,
+        num_images: int = 5,
+        max_weight: float = 0.5,
+        decoder_guidance_scale: float = 3.0,
+        steps: int = 50,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``image`` moved toward ``target`` from ``source`` (its description): the image
+        embedding slerped toward the normalised difference of the captions' text
+        embeddings, by weights from 0 to ``max_weight``, from the same starting noise."""
+        z = self.encode_image(image[None])[0]
+        _, texts = self.encode_text([source, target])
+        diff = F.normalize(texts[1] - texts[0], dim=-1)
+        weights = torch.linspace(0, max_weight, num_images).tolist()
+        embeds = torch.stack([slerp(z, diff, w) for w in weights])
+        return self._decode_fixed_noise(embeds, decoder_guidance_scale, steps, generator)
+
+    def _decode_fixed_noise(
+        self, embeds: torch.Tensor, guidance: float, steps: int, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        size = self.image_size
+        noise = torch.randn(1, 3, size, size, generator=generator).expand(len(embeds), -1, -1, -1)
+        text = self.no_caption(len(embeds))
+        return sample_images(self.decoder, text, embeds, steps, guidance, generator,
+                             noise=noise.contiguous()).cpu()  # fmt: skip

@@ -1,0 +1,128 @@
+"""Training DALL-E 2's decoder on a frozen CLIP's image embeddings.
+
+Each training image is diffused in [-1, 1] and the decoder learns its noise given the
+image's own CLIP embedding and its caption; the embedding is replaced by the learned
+null one 10% of the time and the caption by padding 50% of the time (the paper's
+classifier-free guidance dropout).
+
+Evaluation reports, on pairs kept out of training: the validation loss at fixed noise,
+and held-out images decoded back from their CLIP embeddings (a grid: originals above,
+decodings below); on Shapes World, the share of decodings the judge passes against the
+original's caption, which says how much of a scene its CLIP embedding and the decoder
+carry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dalle.data.datasets import Batch, DataConfig, load_images
+from dalle.data.images import make_grid
+from dalle.evaluation.shapes_judge import judge_image
+from dalle.models.decoder import DecoderConfig, ImageDecoder
+from dalle.sampling.diffusion import noised, sample_images, to_model_range
+from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.parallelize import build_model
+from dalle.training.prior_task import CLIP_DIR, load_frozen_clip
+
+
+@dataclass
+class DecoderEvalConfig:
+    samples: int = 256  # held-out pairs for the validation loss
+    grid: int = 16  # held-out images decoded from their embeddings (and judged)
+    sample_steps: int = 50
+    guidance_scale: float = 3.0
+
+
+@dataclass
+class DecoderTrainConfig:
+    """Everything `dalle train-decoder` needs. Caption length, vocabulary, embedding
+    width and image size come from the CLIP, its tokenizer and the data."""
+
+    preset: str = "decoder-small"
+    model: DecoderConfig = field(default_factory=DecoderConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
+    clip: str = ""  # folder of a trained CLIP (`dalle train-clip`), with its tokenizer/
+    image_dropout: float = 0.1  # the paper's: CLIP embedding replaced by the null one
+    caption_dropout: float = 0.5  # the paper's
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=1.2e-4, final_lr=1.2e-6, warmup_steps=500,
+                                            weight_decay=0.0, grad_clip=1.0)
+    )  # fmt: skip
+    eval: DecoderEvalConfig = field(default_factory=DecoderEvalConfig)
+
+
+class DecoderTask:
+    def __init__(self, config: DecoderTrainConfig, device: torch.device) -> None:
+        self.config, self.device = config, device
+        self.clip, self.tokenizer = load_frozen_clip(config.clip, device)
+        config.model = replace(config.model, text_vocab_size=self.tokenizer.vocab_size,
+                               text_len=self.tokenizer.max_length,
+                               embed_dim=self.clip.config.embed_dim,
+                               image_size=config.data.image_size)  # fmt: skip
+        self.model = build_model(ImageDecoder, config.model, device)
+        holdout = replace(config.data, subset="holdout")
+        self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
+        self.eval_text = self.tokenizer.encode(self.eval_captions).ids.to(device)
+        self.eval_embed = self.image_embeddings(self.eval_images)
+
+    @torch.no_grad()
+    def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True)
+        return torch.cat([self.clip.encode_image(b) for b in images.split(256)]).float()
+
+    def loss(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        embed: torch.Tensor,
+        generator: torch.Generator | None = None,
+        dropout: bool = True,
+    ) -> torch.Tensor:
+        """Squared error of the predicted noise of uint8 ``images`` at random steps."""
+        clean = to_model_range(images.to(self.device))
+        noisy, t, noise = noised(clean, self.config.model.timesteps, generator)
+        drop_text = drop_image = None
+        if dropout:
+            drop_text = torch.rand(len(text), device=self.device) < self.config.caption_dropout
+            drop_image = torch.rand(len(text), device=self.device) < self.config.image_dropout
+        prediction = self.model(noisy, t, text, embed, drop_text, drop_image)
+        return F.mse_loss(prediction.float(), noise.float())
+
+    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+        text = self.tokenizer.encode(batch.captions).ids.to(self.device)
+        loss = self.loss(batch.images, text, self.image_embeddings(batch.images))
+        return loss, {"loss": loss.detach()}
+
+    @torch.no_grad()
+    def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(0)  # the same noise at every evaluation
+        size = self.config.data.batch_size
+        losses = [self.loss(i, t, e, generator, dropout=False).item() * len(i)
+                  for i, t, e in zip(self.eval_images.split(size), self.eval_text.split(size),
+                                     self.eval_embed.split(size), strict=True)]  # fmt: skip
+        metrics = {"val_loss": sum(losses) / len(self.eval_images)}
+        n, e = min(self.config.eval.grid, len(self.eval_images)), self.config.eval
+        decoded = sample_images(self.model, self.eval_text[:n], self.eval_embed[:n],
+                                e.sample_steps, e.guidance_scale, generator).cpu()  # fmt: skip
+        (out_dir / "samples").mkdir(exist_ok=True)
+        both = torch.cat([self.eval_images[:n], decoded])
+        make_grid(both, columns=n).save(out_dir / "samples" / f"decoded-{step:07d}.png")
+        if self.config.data.source.startswith("shapes"):
+            pixels = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()) for image in decoded]
+            verdicts = [judge_image(p, c) for p, c in zip(pixels, self.eval_captions, strict=False)]
+            metrics["decoded_judge_pass"] = sum(v.passed for v in verdicts) / len(verdicts)
+        return metrics
+
+    def export(self, out_dir: Path, model: nn.Module) -> None:
+        """``model`` and, in ``clip/``, the CLIP whose embeddings it decodes."""
+        model.save_pretrained(out_dir)  # type: ignore[operator]
+        self.clip.save_pretrained(out_dir / CLIP_DIR)
+        self.tokenizer.save(out_dir / CLIP_DIR / "tokenizer")

@@ -1,0 +1,149 @@
+"""DALL-E 2's decoder and the unCLIP pipeline on tiny models: conditioning and guidance,
+training with exact resume, and text to image, variations, interpolation and text diffs
+from the command line."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from dalle.cli import main
+from dalle.models.decoder import DECODER_PRESETS, DecoderConfig, ImageDecoder
+from dalle.sampling.diffusion import sample_images
+from dalle.sampling.unclip import UnCLIP, slerp
+from dalle.training.decoder_task import DecoderTask
+from dalle.training.stages import DECODER
+from serving_helpers import make_tiny_models
+
+CONFIGS = Path(__file__).parent.parent / "configs"
+
+
+def _decoder() -> ImageDecoder:
+    torch.manual_seed(0)
+    decoder = ImageDecoder(DECODER_PRESETS["decoder-tiny"]).eval()
+    torch.nn.init.normal_(decoder.unet.conv_out.weight, std=0.1)  # it starts at zero
+    return decoder
+
+
+def test_the_decoder_reads_the_embedding_the_caption_and_their_null_stand_ins() -> None:
+    decoder, c = _decoder(), DECODER_PRESETS["decoder-tiny"]
+    assert torch.count_nonzero(ImageDecoder(c).unet.conv_out.weight) == 0
+    x, t = torch.randn(3, 3, c.image_size, c.image_size), torch.tensor([0, 40, 99])
+    text = torch.randint(2, c.text_vocab_size, (3, c.text_len))
+    embed = F.normalize(torch.randn(3, c.embed_dim), dim=-1)
+    out = decoder(x, t, text, embed)
+    assert out.shape == x.shape
+    assert not torch.allclose(decoder(x, t, text, embed.roll(1, 0)), out)  # the embedding
+    assert not torch.allclose(decoder(x, t, text.roll(1, 0), embed), out)  # the caption
+    every = torch.ones(3, dtype=torch.bool)
+    neither = decoder(x, t, text, embed, drop_text=every, drop_image=every)
+    other = decoder(x, t, text.roll(1, 0), embed.roll(1, 0), drop_text=every, drop_image=every)
+    assert torch.allclose(neither, other, atol=1e-6) and torch.isfinite(neither).all()
+
+
+def test_sampled_images_and_guidance() -> None:
+    decoder, c = _decoder(), DECODER_PRESETS["decoder-tiny"]
+    text = torch.randint(2, c.text_vocab_size, (2, c.text_len))
+    embed = F.normalize(torch.randn(2, c.embed_dim), dim=-1)
+
+    def draw(scale: float) -> torch.Tensor:
+        return sample_images(decoder, text, embed, steps=4, guidance_scale=scale,
+                             generator=torch.Generator().manual_seed(0))  # fmt: skip
+
+    images = draw(3.0)
+    assert images.dtype == torch.uint8 and images.shape == (2, 3, c.image_size, c.image_size)
+    assert torch.equal(images, draw(3.0)) and not torch.equal(images, draw(1.0))
+
+
+def test_slerp() -> None:
+    a, b = F.normalize(torch.randn(2, 8), dim=-1)
+    assert torch.allclose(slerp(a, b, 0.0), a, atol=1e-5)
+    assert torch.allclose(slerp(a, b, 1.0), b, atol=1e-5)
+    middle = slerp(a, b, 0.5)
+    assert torch.allclose(middle.norm(), torch.tensor(1.0))
+    assert torch.allclose(middle @ a, middle @ b, atol=1e-5)
+
+
+def test_the_config_checks_its_levels() -> None:
+    with pytest.raises(ValueError, match="one entry per level"):
+        DecoderConfig(channels=[8, 16], attention=[True])
+    with pytest.raises(ValueError, match="halve"):
+        DecoderConfig(image_size=10, channels=[8, 16, 32], attention=[False] * 3, norm_groups=4,
+                      head_dim=8)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """A tiny CLIP, and a prior and a decoder trained on it (a few updates each)."""
+    root = tmp_path_factory.mktemp("unclip")
+    clip = make_tiny_models(root)[1]
+    prior, decoder = root / "prior", root / "decoder"
+    assert main(["train-prior", "--config", str(CONFIGS / "prior-tiny-cpu.yaml"), "--clip",
+                 str(clip), "--out", str(prior)]) == 0  # fmt: skip
+    assert main(["train-decoder", "--config", str(CONFIGS / "decoder-tiny-cpu.yaml"), "--clip",
+                 str(clip), "--out", str(decoder)]) == 0  # fmt: skip
+    return {"root": root, "clip": clip, "prior": prior, "decoder": decoder}
+
+
+def test_train_decoder_exports_the_model_its_clip_and_judged_decodings(trained) -> None:
+    decoder = ImageDecoder.from_pretrained(trained["decoder"])
+    assert decoder.config.image_size == 32 and decoder.config.embed_dim == 16
+    assert (trained["decoder"] / "clip" / "tokenizer" / "tokenizer.json").exists()
+    metrics = (trained["decoder"] / "metrics.jsonl").read_text()
+    assert '"decoded_judge_pass"' in metrics and '"val_loss"' in metrics
+    assert list((trained["decoder"] / "samples").glob("decoded-*.png"))
+
+
+def test_decoder_training_resumes_exactly(trained, tmp_path) -> None:
+    from interrupt import run_task
+
+    overrides = [f"clip={trained['clip']}", "loop.steps=6", "loop.checkpoint_every=2",
+                 "loop.eval_every=6", "data.batch_size=4", "eval.grid=2"]  # fmt: skip
+    config = DECODER.build_config(CONFIGS / "decoder-tiny-cpu.yaml", overrides)
+    straight = run_task(config, DecoderTask, tmp_path / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run_task(config, DecoderTask, tmp_path / "stopped", stop_at_call=4)
+    resumed = run_task(config, DecoderTask, tmp_path / "stopped")
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name
+
+
+def test_text_to_image_and_the_manipulations_from_the_command_line(trained, tmp_path) -> None:
+    fast = ["--prior-steps", "4", "--decoder-steps", "4"]
+    out_dir = tmp_path / "drawn"
+    args = ["unclip", "a red circle", "a blue star", "--prior", str(trained["prior"]),
+            "--decoder", str(trained["decoder"]), "--num", "3", "--keep", "2",
+            "--out-dir", str(out_dir), "--out", str(tmp_path / "grid.png"), *fast]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in out_dir.iterdir())[:2] == ["0000.png", "0000.txt"]
+    assert (
+        len(list(out_dir.glob("*.png"))) == 4
+        and (out_dir / "0003.txt").read_text() == "a blue star"
+    )
+    source = out_dir / "0000.png"
+    decoder = ["--decoder", str(trained["decoder"]), "--decoder-steps", "4"]
+    cases = {"variations": [str(source), "--num", "3"],
+             "interpolate": [str(source), str(out_dir / "0002.png"), "--num", "4"],
+             "text-diff": [str(source), "--source", "a red circle", "--target", "a blue circle",
+                           "--num", "3"]}  # fmt: skip
+    for command, args in cases.items():
+        grid = tmp_path / f"{command}.png"
+        assert main([command, *args, *decoder, "--out", str(grid)]) == 0
+        with Image.open(grid) as image:
+            assert image.width > 3 * 32, command
+
+
+def test_a_prior_and_a_decoder_of_different_clips_are_refused(trained, tmp_path) -> None:
+    other = tmp_path / "other-prior"
+    shutil.copytree(trained["prior"], other)
+    clip = UnCLIP.from_pretrained(trained["decoder"]).clip
+    with torch.no_grad():
+        clip.logit_scale.add_(1.0)
+    clip.save_pretrained(other / "clip")
+    with pytest.raises(ValueError, match="different CLIPs"):
+        UnCLIP.from_pretrained(trained["decoder"], other)
