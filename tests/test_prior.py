@@ -15,6 +15,7 @@ from dalle.models.prior import PRIOR_PRESETS, DiffusionPrior, PriorConfig
 from dalle.sampling.diffusion import (
     denoise,
     guided,
+    prediction_target,
     sample_image_embeddings,
     sampling_schedule,
     training_schedule,
@@ -163,3 +164,20 @@ def test_prior_training_resumes_exactly(clip_dir, tmp_path) -> None:
     resumed = run_task(config, PriorTask, tmp_path / "stopped")
     for name, tensor in straight.items():
         assert torch.equal(tensor, resumed[name]), name
+
+
+@pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])
+def test_ddim_lands_on_the_clean_sample_for_every_prediction_target(prediction) -> None:
+    """A perfect predictor of each kind (what `prediction_target` trains toward) takes
+    DDIM from noise to the clean sample."""
+    steps, clean = 1000, torch.rand(2, 3, 8, 8) * 2 - 1
+    alpha_bar = training_schedule(steps).alphas_cumprod
+
+    def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        a = alpha_bar[t].view(-1, 1, 1, 1)
+        noise = (x - a.sqrt() * clean) / (1 - a).sqrt()
+        return prediction_target(prediction, clean, noise, t, steps)
+
+    out = denoise(predict, clean.shape, steps, 25, torch.Generator().manual_seed(0),
+                  prediction=prediction, clip_sample=True)  # fmt: skip
+    assert torch.allclose(out, clean, atol=1e-4)

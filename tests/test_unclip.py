@@ -4,6 +4,7 @@ from the command line."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -147,3 +148,16 @@ def test_a_prior_and_a_decoder_of_different_clips_are_refused(trained, tmp_path)
     clip.save_pretrained(other / "clip")
     with pytest.raises(ValueError, match="different CLIPs"):
         UnCLIP.from_pretrained(trained["decoder"], other)
+
+
+def test_the_unclip_demo_runs_every_stage_and_judges(tmp_path, capsys) -> None:
+    out = tmp_path / "demo-unclip"
+    assert main(["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    for split in ("seen", "zeroshot"):
+        assert results[split]["images"] == 4 and "accuracy_without_reranking" in results[split]
+        assert len(list((out / split).glob("*.png"))) == 4
+    assert "image_cosine" in results["prior"] and "decoded_judge_pass" in results["decoder"]
+    # A second run reuses every finished stage.
+    assert main(["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("reusing the finished stage") >= 4

@@ -470,7 +470,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     config.seed = args.seed
     if args.training_minutes is not None:
         config.training_scale = scale_for_minutes(config, args.training_minutes)
-    return run_demo(Path(args.out), config)
+    if args.pipeline == "unclip":
+        from dalle.demo_unclip import UnCLIPDemoConfig, run_unclip_demo
+
+        unclip = UnCLIPDemoConfig(config)
+        if args.smoke:
+            unclip.reuse, unclip.candidates, unclip.prior_steps, unclip.decoder_steps = (
+                None,
+                2,
+                2,
+                2,
+            )
+        return run_unclip_demo(Path(args.out or "outputs/demo-unclip"), unclip)
+    return run_demo(Path(args.out or "outputs/demo"), config)
 
 
 # ----------------------------------------------------------------------------- parser
@@ -745,7 +757,14 @@ def _add_serve_command(commands) -> None:
 def _add_demo_command(commands) -> None:
     """The main job on built-in data."""
     demo = commands.add_parser("demo", help="the main job on built-in data")
-    demo.add_argument("--out", type=Path, default=Path("outputs/demo"))
+    demo.add_argument(
+        "--pipeline", choices=["dalle", "unclip"], default="dalle",
+        help="DALL-E (default) or DALL-E 2 (unCLIP: prior and decoder, reusing the DALL-E "
+        "demo's caption BPE and CLIP when outputs/demo has them)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--out", type=Path, help="default: outputs/demo (outputs/demo-unclip for unclip)"
+    )
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument(
         "--smoke", action="store_true", help="a few updates per stage: checks the pipeline only"

@@ -55,6 +55,18 @@ def noised(
     return schedule.add_noise(clean, noise, t), t, noise
 
 
+def prediction_target(
+    prediction: str, clean: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, timesteps: int
+) -> torch.Tensor:
+    """What a model trained to predict ``prediction`` should output for ``clean`` noised
+    with ``noise`` to steps ``t``: x0, the noise, or v = sqrt(a) noise - sqrt(1 - a) x0."""
+    if prediction == "sample":
+        return clean
+    if prediction == "epsilon":
+        return noise
+    return training_schedule(timesteps, prediction).get_velocity(clean, noise, t)
+
+
 def guided(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
     """Classifier-free guidance on predictions: ``u + scale * (c - u)``; 1 is none."""
     return unconditional + scale * (conditional - unconditional)
@@ -150,8 +162,9 @@ def sample_images(
         both = decoder(*twice, drop_text=drop, drop_image=drop)
         return guided(both[:rows], both[rows:], guidance_scale)
 
-    images = denoise(predict, (rows, 3, size, size), decoder.config.timesteps, steps, generator,
-                     text.device, eta, "epsilon", clip_sample=True, noise=noise)  # fmt: skip
+    c = decoder.config
+    images = denoise(predict, (rows, 3, size, size), c.timesteps, steps, generator, text.device,
+                     eta, c.prediction, clip_sample=True, noise=noise)  # fmt: skip
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

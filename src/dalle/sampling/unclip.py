@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from dalle.models.clip import CLIP
 from dalle.models.decoder import ImageDecoder
 from dalle.models.prior import DiffusionPrior
+from dalle.precision import autocast_context
 from dalle.sampling.diffusion import sample_image_embeddings, sample_images
 from dalle.sampling.rerank import keep_best
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
@@ -50,6 +51,9 @@ class UnCLIP:
     clip: CLIP
     tokenizer: TextTokenizer
     device: torch.device
+    # "bf16": the diffusion models under bf16 autocast (twice the speed on a CPU with
+    # native bf16; about the same images); "fp32" by default.
+    precision: str = "fp32"
 
     @classmethod
     def from_pretrained(
@@ -57,6 +61,7 @@ class UnCLIP:
         decoder: str | Path,
         prior: str | Path | None = None,
         device: str | torch.device = "cpu",
+        precision: str = "fp32",
     ) -> UnCLIP:
         decoder, device = Path(decoder), torch.device(device)
         clip_dir = decoder / CLIP_DIR
@@ -69,7 +74,11 @@ class UnCLIP:
             clip=CLIP.from_pretrained(clip_dir, device=device).eval(),
             tokenizer=TextTokenizer.load(clip_dir / "tokenizer"),
             device=device,
+            precision=precision,
         )  # fmt: skip
+
+    def autocast(self):
+        return autocast_context(self.device, self.precision)
 
     @property
     def image_size(self) -> int:
@@ -117,8 +126,9 @@ class UnCLIP:
             embed = sample_image_embeddings(self.prior, text, text_embed,
                                             prior_num_inference_steps, prior_guidance_scale,
                                             generator=generator)  # fmt: skip
-            drawn = sample_images(self.decoder, text, embed, decoder_num_inference_steps,
-                                  decoder_guidance_scale, generator)  # fmt: skip
+            with self.autocast():
+                drawn = sample_images(self.decoder, text, embed, decoder_num_inference_steps,
+                                      decoder_guidance_scale, generator)  # fmt: skip
             images.append(drawn.cpu())
             scores.append((self.encode_image(drawn) * text_embed).sum(-1).cpu())
         per_prompt = torch.cat(images).view(
@@ -148,8 +158,9 @@ class UnCLIP:
         text = (
             self.encode_text([caption] * num_images)[0] if caption else self.no_caption(num_images)
         )
-        return sample_images(self.decoder, text, embed, steps, decoder_guidance_scale,
-                             generator, eta=eta).cpu()  # fmt: skip
+        with self.autocast():
+            return sample_images(self.decoder, text, embed, steps, decoder_guidance_scale,
+                                 generator, eta=eta).cpu()  # fmt: skip
 
     @torch.no_grad()
     def interpolate(
@@ -196,5 +207,6 @@ class UnCLIP:
         size = self.image_size
         noise = torch.randn(1, 3, size, size, generator=generator).expand(len(embeds), -1, -1, -1)
         text = self.no_caption(len(embeds))
-        return sample_images(self.decoder, text, embeds, steps, guidance, generator,
-                             noise=noise.contiguous()).cpu()  # fmt: skip
+        with self.autocast():
+            return sample_images(self.decoder, text, embeds, steps, guidance, generator,
+                                 noise=noise.contiguous()).cpu()  # fmt: skip

@@ -26,7 +26,7 @@ from dalle.data.datasets import Batch, DataConfig, load_images
 from dalle.data.images import make_grid
 from dalle.evaluation.shapes_judge import judge_image
 from dalle.models.decoder import DecoderConfig, ImageDecoder
-from dalle.sampling.diffusion import noised, sample_images, to_model_range
+from dalle.sampling.diffusion import noised, prediction_target, sample_images, to_model_range
 from dalle.training.loop import LoopConfig, Metrics, OptimConfig
 from dalle.training.parallelize import build_model
 from dalle.training.prior_task import CLIP_DIR, load_frozen_clip
@@ -86,7 +86,8 @@ class DecoderTask:
         generator: torch.Generator | None = None,
         dropout: bool = True,
     ) -> torch.Tensor:
-        """Squared error of the predicted noise of uint8 ``images`` at random steps."""
+        """Squared error of the prediction (the noise by default) for uint8 ``images``
+        noised to random steps."""
         clean = to_model_range(images.to(self.device))
         noisy, t, noise = noised(clean, self.config.model.timesteps, generator)
         drop_text = drop_image = None
@@ -94,7 +95,9 @@ class DecoderTask:
             drop_text = torch.rand(len(text), device=self.device) < self.config.caption_dropout
             drop_image = torch.rand(len(text), device=self.device) < self.config.image_dropout
         prediction = self.model(noisy, t, text, embed, drop_text, drop_image)
-        return F.mse_loss(prediction.float(), noise.float())
+        c = self.config.model
+        target = prediction_target(c.prediction, clean, noise, t, c.timesteps)
+        return F.mse_loss(prediction.float(), target.float())
 
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         text = self.tokenizer.encode(batch.captions).ids.to(self.device)

@@ -1,0 +1,159 @@
+"""`dalle demo --pipeline unclip`: DALL-E 2 on Shapes World, on a CPU.
+
+Stages, each reused when a previous run finished it:
+
+1. the caption BPE and the CLIP: the DALL-E demo's (``outputs/demo/tokenizer`` and
+   ``clip``) when they exist, else trained here with the DALL-E demo's settings;
+2. the diffusion prior (caption -> CLIP image embedding) on the frozen CLIP;
+3. the decoder (CLIP image embedding and caption -> 64x64 image) on the frozen CLIP;
+4. for seen-combination and zero-shot prompts (the DALL-E demo's, so the two systems are
+   judged on the same prompts), several images per prompt of which the CLIP keeps the
+   best, written as ``NNNN.png`` + ``NNNN.txt`` under ``seen/`` and ``zeroshot/``, with
+   grids and the judge's verdicts (and those of each prompt's first image) in
+   ``results.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dalle.data.datasets import DataConfig
+from dalle.data.images import make_grid
+from dalle.demo import (
+    CONFIG_DIR,
+    DemoConfig,
+    _seeded,
+    _stage,
+    _train_stage,
+    scale_loop,
+    stage_configs,
+)
+from dalle.evaluation.shapes_judge import judge_directory
+from dalle.evaluation.text_to_image import shapes_prompts
+from dalle.sampling.generate import write_images
+from dalle.sampling.unclip import UnCLIP
+from dalle.tokenizers.text import TokenizerConfig
+from dalle.training.caption_tokenizer import TokenizerTrainConfig, train_caption_tokenizer
+from dalle.training.runner import final_eval
+from dalle.training.stages import DECODER, PRIOR
+
+
+@dataclass
+class UnCLIPDemoConfig:
+    base: DemoConfig  # seed, image size, prompts, the BPE's and the CLIP's settings
+    reuse: Path | None = Path("outputs/demo")  # a DALL-E demo folder to take BPE and CLIP from
+    prior_config: Path = CONFIG_DIR / "prior-shapes-demo.yaml"
+    decoder_config: Path = CONFIG_DIR / "decoder-shapes-demo.yaml"
+    candidates: int = 4  # images drawn per prompt; the CLIP keeps the best
+    prior_steps: int = 32  # DDIM steps
+    decoder_steps: int = 25
+    decoder_guidance: float = 3.0
+    batch_size: int = 32
+
+
+SMOKE_PRIOR = dict(width=32, layers=1, heads=2)
+SMOKE_DECODER = dict(channels=[8, 16], attention=[False, True], head_dim=8, norm_groups=4,
+                     context_width=16, text_heads=2, text_layers=1)  # fmt: skip
+
+
+def _shared_stages(c: UnCLIPDemoConfig, out: Path) -> dict[str, float]:
+    """The caption BPE and the CLIP: copied from the DALL-E demo when it has finished
+    them, else trained here."""
+    seconds: dict[str, float] = {}
+    finished = {"tokenizer": "tokenizer.json", "clip": ".complete"}
+    for name, proof in finished.items():
+        source = None if c.reuse is None else c.reuse / name
+        if source is not None and (source / proof).exists() and not (out / name).exists():
+            shutil.copytree(source, out / name)
+            print(f"[demo] {name}: the DALL-E demo's ({source})", flush=True)
+    if _stage("caption tokenizer", (out / "tokenizer" / "tokenizer.json").exists()):
+        b = c.base
+        bpe = TokenizerConfig(vocab_size=b.tokenizer_vocab, max_length=b.caption_length,
+                              max_captions=b.tokenizer_captions)  # fmt: skip
+        data = DataConfig(source="shapes", seed=b.seed, subset="train")
+        train_caption_tokenizer(TokenizerTrainConfig(data, bpe), out / "tokenizer")
+    stage, clip = stage_configs(c.base, out)["clip"]
+    seconds["clip"] = _train_stage("CLIP", out / "clip", stage, clip, c.base.training_scale)
+    return seconds
+
+
+def _diffusion_configs(c: UnCLIPDemoConfig, out: Path) -> dict[str, tuple[Any, Any]]:
+    prior = replace(PRIOR.build_config(c.prior_config, []), clip=str(out / "clip"))
+    decoder = replace(DECODER.build_config(c.decoder_config, []), clip=str(out / "clip"))
+    if c.base.smoke:
+        prior = _smoke(prior, SMOKE_PRIOR)
+        decoder = _smoke(decoder, SMOKE_DECODER)
+    return {
+        "prior": (PRIOR, _seeded(prior, c.base)),
+        "decoder": (DECODER, _seeded(decoder, c.base)),
+    }
+
+
+def _smoke(config: Any, model: dict) -> Any:
+    loop = replace(config.loop, steps=4, eval_every=4, checkpoint_every=4, log_every=2,
+                   max_minutes=0.0, schedule_clock="steps")  # fmt: skip
+    grid = {"grid": 2} if hasattr(config.eval, "grid") else {}
+    evaluation = replace(config.eval, samples=8, **grid)
+    extra = {"statistics_samples": 16} if hasattr(config, "statistics_samples") else {}
+    return replace(config, model=replace(config.model, **model), loop=loop,
+                   data=replace(config.data, batch_size=4), eval=evaluation, **extra)  # fmt: skip
+
+
+def _sample_and_judge(c: UnCLIPDemoConfig, pipe: UnCLIP, folder: Path, split: str) -> dict:
+    """The kept image of each test prompt, written and judged; and the judge on each
+    prompt's first image, without re-ranking."""
+    marker, first_file = folder / ".complete", folder / "first_draw.json"
+    if _stage(f"{folder.name} samples ({c.base.prompts} {split}-split prompts, best of "
+              f"{c.candidates} by CLIP)", marker.exists()):  # fmt: skip
+        prompts = shapes_prompts(split, c.base.prompts, c.base.image_size, c.base.seed)
+        out = pipe(prompts, c.candidates, prior_num_inference_steps=c.prior_steps,
+                   decoder_num_inference_steps=c.decoder_steps,
+                   decoder_guidance_scale=c.decoder_guidance,
+                   generator=torch.Generator().manual_seed(c.base.seed),
+                   batch_size=c.batch_size)  # fmt: skip
+        best = out.scores.argmax(dim=1)
+        kept = out.images[torch.arange(len(prompts)), best]
+        write_images(kept, prompts, folder)
+        make_grid(kept[:32], columns=8).save(folder.with_name(f"{folder.name}_grid.png"))
+        with tempfile.TemporaryDirectory() as scratch:
+            write_images(out.images[:, 0], prompts, Path(scratch))
+            first_file.write_text(json.dumps(judge_directory(Path(scratch)).accuracy))
+        marker.touch()
+    report = judge_directory(folder)
+    result = {k: v for k, v in report.to_json().items() if k != "failures"}
+    result["accuracy_without_reranking"] = json.loads(first_file.read_text())
+    print(f"[demo] judge on {folder.name} samples: {report.summary()}; first image of each "
+          f"prompt {result['accuracy_without_reranking']:.1%}", flush=True)  # fmt: skip
+    return result
+
+
+def run_unclip_demo(out: Path, config: UnCLIPDemoConfig) -> int:
+    c = config
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    seconds = _shared_stages(c, out)
+    stages = _diffusion_configs(c, out)
+    for name, title in (("prior", "diffusion prior"), ("decoder", "decoder")):
+        stage, settings = stages[name]
+        settings = replace(settings, loop=scale_loop(settings.loop, c.base.training_scale))
+        seconds[name] = _train_stage(title, out / name, stage, settings, 1.0)
+    pipe = UnCLIP.from_pretrained(out / "decoder", out / "prior", precision="bf16")
+    results: dict = {"clip": final_eval(out / "clip"), "prior": final_eval(out / "prior"),
+                     "decoder": final_eval(out / "decoder")}  # fmt: skip
+    for name, split in (("seen", "train"), ("zeroshot", "zeroshot")):
+        t = time.perf_counter()
+        results[name] = _sample_and_judge(c, pipe, out / name, split)
+        seconds[f"sample_{name}"] = time.perf_counter() - t
+    results["seconds_this_run"] = {k: round(v, 1) for k, v in seconds.items() if v}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"[demo] grids: {out / 'seen_grid.png'}, {out / 'zeroshot_grid.png'}; "
+          f"results: {out / 'results.json'} ({time.perf_counter() - start:.0f}s)")  # fmt: skip
+    return 0
