@@ -242,11 +242,7 @@ class CLIP(PretrainedMixin, nn.Module):
         else:
             starts |= transformer_block_starts("image_blocks", c.image_width, c.image_layers)
 
-        def rule(module_name: str, module: nn.Module, name: str, param: torch.Tensor) -> init.Fill:
-            full_name = f"{module_name}.{name}" if module_name else name
-            return starts.get(init.clean_name(full_name)) or init.torch_default(module, name, param)
-
-        init.initialise_(self, self.init_seed, rule)
+        init.initialise_(self, self.init_seed, init.named_starts(starts))
         # CLIP's per-channel normalisation of [0, 1] pixels (its training-set statistics).
         self.pixel_mean.copy_(torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(3, 1, 1))
         self.pixel_std.copy_(torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(3, 1, 1))

@@ -122,11 +122,7 @@ class ImageDecoder(PretrainedMixin, nn.Module):
                   "unet.conv_out.bias": init.constant(0.0)}  # fmt: skip
         starts |= transformer_block_starts("text_blocks", c.context_width, c.text_layers)
 
-        def rule(module_name: str, module: nn.Module, name: str, param: torch.Tensor) -> init.Fill:
-            full_name = f"{module_name}.{name}" if module_name else name
-            return starts.get(init.clean_name(full_name)) or init.torch_default(module, name, param)
-
-        init.initialise_(self, self.init_seed, rule)
+        init.initialise_(self, self.init_seed, init.named_starts(starts))
 
     def no_weight_decay(self) -> set[str]:
         return {"token_embedding.weight", "text_positions"}

@@ -84,6 +84,17 @@ def torch_default(module: nn.Module, name: str, param: torch.Tensor) -> Fill:
 Rule = Callable[[str, nn.Module, str, torch.Tensor], Fill]
 
 
+def named_starts(starts: dict[str, Fill]) -> Rule:
+    """A rule: the fill ``starts`` names for a parameter (by its full name, without
+    wrapper prefixes), PyTorch's default for every other one."""
+
+    def rule(module_name: str, module: nn.Module, name: str, param: torch.Tensor) -> Fill:
+        full_name = f"{module_name}.{name}" if module_name else name
+        return starts.get(clean_name(full_name)) or torch_default(module, name, param)
+
+    return rule
+
+
 def initialise_(model: nn.Module, seed: int, rule: Rule) -> None:
     """Fills every parameter of ``model`` by ``rule(module_name, module, name, param)``,
     each from its own generator (:func:`init_parameter_`)."""

@@ -97,11 +97,7 @@ class DiffusionPrior(PretrainedMixin, nn.Module):
                   "null_text_embed": init.normal(c.embed_dim**-0.5)}  # fmt: skip
         starts |= transformer_block_starts("blocks", c.width, c.layers)
 
-        def rule(module_name: str, module: nn.Module, name: str, param: torch.Tensor) -> init.Fill:
-            full_name = f"{module_name}.{name}" if module_name else name
-            return starts.get(init.clean_name(full_name)) or init.torch_default(module, name, param)
-
-        init.initialise_(self, self.init_seed, rule)
+        init.initialise_(self, self.init_seed, init.named_starts(starts))
         self.embed_mean.zero_()
         self.embed_std.fill_(1.0)
 
