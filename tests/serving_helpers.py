@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -12,7 +13,9 @@ import torch
 from dalle.data.shapes_world import sample_caption
 from dalle.models.clip import CLIP, CLIP_PRESETS
 from dalle.models.dalle_transformer import DALLE_PRESETS, DALLETransformer
+from dalle.models.decoder import DECODER_PRESETS, ImageDecoder
 from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
+from dalle.models.prior import PRIOR_PRESETS, DiffusionPrior
 from dalle.sampling.sampler import SamplingConfig
 from dalle.serving.backend import DalleBackend
 from dalle.tokenizers.text import TextTokenizer, TokenizerConfig
@@ -41,6 +44,24 @@ def make_tiny_models(root: Path) -> tuple[Path, Path]:
     clip.save_pretrained(clip_dir)
     tokenizer.save(clip_dir / "tokenizer")
     return model_dir, clip_dir
+
+
+def make_tiny_unclip(root: Path, clip_dir: Path) -> tuple[Path, Path]:
+    """Untrained tiny DALL-E 2 folders (prior, decoder of 32x32 images) over ``clip_dir``,
+    each with a copy of that CLIP as the trained commands export them."""
+    torch.manual_seed(1)
+    clip = CLIP.from_pretrained(clip_dir)
+    tokenizer = TextTokenizer.load(clip_dir / "tokenizer")
+    shared = dict(text_vocab_size=tokenizer.vocab_size, text_len=TEXT_LENGTH,
+                  embed_dim=clip.config.embed_dim)  # fmt: skip
+    prior = DiffusionPrior(replace(PRIOR_PRESETS["prior-tiny"], **shared))
+    decoder = ImageDecoder(replace(DECODER_PRESETS["decoder-tiny"], **shared, image_size=32))
+    torch.nn.init.normal_(decoder.unet.conv_out.weight, std=0.1)  # it starts at zero
+    folders = (root / "prior", root / "decoder")
+    for model, folder in zip((prior, decoder), folders, strict=True):
+        model.save_pretrained(folder)
+        shutil.copytree(clip_dir, folder / "clip")
+    return folders
 
 
 @dataclass

@@ -17,11 +17,11 @@ from PIL import Image
 
 from dalle.cli import main
 from dalle.serving.api import ServerOptions, create_app
-from dalle.serving.backend import DalleBackend
+from dalle.serving.backend import DalleBackend, UnCLIPBackend
 from dalle.serving.jobs import JobQueue, Limits
 from dalle.serving.security import AccessRules
 from dalle.serving.server import ServeConfig, access_rules
-from serving_helpers import SlowBackend, make_tiny_models
+from serving_helpers import SlowBackend, make_tiny_models, make_tiny_unclip
 
 BASE = "http://127.0.0.1:8000"
 
@@ -364,3 +364,49 @@ def test_a_public_address_needs_a_token_or_insecure(models, tmp_path, monkeypatc
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--token" in err
+
+
+@pytest.fixture(scope="module")
+def unclip_backend(models, tmp_path_factory) -> UnCLIPBackend:
+    prior, decoder = make_tiny_unclip(tmp_path_factory.mktemp("unclip"), models[1])
+    backend = UnCLIPBackend.load(decoder, prior, torch.device("cpu"))
+    backend.prior_steps, backend.decoder_steps = 3, 3
+    return backend
+
+
+def test_both_systems_are_served_and_unclip_images_keep_their_seeds(
+    backend, unclip_backend, tmp_path
+) -> None:
+    body = {"prompt": "a blue star", "pipeline": "unclip", "num_images": 2, "seed": 4,
+            "rerank": False}  # fmt: skip
+    both = {"dalle": backend, "unclip": unclip_backend}
+
+    def server(folder: str, **limits) -> tuple[TestClient, JobQueue]:
+        queue = JobQueue(both, tmp_path / folder, Limits(**limits))
+        return TestClient(create_app(queue, ServerOptions(poll_seconds=0.01)), base_url=BASE), queue
+
+    client, _ = server("alone", batching=False)
+    with client:
+        models = client.get("/v1/models").json()["models"]
+        assert [m["pipeline"] for m in models] == ["dalle", "unclip"]
+        refused = client.post("/v1/generations", json={**body, "temperature": 0.5})
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "temperature"
+        alone = client.post("/v1/generations/sync", json=body).json()
+        assert alone["status"] == "done" and alone["progress"]["total"] == 2 * 6
+        alone_pixels = _pixels(client, alone)
+        again = client.post("/v1/generations/sync", json=body).json()
+        assert _pixels(client, again) == alone_pixels  # same seed, same batch: identical
+    assert len(alone_pixels) == 2 and len(alone_pixels[0]) == 32 * 32 * 3
+    client, queue = server("batched")
+    other = {**body, "prompt": "two red circles", "seed": 11, "num_images": 3}
+    ids = [client.post("/v1/generations", json=b).json()["id"] for b in (other, body)]
+    with client:
+        batched_pixels = _pixels(client, _wait(client, ids[1]))
+    assert queue.batched_jobs == 1
+    # The same images: diffusion is continuous, and a matrix product's rounding depends a
+    # little on the batch's size, so a pixel value may differ by one level (unlike
+    # DALL-E's discrete tokens, which come out identical).
+    for a, b in zip(alone_pixels, batched_pixels, strict=True):
+        diff = (torch.frombuffer(bytearray(a), dtype=torch.uint8).int()
+                - torch.frombuffer(bytearray(b), dtype=torch.uint8).int()).abs()  # fmt: skip
+        assert diff.max() <= 1 and (diff > 0).float().mean() < 0.02

@@ -719,7 +719,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                     batching=not args.no_batching, history_count=args.history)  # fmt: skip
     check_output_dir(args.out_dir, "--out-dir")
     serve(ServeConfig(
-        model=args.model, clip=args.clip, host=args.host, port=args.port, token=args.token,
+        model=args.model, clip=args.clip, prior=args.prior, decoder=args.decoder,
+        host=args.host, port=args.port, token=args.token,
         insecure=args.insecure, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
         out_dir=args.out_dir, limits=limits, device=resolve_device(args.device),
     ))  # fmt: skip
@@ -728,8 +729,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def _add_serve_command(commands) -> None:
     serve = commands.add_parser("serve", help="an HTTP API and a web page to generate images")
-    serve.add_argument("--model", type=Path, required=True, help="a `dalle train` model folder")
+    serve.add_argument("--model", type=Path, help="a `dalle train` model folder (DALL-E)")
     serve.add_argument("--clip", type=Path, help="a `dalle train-clip` folder: scores, re-ranking")
+    serve.add_argument("--prior", type=Path, help="a `dalle train-prior` folder (DALL-E 2) ...")
+    serve.add_argument("--decoder", type=Path, help="... and a `dalle train-decoder` folder")
     serve.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     serve.add_argument("--port", type=positive_int, default=8000)
     serve.add_argument("--token", help="bearer token the API requires (or DALLE_SERVE_TOKEN); "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from dalle.models.decoder import ImageDecoder
 from dalle.models.prior import DiffusionPrior
+from dalle.sampling.sampler import Generators
 
 if TYPE_CHECKING:  # diffusers takes seconds to import: only where a schedule is made
     from diffusers import DDIMScheduler, DDPMScheduler
@@ -72,28 +73,46 @@ def guided(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float)
     return unconditional + scale * (conditional - unconditional)
 
 
+def _draw(shape: tuple[int, ...], generator: Generators) -> torch.Tensor:
+    """Gaussian noise of ``shape`` on the CPU: from one generator, or row ``i`` from
+    ``generator[i]`` (so a row does not depend on the rows beside it)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for {shape[0]} rows")
+    return torch.stack([torch.randn(shape[1:], generator=g) for g in generator])
+
+
 @torch.no_grad()
 def denoise(
     predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     shape: tuple[int, ...],
     timesteps: int,
     steps: int,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     device: torch.device | str = "cpu",
     eta: float = 0.0,
     prediction: str = "sample",
     clip_sample: bool = False,
     noise: torch.Tensor | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Runs DDIM from ``noise`` (default: drawn, of ``shape``); ``predict(x_t, t [B])``
     gives what the model predicts (``prediction``). ``eta`` 0 is deterministic given
-    the starting noise; 1 is as stochastic as DDPM."""
+    the starting noise; 1 is as stochastic as DDPM. ``generator``: one, or one per row
+    (every draw of a row then comes from its own). ``on_step(i)`` after step ``i``."""
     scheduler = sampling_schedule(timesteps, steps, prediction, clip_sample)
-    x = torch.randn(shape, generator=generator) if noise is None else noise
-    x = x.to(device)
-    for t in scheduler.timesteps:
+    x = (_draw(shape, generator) if noise is None else noise).to(device)
+    per_row = not (generator is None or isinstance(generator, torch.Generator))
+    for i, t in enumerate(scheduler.timesteps):
         output = predict(x, torch.full((shape[0],), int(t), device=device, dtype=torch.long))
-        x = scheduler.step(output, t, x, eta=eta, generator=generator).prev_sample
+        extra = (
+            {"variance_noise": _draw(shape, generator).to(device)} if per_row and eta > 0 else {}
+        )
+        x = scheduler.step(output, t, x, eta=eta, generator=None if per_row else generator,
+                           **extra).prev_sample  # fmt: skip
+        if on_step is not None:
+            on_step(i)
     return x
 
 
@@ -105,7 +124,8 @@ def sample_image_embeddings(
     steps: int = 64,
     guidance_scale: float = 1.0,
     candidates: int = 2,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Unit-norm CLIP image embeddings ``[B, D]`` for captions ``text`` ``[B, L]`` with
     CLIP text embeddings ``text_embed`` ``[B, D]``.
@@ -129,7 +149,10 @@ def sample_image_embeddings(
         return guided(both[:rows], both[rows:], guidance_scale)
 
     device = text.device
-    standardised = denoise(predict, (rows, dim), prior.config.timesteps, steps, generator, device)
+    if not (generator is None or isinstance(generator, torch.Generator)):
+        generator = [g for g in generator for _ in range(candidates)]  # a row's candidates
+    standardised = denoise(predict, (rows, dim), prior.config.timesteps, steps, generator, device,
+                           on_step=on_step)  # fmt: skip
     embeddings = F.normalize(prior.unstandardise(standardised), dim=-1).view(
         len(text), candidates, dim
     )
@@ -144,9 +167,10 @@ def sample_images(
     image_embed: torch.Tensor,
     steps: int = 50,
     guidance_scale: float = 3.0,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """uint8 images ``[B, 3, S, S]`` decoded from unit-norm CLIP image embeddings ``[B, D]``
     and captions ``[B, L]``. Guidance mixes the prediction with both conditions and the
@@ -164,7 +188,7 @@ def sample_images(
 
     c = decoder.config
     images = denoise(predict, (rows, 3, size, size), c.timesteps, steps, generator, text.device,
-                     eta, c.prediction, clip_sample=True, noise=noise)  # fmt: skip
+                     eta, c.prediction, clip_sample=True, noise=noise, on_step=on_step)  # fmt: skip
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

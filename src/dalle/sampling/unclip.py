@@ -9,6 +9,7 @@ keep the CLIP they were trained on in ``clip/``; they must be the same CLIP.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from dalle.models.prior import DiffusionPrior
 from dalle.precision import autocast_context
 from dalle.sampling.diffusion import sample_image_embeddings, sample_images
 from dalle.sampling.rerank import keep_best
+from dalle.sampling.sampler import Generators
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
 from dalle.training.prior_task import CLIP_DIR
 
@@ -110,11 +112,14 @@ class UnCLIP:
         decoder_guidance_scale: float = 3.0,
         prior_num_inference_steps: int = 64,
         decoder_num_inference_steps: int = 50,
-        generator: torch.Generator | None = None,
+        generator: Generators = None,
         batch_size: int = 16,
+        on_step: Callable[[int], None] | None = None,
     ) -> UnCLIPOutput:
         """``num_images_per_prompt`` images per prompt; with ``keep``, the best ``keep`` by
-        the CLIP's similarity with the prompt, best first."""
+        the CLIP's similarity with the prompt, best first. ``generator``: one, or a list
+        with one per image, prompt by prompt (each image then depends on its own only).
+        ``on_step(i)`` hears of every prior and decoder step of a batch."""
         if self.prior is None:
             raise ValueError("text to image needs a prior: from_pretrained(decoder, prior=...)")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -122,13 +127,15 @@ class UnCLIP:
         images, scores = [], []
         for start in range(0, len(rows), batch_size):
             chunk = rows[start : start + batch_size]
+            mine = (generator[start : start + batch_size] if isinstance(generator, Sequence)
+                    else generator)  # fmt: skip
             text, text_embed = self.encode_text(chunk)
             embed = sample_image_embeddings(self.prior, text, text_embed,
                                             prior_num_inference_steps, prior_guidance_scale,
-                                            generator=generator)  # fmt: skip
+                                            generator=mine, on_step=on_step)  # fmt: skip
             with self.autocast():
                 drawn = sample_images(self.decoder, text, embed, decoder_num_inference_steps,
-                                      decoder_guidance_scale, generator)  # fmt: skip
+                                      decoder_guidance_scale, mine, on_step=on_step)  # fmt: skip
             images.append(drawn.cpu())
             scores.append((self.encode_image(drawn) * text_embed).sum(-1).cpu())
         per_prompt = torch.cat(images).view(

@@ -104,6 +104,8 @@ def to_job_request(body: GenerationBody, queue: JobQueue, options: ServerOptions
         raise FieldError("keep", "keeping fewer images than drawn needs rerank")
     names = ("temperature", "top_k", "top_p", "guidance_scale")
     given = {k: getattr(body, k) for k in names if getattr(body, k) is not None}
+    for unused in set(given) - set(backend.settings):
+        raise FieldError(unused, f"the {name} pipeline does not use {unused}")
     try:
         sampling = replace(backend.defaults, **given)
     except ValueError as error:

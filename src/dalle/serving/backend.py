@@ -16,6 +16,7 @@ import torch
 
 from dalle.sampling.generate import TextToImage
 from dalle.sampling.sampler import SamplingConfig
+from dalle.sampling.unclip import UnCLIP
 
 
 class Backend(Protocol):
@@ -26,6 +27,9 @@ class Backend(Protocol):
     image_size: int
     defaults: SamplingConfig  # the model folder's recommended settings
     can_score: bool
+    settings: tuple[
+        str, ...
+    ]  # the SamplingConfig fields it uses; a request naming another is refused
 
     def prompt_tokens(self, prompt: str) -> int: ...
 
@@ -55,6 +59,7 @@ class DalleBackend:
     pipe: TextToImage
     model_dir: Path
     name: str = "dalle"
+    settings: tuple[str, ...] = ("temperature", "top_k", "top_p", "guidance_scale")
 
     @classmethod
     def load(cls, model_dir: Path, clip_dir: Path | None, device: torch.device) -> DalleBackend:
@@ -109,4 +114,73 @@ class DalleBackend:
             "max_prompt_tokens": self.max_prompt_tokens,
             "rerank": self.can_score,
             "defaults": asdict(self.defaults),
+        }
+
+
+@dataclass
+class UnCLIPBackend:
+    """DALL-E 2: the prior, then the decoder; ``guidance_scale`` is the decoder's (the
+    prior is not guided, as the paper found guiding it hurt). Progress counts the prior's
+    and the decoder's DDIM steps."""
+
+    pipe: UnCLIP
+    model_dir: Path  # the decoder's folder
+    prior_steps: int = 32
+    decoder_steps: int = 25
+    name: str = "unclip"
+    settings: tuple[str, ...] = ("guidance_scale",)
+    can_score: bool = True  # it has its own CLIP
+
+    @classmethod
+    def load(cls, decoder_dir: Path, prior_dir: Path, device: torch.device) -> UnCLIPBackend:
+        # fp32: under bf16 a batch's rounding may depend on its size, and an image must
+        # not depend on what shared its batch.
+        return cls(UnCLIP.from_pretrained(decoder_dir, prior_dir, device, "fp32"), decoder_dir)
+
+    @property
+    def steps_per_image(self) -> int:
+        return self.prior_steps + self.decoder_steps
+
+    @property
+    def image_size(self) -> int:
+        return self.pipe.image_size
+
+    @property
+    def defaults(self) -> SamplingConfig:
+        return SamplingConfig(guidance_scale=3.0)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.pipe.tokenizer.max_length - 1
+
+    def prompt_tokens(self, prompt: str) -> int:
+        return self.pipe.tokenizer.token_count(prompt)
+
+    def draw(
+        self,
+        prompts: list[str],
+        sampling: SamplingConfig,
+        generators: list[torch.Generator],
+        on_step: Callable[[int], None],
+    ) -> torch.Tensor:
+        out = self.pipe(prompts, 1, decoder_guidance_scale=sampling.guidance_scale,
+                        prior_num_inference_steps=self.prior_steps,
+                        decoder_num_inference_steps=self.decoder_steps, generator=generators,
+                        batch_size=len(prompts), on_step=on_step)  # fmt: skip
+        return out.images[:, 0]
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+        _, text_embed = self.pipe.encode_text(prompts)
+        return (self.pipe.encode_image(images) * text_embed).sum(-1).cpu()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "id": self.model_dir.name,
+            "pipeline": self.name,
+            "image_size": self.image_size,
+            "steps_per_image": self.steps_per_image,
+            "max_prompt_tokens": self.max_prompt_tokens,
+            "rerank": True,
+            "defaults": {"guidance_scale": self.defaults.guidance_scale},
         }

@@ -11,7 +11,7 @@ import torch
 from fastapi import FastAPI
 
 from dalle.serving.api import ServerOptions, create_app
-from dalle.serving.backend import Backend, DalleBackend
+from dalle.serving.backend import Backend, DalleBackend, UnCLIPBackend
 from dalle.serving.jobs import JobQueue, Limits
 from dalle.serving.security import LOOPBACK_NAMES, AccessRules, is_loopback
 
@@ -21,8 +21,10 @@ TOKEN_ENV = "DALLE_SERVE_TOKEN"
 
 @dataclass
 class ServeConfig:
-    model: Path
-    clip: Path | None = None
+    model: Path | None = None  # a DALL-E model folder (pipeline "dalle")
+    clip: Path | None = None  # its re-ranker
+    prior: Path | None = None  # DALL-E 2's prior and decoder folders (pipeline "unclip")
+    decoder: Path | None = None
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
@@ -56,11 +58,25 @@ def access_rules(config: ServeConfig) -> AccessRules:
                        max_body_bytes=config.max_body_bytes)  # fmt: skip
 
 
+def load_backends(config: ServeConfig) -> dict[str, Backend]:
+    """The pipelines to serve, the first the default: DALL-E with ``model``, DALL-E 2
+    with ``prior`` and ``decoder``."""
+    if (config.prior is None) != (config.decoder is None):
+        raise ValueError("DALL-E 2 needs both --prior and --decoder")
+    if config.model is None and config.prior is None:
+        raise ValueError("give --model (DALL-E), or --prior and --decoder (DALL-E 2), or both")
+    backends: list[Backend] = []
+    if config.model is not None:
+        backends.append(DalleBackend.load(config.model, config.clip, config.device))
+    if config.prior is not None and config.decoder is not None:
+        backends.append(UnCLIPBackend.load(config.decoder, config.prior, config.device))
+    return {backend.name: backend for backend in backends}
+
+
 def build_app(config: ServeConfig, backends: dict[str, Backend] | None = None) -> FastAPI:
     rules = access_rules(config)
     if backends is None:
-        backend = DalleBackend.load(config.model, config.clip, config.device)
-        backends = {backend.name: backend}
+        backends = load_backends(config)
     config.out_dir.mkdir(parents=True, exist_ok=True)
     queue = JobQueue(backends, config.out_dir, config.limits)
     app = create_app(queue, ServerOptions(rules=rules))
@@ -82,7 +98,8 @@ def serve(config: ServeConfig) -> None:
 
     app = build_app(config)
     shown = f"[{config.host}]" if ":" in config.host else config.host
-    print(f"serving {config.model} at http://{shown}:{config.port}/ (Ctrl-C stops)", flush=True)
+    names = ", ".join(app.state.queue.backends)
+    print(f"serving {names} at http://{shown}:{config.port}/ (Ctrl-C stops)", flush=True)
     # Ctrl-C: open event streams get 5 s to end, then the worker cancels what is left.
     uvicorn.run(app, host=config.host, port=config.port, log_level="info",
                 proxy_headers=False, server_header=False, timeout_graceful_shutdown=5)  # fmt: skip
