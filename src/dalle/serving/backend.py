@@ -54,8 +54,21 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
+class _CaptionLimit:
+    """A pipeline's caption length, read from its tokenizer (``self.pipe.tokenizer``)."""
+
+    pipe: Any
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        return self.pipe.tokenizer.max_length - 1  # room for [EOT]
+
+    def prompt_tokens(self, prompt: str) -> int:
+        return self.pipe.tokenizer.token_count(prompt)
+
+
 @dataclass
-class DalleBackend:
+class DalleBackend(_CaptionLimit):
     pipe: TextToImage
     model_dir: Path
     name: str = "dalle"
@@ -81,13 +94,6 @@ class DalleBackend:
     @property
     def can_score(self) -> bool:
         return self.pipe.scorer is not None
-
-    @property
-    def max_prompt_tokens(self) -> int:
-        return self.pipe.tokenizer.max_length - 1  # room for [EOT]
-
-    def prompt_tokens(self, prompt: str) -> int:
-        return self.pipe.tokenizer.token_count(prompt)
 
     def draw(
         self,
@@ -118,7 +124,7 @@ class DalleBackend:
 
 
 @dataclass
-class UnCLIPBackend:
+class UnCLIPBackend(_CaptionLimit):
     """DALL-E 2: the prior, then the decoder; ``guidance_scale`` is the decoder's (the
     prior is not guided, as the paper found guiding it hurt). Progress counts the prior's
     and the decoder's DDIM steps."""
@@ -148,13 +154,6 @@ class UnCLIPBackend:
     @property
     def defaults(self) -> SamplingConfig:
         return SamplingConfig(guidance_scale=3.0)
-
-    @property
-    def max_prompt_tokens(self) -> int:
-        return self.pipe.tokenizer.max_length - 1
-
-    def prompt_tokens(self, prompt: str) -> int:
-        return self.pipe.tokenizer.token_count(prompt)
 
     def draw(
         self,
