@@ -8,6 +8,7 @@ predict the clean sample (x0), as the paper's prior does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -22,9 +23,11 @@ if TYPE_CHECKING:  # diffusers takes seconds to import: only where a schedule is
     from diffusers import DDIMScheduler, DDPMScheduler
 
 
+@functools.cache
 def training_schedule(timesteps: int, prediction: str = "sample") -> DDPMScheduler:
     """The forward (noising) process: ``add_noise(x0, noise, t)`` gives x_t.
-    ``prediction``: what the model predicts, ``sample`` (x0) or ``epsilon`` (the noise)."""
+    ``prediction``: what the model predicts, ``sample`` (x0) or ``epsilon`` (the noise).
+    Made once per setting: every training step noises with it."""
     from diffusers import DDPMScheduler
 
     return DDPMScheduler(num_train_timesteps=timesteps, beta_schedule="squaredcos_cap_v2",
