@@ -347,7 +347,7 @@ def test_sampling_is_chosen_on_validation_prompts_only(monkeypatch) -> None:
 
     seen: list[str] = []
 
-    def fake_judge(pipe, prompts, folder, sampling, seed):
+    def fake_judge(pipe, prompts, folder, sampling, seed, batch_size=64):
         seen.extend(prompts)
         return {"pass_rate": 0.9 if sampling.guidance_scale == 2.0 else 0.1}
 

@@ -247,3 +247,19 @@ def test_clip_contrasts_the_global_batch_across_ranks(stages: dict[str, Path]) -
         runs[ranks] = _losses(out)
     for step, loss in runs[1].items():
         assert abs(loss - runs[2][step]) < 1e-4, step
+
+
+def test_one_rank_under_torchrun_shards_and_evaluates_in_bf16(tmp_path: Path) -> None:
+    """torchrun with one rank takes the sharded path (process group, FSDP2, sharded
+    checkpoint), and a bf16 run's evaluation meets the gathered bf16 weights under
+    autocast (a float32 input used to stop it with a dtype error)."""
+    out = tmp_path / "fsq"
+    _torchrun(1, ["train-image-tokenizer", "--config", str(CONFIGS / "fsq-shapes-demo.yaml"),
+                  "--out", str(out), "loop.steps=4", "loop.checkpoint_every=2",
+                  "loop.eval_every=4", "eval.samples=8", "eval.grid=2", "data.batch_size=4",
+                  "loop.precision=bf16"])  # fmt: skip
+    assert len(list((out / "checkpoint").glob("*.distcp"))) == 1  # sharded, one rank
+    assert (out / "model.safetensors").exists()
+    evaluated = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+                 if "eval" in r]  # fmt: skip
+    assert evaluated and evaluated[-1]["eval"]["psnr"] > 0

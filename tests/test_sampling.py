@@ -50,6 +50,40 @@ def test_cached_greedy_sampling_matches_the_full_forward(attention) -> None:
     assert torch.equal(image_logits.argmax(dim=-1), tokens)
 
 
+@pytest.mark.parametrize("attention", [None, ["full", "column", "row", "conv"]])
+def test_fixed_shape_steps_give_the_growing_cache_s_logits_and_draws(attention) -> None:
+    """The CUDA-graph step (attention over the whole zero-filled cache through a mask
+    row) computes what the growing-cache step computes, guided and primed too."""
+    model = _model(attention)
+    text = torch.randint(2, 64, (3, 8))
+    text[:, 5:] = PAD_ID
+    prime = torch.randint(0, 32, (3, 2))
+    for config in (SamplingConfig(), SamplingConfig(guidance_scale=3.0, top_k=8)):
+        draws = [
+            sample_image_tokens(
+                model,
+                text,
+                config,
+                prime=prime,
+                cuda_graph=fixed,
+                generator=torch.Generator().manual_seed(3),
+            )
+            for fixed in (False, True)
+        ]
+        assert torch.equal(draws[0], draws[1])
+    cache = model.new_cache(3, text.device, torch.float32)
+    growing = model.new_cache(3, text.device, torch.float32)
+    image = torch.randint(0, 32, (3, 4))
+    model(text, image[:, :1], cache=cache)
+    model(text, image[:, :1], cache=growing)
+    for j in range(1, 4):
+        _, fixed = model(None, image[:, j : j + 1], cache=cache, start=torch.tensor(j))
+        _, grown = model(None, image[:, j : j + 1], cache=growing, start=j)
+        assert torch.allclose(fixed, grown, atol=1e-5)
+    with pytest.raises(ValueError, match="one step"):
+        model(None, image[:, :2], cache=cache, start=torch.tensor(1))
+
+
 def test_sampling_is_seeded_and_priming_keeps_the_given_tokens() -> None:
     model = _model()
     text = torch.randint(2, 64, (2, 8))

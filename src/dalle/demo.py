@@ -44,7 +44,7 @@ from dalle.sampling.generate import GENERATION_CONFIG, TextToImage, write_sampli
 from dalle.sampling.sampler import SamplingConfig
 from dalle.tokenizers.text import TokenizerConfig
 from dalle.training.caption_tokenizer import TokenizerTrainConfig, train_caption_tokenizer
-from dalle.training.loop import LoopConfig
+from dalle.training.loop import LoopConfig, resolve_device
 from dalle.training.runner import final_eval, run_training
 from dalle.training.stages import CLIP_STAGE, IMAGE_TOKENIZER, TRANSFORMER, StageSpec
 
@@ -77,6 +77,11 @@ class DemoConfig:
     # to the transformer's folder as its recommended settings, and the demo samples with it.
     sampling_candidates: list[SamplingConfig] = field(default_factory=sampling_candidates)
     validation_prompts: int = 64  # per split
+    # Where the demo encodes scenes and samples ("auto": the GPU if there is one); the
+    # training stages choose their own (loop.device, also "auto").
+    device: str = "auto"
+    sample_batch: int = 64  # prompts x candidates sampled at once
+    encode_workers: int = 0  # processes rendering the scenes that stage 3 encodes
     # Every training stage's time budget and planned updates times this factor (and the
     # encoded scenes too, so the transformer still sees each about once): what more or
     # less compute buys. 1 is the demo as tuned; see :func:`scale_for_minutes`.
@@ -165,6 +170,20 @@ def smoke_config() -> DemoConfig:
     )
 
 
+def gpu_config() -> DemoConfig:
+    """The demo sized for one GPU (``dalle demo --profile gpu``): larger models, batches and
+    token shards (configs/*-shapes-gpu.yaml), more test prompts, sampling in large batches."""
+    return DemoConfig(
+        prompts=200,
+        token_samples=400_000,
+        image_tokenizer_config=CONFIG_DIR / "fsq-shapes-gpu.yaml",
+        dalle_config=CONFIG_DIR / "dalle-shapes-gpu.yaml",
+        clip_config=CONFIG_DIR / "clip-shapes-gpu.yaml",
+        sample_batch=1024,
+        encode_workers=8,
+    )
+
+
 def _stage(name: str, done: bool) -> bool:
     print(f"[demo] {name}: {'reusing the finished stage' if done else 'running'}", flush=True)
     return not done
@@ -187,9 +206,11 @@ def encode_scenes(image_tokenizer: Path, c: DemoConfig, out: Path) -> None:
     """Encodes ``c.scenes`` training scenes into token shards under ``out`` (a
     half-written folder from an interrupted run is started again)."""
     shutil.rmtree(out, ignore_errors=True)
-    data = DataConfig(source="shapes", image_size=c.image_size, seed=c.seed, count=c.scenes)
-    write_token_shards(load_image_tokenizer(image_tokenizer), folder_hash(image_tokenizer), data,
-                       out, progress=False)  # fmt: skip
+    data = DataConfig(source="shapes", image_size=c.image_size, seed=c.seed, count=c.scenes,
+                      num_workers=c.encode_workers)  # fmt: skip
+    model = load_image_tokenizer(image_tokenizer, resolve_device(c.device))
+    write_token_shards(model, folder_hash(image_tokenizer), data, out,
+                       batch_size=max(64, c.sample_batch), progress=False)  # fmt: skip
 
 
 def updates_report(out: Path, planned: int) -> str:
@@ -222,7 +243,8 @@ def run_demo(out: Path, config: DemoConfig | None = None) -> int:
     start = time.perf_counter()
     seconds = _train_every_stage(c, out)
     reranker = out / "clip" if c.candidates > 1 else None
-    pipe = TextToImage.from_pretrained(out / "dalle", reranker=reranker)
+    pipe = TextToImage.from_pretrained(out / "dalle", reranker=reranker,
+                                       device=resolve_device(c.device))  # fmt: skip
     seconds["sampling_settings"] = _choose_sampling(c, out, pipe)
     results: dict = {"clip": final_eval(out / "clip")}
     for name, split in (("seen", "train"), ("zeroshot", "zeroshot")):
@@ -274,7 +296,8 @@ def _choose_sampling(c: DemoConfig, out: Path, pipe: TextToImage) -> float:
                   where.exists()):  # fmt: skip
         return 0.0
     t = time.perf_counter()
-    best, record = choose_sampling(pipe, c.sampling_candidates, c.validation_prompts, c.seed)
+    best, record = choose_sampling(pipe, c.sampling_candidates, c.validation_prompts, c.seed,
+                                   c.sample_batch)  # fmt: skip
     write_sampling_defaults(out / "dalle", best, record)
     pipe.defaults = best
     print(f"[demo] sampling settings: temperature {best.temperature:g}, guidance "
@@ -293,7 +316,7 @@ def _sample_and_judge(
               f"{c.candidates} by CLIP)", marker.exists()):  # fmt: skip
         prompts = shapes_prompts(split, c.prompts, c.image_size, c.seed)
         rates = generate_and_judge(pipe, prompts, folder, pipe.defaults, c.seed,
-                                   candidates=c.candidates)  # fmt: skip
+                                   batch_size=c.sample_batch, candidates=c.candidates)  # fmt: skip
         rates_file.write_text(json.dumps(rates))
         marker.touch()
     took = time.perf_counter() - t

@@ -51,6 +51,7 @@ def choose_sampling(
     candidates: list[SamplingConfig],
     count: int = 24,
     seed: int = 0,
+    batch_size: int = 64,
 ) -> tuple[SamplingConfig, dict]:
     """The candidate whose first samples pass the judge most often on validation prompts
     (``count`` seen and ``count`` zero-shot, disjoint from the test prompts), and a record
@@ -62,7 +63,7 @@ def choose_sampling(
     with tempfile.TemporaryDirectory() as scratch:
         for i, sampling in enumerate(candidates):
             rates = {split: generate_and_judge(pipe, p, Path(scratch) / f"{i}-{split}", sampling,
-                                               seed)["pass_rate"]
+                                               seed, batch_size=batch_size)["pass_rate"]
                      for split, p in prompts.items()}  # fmt: skip
             mean = sum(rates.values()) / len(rates)
             table.append({**asdict(sampling), "seen": rates["train"],

@@ -132,6 +132,11 @@ def flex_attention_kernel(device: torch.device):
     return flex_attention
 
 
+# The mask of a "full" layer over positions 0 .. n: plain causal attention, which the fused
+# attention kernels compute without reading a mask.
+CAUSAL = "causal"
+
+
 @dataclass
 class LayerCache:
     """Preallocated keys and values of one layer: ``[B, heads, S, C / heads]`` each."""
@@ -151,20 +156,30 @@ class SelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | BlockMask | BlockedLayout,
+        mask: torch.Tensor | BlockMask | BlockedLayout | str,
         cache: LayerCache | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         """``x``: ``[B, n, C]`` at positions ``start .. start + n``.
 
         ``mask``: bool ``[n, start + n]``, True where attending is allowed (or its block
-        form for the flex and blocked back-ends). With a ``cache``,
-        keys and values of earlier positions come from it and this call's are written to it.
+        form for the flex and blocked back-ends, or :data:`CAUSAL` for a plain causal mask
+        from position 0). With a ``cache``, keys and values of earlier positions come from
+        it and this call's are written to it. A tensor ``start`` is one fixed-shape
+        sampling step: ``n`` is 1 and ``mask`` is ``[1, S]`` over the whole cache.
         """
         b, n, c = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         # q, k, v: [B, heads, n, C / heads]
-        if cache is not None:
+        if isinstance(start, torch.Tensor):
+            # One fixed-shape step (see DALLETransformer.forward): write this position's
+            # keys and values in place and attend over the whole cache; ``mask`` [1, S]
+            # hides the positions not yet written (zeros, so masked weights stay finite).
+            assert cache is not None and n == 1
+            cache.keys.index_copy_(2, start.view(1), k)
+            cache.values.index_copy_(2, start.view(1), v)
+            k, v = cache.keys, cache.values
+        elif cache is not None:
             cache.keys[:, :, start : start + n] = k
             cache.values[:, :, start : start + n] = v
             k, v = cache.keys[:, :, : start + n], cache.values[:, :, : start + n]
@@ -173,6 +188,10 @@ class SelfAttention(nn.Module):
             y = flex_attention_kernel(q.device)(q, k, v, block_mask=mask)
         elif isinstance(mask, BlockedLayout):
             y = blocked_attention(q, k, v, mask, dropout)
+        elif mask is CAUSAL:
+            # Queries and keys both start at position 0: the fused kernels skip the masked
+            # triangle instead of reading a mask.
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
         return self.out(y.transpose(1, 2).reshape(b, n, c))
@@ -195,9 +214,9 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | BlockMask | BlockedLayout,
+        mask: torch.Tensor | BlockMask | BlockedLayout | str,
         cache: LayerCache | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.norm_attention(x), mask, cache, start))
         return x + self.dropout(self.mlp(self.norm_mlp(x)))
@@ -277,9 +296,9 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         h = torch.cat([start, self.text_embedding(text)], dim=1)
         return h + self.text_position(torch.arange(h.shape[1], device=text.device))
 
-    def embed_image(self, image: torch.Tensor, first: int = 0) -> torch.Tensor:
+    def embed_image(self, image: torch.Tensor, first: int | torch.Tensor = 0) -> torch.Tensor:
         """``[B, n]`` image tokens at raster indices ``first ..`` -> ``[B, n, C]``."""
-        index = torch.arange(first, first + image.shape[1], device=image.device)
+        index = first + torch.arange(image.shape[1], device=image.device)
         grid = self.config.image_grid
         return (
             self.image_embedding(image)
@@ -288,12 +307,13 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         )
 
     def new_cache(self, batch: int, device: torch.device, dtype: torch.dtype) -> list[LayerCache]:
-        """Keys and values for every position of a whole sequence, allocated once."""
+        """Keys and values for every position of a whole sequence, allocated once (zeros:
+        a fixed-shape step reads the unwritten positions too, with zero weight)."""
         c = self.config
         shape = (batch, c.heads, c.sequence_length, c.width // c.heads)
         return [
-            LayerCache(torch.empty(shape, device=device, dtype=dtype),
-                       torch.empty(shape, device=device, dtype=dtype))
+            LayerCache(torch.zeros(shape, device=device, dtype=dtype),
+                       torch.zeros(shape, device=device, dtype=dtype))
             for _ in range(c.layers)
         ]  # fmt: skip
 
@@ -309,8 +329,23 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         use_flex = c.attention_backend == "flex" and cache is None and start == 0
         for i, (kind, block) in enumerate(zip(c.layer_attention, self.blocks, strict=True)):
             dense = getattr(self, f"mask_{kind}")[start:end, :end]
-            mask = self._block_mask(kind, dense) if use_flex else dense
+            if use_flex:
+                mask = self._block_mask(kind, dense)
+            elif kind == "full" and start == 0:
+                mask = CAUSAL
+            else:
+                mask = dense
             h = block(h, mask, None if cache is None else cache[i], start)
+        return self.norm(h)
+
+    def _run_step(self, h: torch.Tensor, position: torch.Tensor, cache: list[LayerCache]):
+        """One position ``h`` ``[B, 1, C]`` at sequence position ``position`` (a 0-d long
+        tensor) through the blocks, every shape fixed: the same kernels at every step, so
+        the step can be captured once as a CUDA graph and replayed."""
+        for kind, block, layer_cache in zip(self.config.layer_attention, self.blocks, cache,
+                                            strict=True):  # fmt: skip
+            mask = getattr(self, f"mask_{kind}").index_select(0, position.view(1))  # [1, S]
+            h = block(h, mask, layer_cache, position)
         return self.norm(h)
 
     def _run_blocked(self, h: torch.Tensor) -> torch.Tensor:
@@ -342,7 +377,7 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         text: torch.Tensor | None,
         image: torch.Tensor,
         cache: list[LayerCache] | None = None,
-        start: int = 0,
+        start: int | torch.Tensor = 0,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Logits for the next token.
 
@@ -359,10 +394,18 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         already. ``image`` ``[B, n]``, ``n >= 0``, holds the next known tokens, from
         raster index ``start`` (one per step while sampling, a primed prefix at once); they
         are added to the cache. Returns no text logits and ``[B, 1, V_image]``: the logits
-        of image token ``start + n``.
+        of image token ``start + n``. A 0-d long tensor ``start`` (``n`` must be 1) runs
+        the same step with fixed shapes, attending over the whole cache through a mask
+        row (for CUDA graphs; :func:`dalle.sampling.sampler.sample_image_tokens`).
         """
         if cache is None:
             return self._teacher_forced(text, image)  # type: ignore[arg-type]
+        if isinstance(start, torch.Tensor):
+            if text is not None or image.shape[1] != 1:
+                raise ValueError("a tensor start is one step: one image token, no caption")
+            h = self._run_step(self.embed_image(image, first=start),
+                               self.config.text_len + 1 + start, cache)  # fmt: skip
+            return None, self.image_head(h)
         c, n = self.config, image.shape[1]
         if start + n >= c.image_tokens:
             raise ValueError(f"image tokens {start}..{start + n - 1} leave nothing to predict "

@@ -47,7 +47,8 @@ def init_parameter_(param: torch.Tensor, fill: Fill, seed: int, name: str) -> No
     by ``fill`` with a generator seeded by ``(seed, name)``."""
     offset = zlib.crc32(clean_name(name).encode())
     generator = torch.Generator().manual_seed((seed + offset) % 2**63)
-    whole = torch.empty(tuple(param.shape), dtype=torch.float32)
+    # On the CPU (the generator's device) even inside a `with torch.device("cuda")` build.
+    whole = torch.empty(tuple(param.shape), dtype=torch.float32, device="cpu")
     fill(whole, generator)
     if isinstance(param, DTensor):
         # Every rank generated the same whole tensor: take this rank's slice, no messages.

@@ -96,13 +96,17 @@ def sample_image_tokens(
     prime: torch.Tensor | None = None,
     generator: Generators = None,
     on_token: Callable[[int], None] | None = None,
+    cuda_graph: bool = False,
 ) -> torch.Tensor:
     """Samples ``[B, H*W]`` image tokens for captions ``text`` ``[B, L]`` (PAD_ID-padded).
 
     ``prime`` ``[B, m]`` fixes the first ``m`` image tokens (image-prompted completion: keep
     the top rows of a given image and sample the rest). ``generator``: one for the batch
     or one per row (see :data:`Generators`). ``on_token(j)`` is called after token ``j``
-    of every row is drawn (progress; it may raise to abandon the batch).
+    of every row is drawn (progress; it may raise to abandon the batch). ``cuda_graph``:
+    run every step with fixed shapes (over the whole cache), on CUDA captured once as a
+    graph and replayed, which removes the per-kernel launch cost that dominates small
+    batches; the same draws up to rounding.
     """
     config = config or SamplingConfig()
     batch, total = text.shape[0], model.config.image_tokens
@@ -118,6 +122,7 @@ def sample_image_tokens(
     cache = model.new_cache(rows.shape[0], text.device, next(model.parameters()).dtype)
     # The caption and the primed tokens in one call: logits of image token ``primed``.
     _, logits = model(rows, both(tokens[:, :primed]), cache=cache)
+    step_model = FixedShapeStep(model, cache, rows.shape[0]) if cuda_graph else None
     for j in range(primed, total):
         step = logits[:, -1].float()  # [rows, V]
         if guided:
@@ -126,6 +131,56 @@ def sample_image_tokens(
         tokens[:, j] = draw_tokens(step.softmax(dim=-1), generator)
         if on_token is not None:
             on_token(j)
-        if j < total - 1:
+        if j == total - 1:
+            break
+        if step_model is not None:
+            logits = step_model(both(tokens[:, j : j + 1]), j)
+        else:
             _, logits = model(None, both(tokens[:, j : j + 1]), cache=cache, start=j)
     return tokens
+
+
+class FixedShapeStep:
+    """The model's sampling step with fixed shapes (a 0-d position tensor, attention over
+    the whole cache), captured as one CUDA graph on first use when on CUDA and replayed
+    for every later token: one launch per token instead of several per layer.
+
+    ``cache`` must already hold the caption (and any primed tokens); ``rows`` is its batch.
+    """
+
+    def __init__(self, model: DALLETransformer, cache: list, rows: int) -> None:
+        device = cache[0].keys.device
+        self.model, self.cache = model, cache
+        self.token = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.position = torch.zeros((), dtype=torch.long, device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.logits: torch.Tensor | None = None
+        self.capture = device.type == "cuda"
+
+    def _run(self) -> torch.Tensor:
+        return self.model(None, self.token, cache=self.cache, start=self.position)[1]
+
+    def __call__(self, token: torch.Tensor, index: int) -> torch.Tensor:
+        """``token`` ``[rows, 1]``, image token ``index``'s -> logits ``[rows, 1, V]`` of the
+        next. Each call writes its own position's keys and values before reading any."""
+        self.token.copy_(token)
+        self.position.fill_(index)
+        if not self.capture:
+            return self._run()
+        if self.graph is None:
+            self._record()
+        self.graph.replay()  # type: ignore[union-attr]
+        return self.logits  # type: ignore[return-value]
+
+    def _record(self) -> None:
+        # Warm-up on a side stream (allocator, library handles), as CUDA graph capture
+        # needs; it writes this same position, which the replay then writes again.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = self._run()

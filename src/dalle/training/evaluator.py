@@ -4,8 +4,8 @@ every rank (a sharded model's forward pass needs them all), files from rank 0 on
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,9 +27,19 @@ class Evaluator:
     its export at the end."""
 
     def __init__(
-        self, task: Task, model: nn.Module, ema: AveragedModel | None, out_dir: Path, every: int
+        self,
+        task: Task,
+        model: nn.Module,
+        ema: AveragedModel | None,
+        out_dir: Path,
+        every: int,
+        autocast: Callable[[], AbstractContextManager] = nullcontext,
     ) -> None:
         self.task, self.model, self.ema, self.out_dir, self.every = task, model, ema, out_dir, every
+        # A sharded model computes in its mixed-precision dtype (bf16 weights once
+        # gathered), so its evaluation runs under the training autocast: a task's float32
+        # inputs then meet bf16 weights without a dtype error.
+        self.autocast = autocast if is_sharded(model) else nullcontext
 
     def due(self, step: int, last: int) -> bool:
         return every_or_last(step, self.every, last)
@@ -40,7 +50,7 @@ class Evaluator:
         self.model.eval()
         random_state = rng_state()
         try:
-            with averaged_weights(self.model, self.ema):
+            with averaged_weights(self.model, self.ema), self.autocast():
                 if distributed.current().is_main:
                     return self.task.evaluate(step, self.out_dir)
                 with tempfile.TemporaryDirectory() as scratch:

@@ -285,7 +285,9 @@ class Trainer:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.device = _prepare_device(loop)
         self.precision = resolve_precision(self.device, loop.precision)
-        sharded = self.rank.world_size > 1
+        # Under torchrun the model is sharded even over one rank: the same code path
+        # (process group, FSDP2, sharded checkpoints) as many ranks.
+        sharded = self.rank.enabled
         if sharded and optim.ema_decay > 0:
             raise ValueError("optim.ema_decay is not supported with sharded (torchrun) training")
         plan = ParallelPlan(activation_checkpointing=loop.activation_checkpointing,
@@ -302,7 +304,14 @@ class Trainer:
         self.checkpoints = Checkpointer(out_dir, self.model, self.optimizer, run_config,
                                         loop.checkpoint_every, sharded, loop.seed, self.ema,
                                         self.scaler)  # fmt: skip
-        self.evaluator = Evaluator(task, self.model, self.ema, out_dir, loop.eval_every)
+        self.evaluator = Evaluator(
+            task,
+            self.model,
+            self.ema,
+            out_dir,
+            loop.eval_every,
+            lambda: autocast_context(self.device, self.precision),
+        )
         state = self.checkpoints.load()
         if state is None:
             state = LoopState()
@@ -451,7 +460,7 @@ class Trainer:
         self.progress.close()
         self.optimizer.zero_grad(set_to_none=True)
         last_state, last_rng = self.boundary
-        if self.rank.world_size > 1:
+        if self.rank.enabled:
             # The other ranks may be anywhere, even inside a collective: saving now could
             # hang. The last periodic checkpoint is where a re-run resumes.
             log.warning("interrupted: run again to resume from the last checkpoint")
@@ -523,7 +532,7 @@ def _schedule_position(config: LoopConfig, state: LoopState) -> float:
     if config.schedule_clock != "time":
         return float(state.step)
     by_time = config.steps * state.elapsed_s / (60 * config.max_minutes)
-    if distributed.current().world_size > 1:
+    if distributed.current().enabled:
         shared = torch.tensor(by_time, dtype=torch.float64, device=distributed.collective_device())
         torch.distributed.broadcast(shared, src=0)
         by_time = float(shared)

@@ -48,7 +48,7 @@ class ParallelPlan:
 def model_build_device(device: torch.device) -> torch.device:
     """Where a task builds a model that can initialise itself after sharding: on the meta
     device when the run will be sharded (no rank then ever holds the whole model)."""
-    return torch.device("meta") if distributed.current().world_size > 1 else device
+    return torch.device("meta") if distributed.current().enabled else device
 
 
 def build_model(model_class: Callable[[Any], M], config: Any, device: torch.device) -> M:
