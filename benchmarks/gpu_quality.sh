@@ -3,7 +3,7 @@
 # CLIP, sampling with re-ranking, judged on 200 + 200 held-out prompts), with two
 # repaired-dVAE runs of the paper's objective beside it on the same GPU (logit-Laplace and
 # Gaussian likelihood), each judged on 1,000 held-out reconstructions per split. Packs
-# everything but weights and token shards into OUT/quality.tar.gz.
+# the small files (logs, metrics, results, grids) into OUT/quality.tar.gz.
 #   bash benchmarks/gpu_quality.sh OUT [DVAE_MINUTES]
 set -u
 out=${1:?out dir}; minutes=${2:-6}; mkdir -p "$out"
@@ -25,7 +25,7 @@ echo "demo: exit $? in $((SECONDS - t0)) s"; tail -n 30 "$work/demo.log"
 wait
 for name in laplace gaussian; do echo "== dvae-$name"; tail -n 3 "$work/dvae-$name.log"
   tail -n 12 "$work/judge-$name.log"; done
-# Weights come back only where small (the demo's BPE, tokenizer and CLIP, for a later call).
-cd "$work" && tar --exclude=checkpoint --exclude=image_tokens --exclude='./judge-*' \
-  --exclude=./demo/dalle/model.safetensors --exclude='./dvae-*/model.safetensors' \
-  -czf "$out/quality.tar.gz" . && ls -la "$out"
+# Small files only (logs, metrics, judge results, grids): checkpoints and weights stay.
+cd "$work" && find . -path ./demo/image_tokens -prune -o -path './judge-*' -prune -o -type f \
+  -size -3M \( -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.png' \
+  -o -name '*.txt' -o -name '*.yaml' \) -print | tar -czf "$out/quality.tar.gz" -T - && ls -la "$out"

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dalle.models.attention_masks import image_to_image_mask, paper_layer_schedule, text_image_mask
+from dalle.models.attention_masks import (
+    image_to_image_mask,
+    mask_function,
+    paper_layer_schedule,
+    text_image_mask,
+)
 from dalle.models.dalle_transformer import DALLEConfig, SelfAttention
 
 
@@ -71,3 +76,15 @@ def test_no_output_depends_on_an_input_outside_its_mask(kind: str) -> None:
         (grad,) = torch.autograd.grad(layer(x, mask)[0, query].sum(), x)
         depends = grad[0].abs().sum(dim=1) > 0
         assert torch.equal(depends, mask[query]), (kind, query)
+
+
+@pytest.mark.parametrize("kind", ["row", "column", "conv", "full"])
+@pytest.mark.parametrize(("text_positions", "grid", "kernel"), [(5, 4, 3), (9, 6, 5), (3, 7, 11)])
+def test_mask_function_is_the_dense_mask(kind: str, text_positions: int, grid: int, kernel: int):
+    """FlexAttention's index arithmetic allows exactly what the dense mask allows."""
+    dense = text_image_mask(kind, text_positions, grid, kernel)
+    s = dense.shape[0]
+    q, k = torch.arange(s).view(s, 1), torch.arange(s).view(1, s)
+    assert torch.equal(mask_function(kind, text_positions, grid, kernel)(q, k), dense)
+    with pytest.raises(ValueError, match="unknown"):
+        mask_function("diagonal", text_positions, grid)

@@ -161,3 +161,54 @@ def test_the_unclip_demo_runs_every_stage_and_judges(tmp_path, capsys) -> None:
     # A second run reuses every finished stage.
     assert main(["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("reusing the finished stage") >= 4
+
+
+def test_an_upsampler_enlarges_the_pipeline_s_images(trained, tmp_path) -> None:
+    """A 32 -> 64 upsampler after the 32-pixel decoder: text to image and variations come
+    back at 64 pixels (ranked at the CLIP's 32), from Python and the command line; an
+    upsampler for another input size is refused."""
+    upsampler = tmp_path / "upsampler"
+    assert main(["train-upsampler", "--config", str(CONFIGS / "upsampler-tiny-cpu.yaml"),
+                 "--out", str(upsampler), "data.image_size=64", "loop.steps=2",
+                 "loop.eval_every=2", "eval.samples=4", "eval.grid=2"]) == 0  # fmt: skip
+    pipe = UnCLIP.from_pretrained(trained["decoder"], trained["prior"], upsampler=upsampler)
+    pipe.upsampler_steps = 2
+    assert (pipe.image_size, pipe.output_size) == (32, 64)
+    generators = [torch.Generator().manual_seed(i) for i in range(4)]
+    out = pipe(["a red circle", "a blue star"], 2, keep=1, prior_num_inference_steps=2,
+               decoder_num_inference_steps=2, generator=generators)  # fmt: skip
+    assert out.images.shape == (2, 1, 3, 64, 64) and out.scores.shape == (2, 1)
+    variations = pipe.variations(out.images[0, 0, :, ::2, ::2], num_images=2, steps=2)
+    assert variations.shape == (2, 3, 64, 64)
+    out_dir = tmp_path / "drawn"
+    assert main(["unclip", "a red circle", "--prior", str(trained["prior"]), "--decoder",
+                 str(trained["decoder"]), "--upsampler", str(upsampler), "--num", "1",
+                 "--prior-steps", "2", "--decoder-steps", "2", "--upsampler-steps", "2",
+                 "--out-dir", str(out_dir), "--out", str(tmp_path / "grid.png")]) == 0  # fmt: skip
+    with Image.open(out_dir / "0000.png") as image:
+        assert image.size == (64, 64)
+    wrong = tmp_path / "wrong"
+    assert main(["train-upsampler", "--config", str(CONFIGS / "upsampler-tiny-cpu.yaml"),
+                 "--out", str(wrong), "loop.steps=1", "loop.eval_every=1", "eval.samples=2",
+                 "eval.grid=1"]) == 0  # fmt: skip
+    with pytest.raises(ValueError, match="enlarges 8-pixel images"):
+        UnCLIP.from_pretrained(trained["decoder"], upsampler=wrong)
+
+
+def test_a_decoder_smaller_than_the_data_trains_on_shrunk_images(trained) -> None:
+    """``image_size`` below the data's: the decoder diffuses images shrunk to its size
+    while the CLIP embeds them at the data's; a size that does not divide it is refused."""
+    overrides = [f"clip={trained['clip']}", "image_size=16", "eval.samples=4"]
+    config = DECODER.build_config(CONFIGS / "decoder-tiny-cpu.yaml", overrides)
+    task = DecoderTask(config, torch.device("cpu"))
+    assert task.model.config.image_size == 16 and config.data.image_size == 32
+    images = task.eval_images[:2]
+    shrunk = task.at_decoder_size(images)
+    assert shrunk.shape == (2, 3, 16, 16) and shrunk.dtype == torch.uint8
+    expected = F.avg_pool2d(images.float(), 2).round()
+    assert torch.equal(shrunk.float(), expected)
+    text = task.tokenizer.encode(task.eval_captions[:2]).ids
+    assert torch.isfinite(task.loss(images, text, task.image_embeddings(images)))
+    bad = DECODER.build_config(CONFIGS / "decoder-tiny-cpu.yaml", [*overrides[:1], "image_size=12"])
+    with pytest.raises(ValueError, match="must divide"):
+        DecoderTask(bad, torch.device("cpu"))

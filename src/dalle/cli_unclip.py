@@ -21,8 +21,10 @@ def _pipeline(args: argparse.Namespace, prior: bool):
     from dalle.sampling.unclip import UnCLIP
     from dalle.training.loop import resolve_device
 
-    return UnCLIP.from_pretrained(args.decoder, args.prior if prior else None,
-                                  resolve_device(args.device))  # fmt: skip
+    pipe = UnCLIP.from_pretrained(args.decoder, args.prior if prior else None,
+                                  resolve_device(args.device), upsampler=args.upsampler)  # fmt: skip
+    pipe.upsampler_steps = args.upsampler_steps
+    return pipe
 
 
 def _generator(args: argparse.Namespace):
@@ -111,6 +113,10 @@ def _decoder_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-guidance", type=finite_float, default=3.0,
                         help="the decoder's classifier-free guidance; 1: none")  # fmt: skip
     parser.add_argument("--decoder-steps", type=positive_int, default=50, help="DDIM steps")
+    parser.add_argument("--upsampler", type=Path,
+                        help="a `dalle train-upsampler` folder: enlarge every image")  # fmt: skip
+    parser.add_argument("--upsampler-steps", type=positive_int, default=25,
+                        help="the upsampler's DDIM steps")  # fmt: skip
     parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--device", default="auto")
 

@@ -68,3 +68,33 @@ def paper_layer_schedule(layers: int) -> list[str]:
     if layers:
         schedule[-1] = "conv"
     return schedule
+
+
+def mask_function(kind: str, text_positions: int, grid: int, kernel: int = 11):
+    """:func:`text_image_mask` as arithmetic on query and key indices: ``f(q, k)`` is True
+    where query position ``q`` may attend to key position ``k`` (tensors of any matching
+    shape). FlexAttention evaluates this inside its kernel, for every partly masked block:
+    a few integer operations instead of a read from an ``[S, S]`` mask in memory."""
+    if kind not in IMAGE_ATTENTION_KINDS:
+        raise ValueError(f"unknown image attention {kind!r}; use one of {IMAGE_ATTENTION_KINDS}")
+    if kind == "conv" and (kernel < 1 or kernel % 2 == 0):
+        raise ValueError(f"conv kernel must be odd and positive, got {kernel}")
+    t, half = text_positions, kernel // 2
+
+    def allowed(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        causal = k <= q  # text attends causally; so does the image, within its kind
+        if kind == "full":
+            return causal
+        distance = q - k  # raster distance between image tokens (both image positions)
+        if kind == "row":
+            image = distance <= grid
+        elif kind == "column":
+            image = distance % grid == 0
+        else:
+            qi, ki = q - t, k - t
+            image = (qi // grid - ki // grid <= half) & ((qi % grid - ki % grid).abs() <= half)
+        # Every key on the text side is visible to every later query (to an image query
+        # always; to a text query, causally).
+        return causal & ((k < t) | image)
+
+    return allowed

@@ -31,6 +31,7 @@ from dalle.losses.dalle import text_image_loss
 from dalle.models import init
 from dalle.models.attention_masks import (
     IMAGE_ATTENTION_KINDS,
+    mask_function,
     paper_layer_schedule,
     text_image_mask,
 )
@@ -359,12 +360,16 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         return self.norm(h[:, :-1])
 
     def _block_mask(self, kind: str, dense: torch.Tensor) -> BlockMask:
-        """The FlexAttention block mask of ``dense`` ``[S, S]``, built once per kind and S."""
+        """The FlexAttention block mask of this kind over ``dense``'s ``[S, S]`` positions
+        (from 0), built once per kind and S. Its mask function is arithmetic on the
+        indices (:func:`mask_function`), not a read of ``dense``."""
         key = (kind, dense.shape[0], str(dense.device))
         if key not in self._block_masks:
+            c = self.config
+            rule = mask_function(kind, c.text_len + 1, c.image_grid, c.conv_kernel)
 
             def allowed(b, h, q_index, kv_index):
-                return dense[q_index, kv_index]
+                return rule(q_index, kv_index)
 
             self._block_masks[key] = create_block_mask(
                 allowed, B=None, H=None, Q_LEN=dense.shape[0], KV_LEN=dense.shape[1],

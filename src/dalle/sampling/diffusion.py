@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from dalle.models.decoder import ImageDecoder
 from dalle.models.prior import DiffusionPrior
+from dalle.models.upsampler import Upsampler
 from dalle.sampling.sampler import Generators
 
 if TYPE_CHECKING:  # diffusers takes seconds to import: only where a schedule is made
@@ -192,6 +193,24 @@ def sample_images(
     c = decoder.config
     images = denoise(predict, (rows, 3, size, size), c.timesteps, steps, generator, text.device,
                      eta, c.prediction, clip_sample=True, noise=noise, on_step=on_step)  # fmt: skip
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def upsample_images(
+    upsampler: Upsampler,
+    low: torch.Tensor,
+    steps: int = 50,
+    generator: Generators = None,
+    on_step: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """uint8 images ``[B, 3, S, S]`` from low-resolution ones ``low`` (in [-1, 1],
+    ``[B, 3, S / scale, S / scale]``), by DDIM from fresh noise."""
+    c = upsampler.config
+    size = low.shape[-1] * c.scale
+    images = denoise(lambda x, t: upsampler(x, t, low), (len(low), 3, size, size), c.timesteps,
+                     steps, generator, low.device, prediction=c.prediction, clip_sample=True,
+                     on_step=on_step)  # fmt: skip
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

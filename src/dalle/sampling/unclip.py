@@ -3,7 +3,9 @@ decoder -> image; and the paper's image manipulations (section 3): variations,
 interpolation, text diffs.
 
 A prior folder (`dalle train-prior`) and a decoder folder (`dalle train-decoder`) each
-keep the CLIP they were trained on in ``clip/``; they must be the same CLIP.
+keep the CLIP they were trained on in ``clip/``; they must be the same CLIP. An optional
+upsampler folder (`dalle train-upsampler`) enlarges every image the decoder draws; the
+CLIP ranks the decoder's images, before upsampling, at the size it was trained on.
 """
 
 from __future__ import annotations
@@ -19,8 +21,14 @@ import torch.nn.functional as F
 from dalle.models.clip import CLIP
 from dalle.models.decoder import ImageDecoder
 from dalle.models.prior import DiffusionPrior
+from dalle.models.upsampler import Upsampler
 from dalle.precision import autocast_context
-from dalle.sampling.diffusion import sample_image_embeddings, sample_images
+from dalle.sampling.diffusion import (
+    sample_image_embeddings,
+    sample_images,
+    to_model_range,
+    upsample_images,
+)
 from dalle.sampling.rerank import keep_best
 from dalle.sampling.sampler import Generators
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
@@ -56,6 +64,8 @@ class UnCLIP:
     # "bf16": the diffusion models under bf16 autocast (twice the speed on a CPU with
     # native bf16; about the same images); "fp32" by default.
     precision: str = "fp32"
+    upsampler: Upsampler | None = None  # None: images at the decoder's size
+    upsampler_steps: int = 25  # DDIM steps of the upsampler
 
     @classmethod
     def from_pretrained(
@@ -64,19 +74,29 @@ class UnCLIP:
         prior: str | Path | None = None,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        upsampler: str | Path | None = None,
     ) -> UnCLIP:
         decoder, device = Path(decoder), torch.device(device)
         clip_dir = decoder / CLIP_DIR
         if prior is not None and _weights_hash(Path(prior) / CLIP_DIR) != _weights_hash(clip_dir):
             raise ValueError(f"{prior} and {decoder} were trained on different CLIPs")
         loaded = None if prior is None else DiffusionPrior.from_pretrained(prior, device=device)
+        decoder_model = ImageDecoder.from_pretrained(decoder, device=device).eval()
+        larger = None
+        if upsampler is not None:
+            larger = Upsampler.from_pretrained(upsampler, device=device).eval()
+            if larger.config.low_size != decoder_model.config.image_size:
+                raise ValueError(f"{upsampler} enlarges {larger.config.low_size}-pixel images; "
+                                 f"{decoder} draws {decoder_model.config.image_size}-pixel "
+                                 "ones")  # fmt: skip
         return cls(
             prior=None if loaded is None else loaded.eval(),
-            decoder=ImageDecoder.from_pretrained(decoder, device=device).eval(),
+            decoder=decoder_model,
             clip=CLIP.from_pretrained(clip_dir, device=device).eval(),
             tokenizer=TextTokenizer.load(clip_dir / "tokenizer"),
             device=device,
             precision=precision,
+            upsampler=larger,
         )  # fmt: skip
 
     def autocast(self):
@@ -84,7 +104,23 @@ class UnCLIP:
 
     @property
     def image_size(self) -> int:
+        """The decoder's (and the CLIP's) image size: what inputs are read at."""
         return self.decoder.config.image_size
+
+    @property
+    def output_size(self) -> int:
+        """The size of the images the pipeline returns (the upsampler's, if any)."""
+        scale = 1 if self.upsampler is None else self.upsampler.config.scale
+        return self.image_size * scale
+
+    @torch.no_grad()
+    def upsample(self, images: torch.Tensor, generator: Generators = None) -> torch.Tensor:
+        """uint8 images ``[B, 3, S, S]`` enlarged by the upsampler (unchanged without one)."""
+        if self.upsampler is None or not len(images):
+            return images
+        with self.autocast():
+            low = to_model_range(images.to(self.device))
+            return upsample_images(self.upsampler, low, self.upsampler_steps, generator).cpu()
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,8 +134,14 @@ class UnCLIP:
 
     @torch.no_grad()
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-norm CLIP image embeddings ``[B, D]`` of uint8 images ``[B, 3, S, S]``."""
-        return self.clip.encode_image(images.to(self.device)).float()
+        """Unit-norm CLIP image embeddings ``[B, D]`` of uint8 images ``[B, 3, S, S]``, at
+        any size: resized (bilinear) to the CLIP's first where it differs."""
+        images, size = images.to(self.device), self.clip.config.image_size
+        if images.shape[-1] != size:
+            resized = F.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                    align_corners=False, antialias=True)  # fmt: skip
+            images = resized.round().clamp(0, 255).to(torch.uint8)
+        return self.clip.encode_image(images).float()
 
     @torch.no_grad()
     def __call__(
@@ -146,6 +188,14 @@ class UnCLIP:
             best = [keep_best(i, s, keep) for i, s in zip(per_prompt, score, strict=True)]
             per_prompt = torch.stack([b[0] for b in best])
             score = torch.stack([b[1] for b in best])
+        if self.upsampler is not None:  # only the images kept: ranked at the CLIP's size
+            p, k = per_prompt.shape[:2]
+            mine = generator
+            if isinstance(generator, Sequence):  # a prompt's own generators, one per image
+                mine = [generator[i * num_images_per_prompt + j] for i in range(p)
+                        for j in range(k)]  # fmt: skip
+            larger = self.upsample(per_prompt.flatten(0, 1), mine)
+            per_prompt = larger.view(p, k, *larger.shape[1:])
         return UnCLIPOutput(prompts, per_prompt, score)
 
     @torch.no_grad()
@@ -166,8 +216,9 @@ class UnCLIP:
             self.encode_text([caption] * num_images)[0] if caption else self.no_caption(num_images)
         )
         with self.autocast():
-            return sample_images(self.decoder, text, embed, steps, decoder_guidance_scale,
-                                 generator, eta=eta).cpu()  # fmt: skip
+            drawn = sample_images(self.decoder, text, embed, steps, decoder_guidance_scale,
+                                  generator, eta=eta).cpu()  # fmt: skip
+        return self.upsample(drawn, generator)
 
     @torch.no_grad()
     def interpolate(
@@ -215,5 +266,7 @@ class UnCLIP:
         noise = torch.randn(1, 3, size, size, generator=generator).expand(len(embeds), -1, -1, -1)
         text = self.no_caption(len(embeds))
         with self.autocast():
-            return sample_images(self.decoder, text, embeds, steps, guidance, generator,
-                                 noise=noise.contiguous()).cpu()  # fmt: skip
+            drawn = sample_images(self.decoder, text, embeds, steps, guidance, generator,
+                                  noise=noise.contiguous()).cpu()  # fmt: skip
+        # The same upsampling noise for every image, so the sequence stays smooth.
+        return self.upsample(drawn, torch.Generator().manual_seed(0))

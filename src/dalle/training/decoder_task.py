@@ -49,6 +49,10 @@ class DecoderTrainConfig:
     model: DecoderConfig = field(default_factory=DecoderConfig)
     data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
     clip: str = ""  # folder of a trained CLIP (`dalle train-clip`), with its tokenizer/
+    # The decoder's image side; 0: the data's. A smaller one trains on the data's images
+    # shrunk (area averaging) while the CLIP embeds them at the data's size: a small,
+    # fast base model whose output an upsampler enlarges, as in the paper (64 -> 256).
+    image_size: int = 0
     image_dropout: float = 0.1  # the paper's: CLIP embedding replaced by the null one
     caption_dropout: float = 0.5  # the paper's
     loop: LoopConfig = field(default_factory=LoopConfig)
@@ -66,7 +70,10 @@ class DecoderTask:
         config.model = replace(config.model, text_vocab_size=self.tokenizer.vocab_size,
                                text_len=self.tokenizer.max_length,
                                embed_dim=self.clip.config.embed_dim,
-                               image_size=config.data.image_size)  # fmt: skip
+                               image_size=config.image_size or config.data.image_size)  # fmt: skip
+        if config.data.image_size % config.model.image_size:
+            raise ValueError(f"image_size {config.model.image_size} must divide the data's "
+                             f"image size {config.data.image_size}")  # fmt: skip
         self.model = build_model(ImageDecoder, config.model, device)
         holdout = replace(config.data, subset="holdout")
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
@@ -88,7 +95,7 @@ class DecoderTask:
     ) -> torch.Tensor:
         """Squared error of the prediction (the noise by default) for uint8 ``images``
         noised to random steps."""
-        clean = to_model_range(images.to(self.device))
+        clean = to_model_range(self.at_decoder_size(images.to(self.device)))
         noisy, t, noise = noised(clean, self.config.model.timesteps, generator)
         drop_text = drop_image = None
         if dropout:
@@ -98,6 +105,13 @@ class DecoderTask:
         c = self.config.model
         target = prediction_target(c.prediction, clean, noise, t, c.timesteps)
         return F.mse_loss(prediction.float(), target.float())
+
+    def at_decoder_size(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images at the data's size -> the decoder's (shrunk by area averaging)."""
+        factor = images.shape[-1] // self.config.model.image_size
+        if factor == 1:
+            return images
+        return F.avg_pool2d(images.float(), factor).round().to(torch.uint8)
 
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         text = self.tokenizer.encode(batch.captions).ids.to(self.device)
@@ -116,7 +130,7 @@ class DecoderTask:
         decoded = sample_images(self.model, self.eval_text[:n], self.eval_embed[:n],
                                 e.sample_steps, e.guidance_scale, generator).cpu()  # fmt: skip
         (out_dir / "samples").mkdir(exist_ok=True)
-        both = torch.cat([self.eval_images[:n], decoded])
+        both = torch.cat([self.at_decoder_size(self.eval_images[:n]), decoded])
         make_grid(both, columns=n).save(out_dir / "samples" / f"decoded-{step:07d}.png")
         if self.config.data.source.startswith("shapes"):
             pixels = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()) for image in decoded]

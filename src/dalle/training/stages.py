@@ -30,6 +30,7 @@ from dalle.models.decoder import DECODER_PRESETS, ImageDecoder
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
 from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
 from dalle.models.prior import PRIOR_PRESETS, DiffusionPrior
+from dalle.models.upsampler import UPSAMPLER_PRESETS, Upsampler
 from dalle.training.clip_task import CLIPTask, CLIPTrainConfig
 from dalle.training.dalle_task import DALLETask, DALLETrainConfig
 from dalle.training.decoder_task import DecoderTask, DecoderTrainConfig
@@ -37,6 +38,7 @@ from dalle.training.dvae_task import DVAETask, DVAETrainConfig
 from dalle.training.fsq_task import FSQTask, FSQTrainConfig
 from dalle.training.loop import Task
 from dalle.training.prior_task import PriorTask, PriorTrainConfig
+from dalle.training.upsampler_task import UpsamplerTask, UpsamplerTrainConfig
 
 # What the trained folders a stage reads are, for messages: config key -> description.
 FOLDER_NAMES = {
@@ -102,7 +104,9 @@ PRIOR = StageSpec("prior", PriorTrainConfig, PRIOR_PRESETS, DiffusionPrior, Prio
                   inputs=("clip",))  # fmt: skip
 DECODER = StageSpec("decoder", DecoderTrainConfig, DECODER_PRESETS, ImageDecoder, DecoderTask,
                     inputs=("clip",))  # fmt: skip
-STAGES: tuple[StageSpec, ...] = (DVAE, FSQ, TRANSFORMER, CLIP_STAGE, PRIOR, DECODER)
+UPSAMPLER = StageSpec("upsampler", UpsamplerTrainConfig, UPSAMPLER_PRESETS, Upsampler,
+                      UpsamplerTask)  # fmt: skip
+STAGES: tuple[StageSpec, ...] = (DVAE, FSQ, TRANSFORMER, CLIP_STAGE, PRIOR, DECODER, UPSAMPLER)
 
 
 @dataclass(frozen=True)
@@ -147,6 +151,8 @@ TRAIN_COMMANDS: tuple[TrainCommand, ...] = (
                  (PRIOR,)),
     TrainCommand("train-decoder", "DALL-E 2's decoder (CLIP image embedding to image)",
                  (DECODER,)),
+    TrainCommand("train-upsampler", "DALL-E 2's upsampler (an image to one `scale` times larger)",
+                 (UPSAMPLER,)),
 )  # fmt: skip
 IMAGE_TOKENIZER = TRAIN_COMMANDS[0]
 
