@@ -22,7 +22,8 @@ def _pipeline(args: argparse.Namespace, prior: bool):
     from dalle.training.loop import resolve_device
 
     pipe = UnCLIP.from_pretrained(args.decoder, args.prior if prior else None,
-                                  resolve_device(args.device), upsampler=args.upsampler)  # fmt: skip
+                                  resolve_device(args.device),
+                                  upsampler=args.upsampler)  # fmt: skip
     pipe.upsampler_steps = args.upsampler_steps
     return pipe
 

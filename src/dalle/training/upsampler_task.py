@@ -3,8 +3,8 @@ image shrunk ``scale`` times (area averaging) and blurred by a random amount.
 
 Evaluation reports, on images kept out of training: the validation loss at fixed noise,
 the PSNR of upsampled held-out images against the originals (mean over images) beside
-that of a plain bicubic resize, a grid (bicubic above, upsampled, original below), and on Shapes World the
-share of upsampled images the judge passes against their captions.
+that of a plain bicubic resize, a grid (bicubic above, upsampled, original below), and,
+on Shapes World, the share of upsampled images the judge passes against their captions.
 """
 
 from __future__ import annotations
