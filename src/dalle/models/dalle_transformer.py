@@ -136,6 +136,9 @@ def flex_attention_kernel(device: torch.device):
 # The mask of a "full" layer over positions 0 .. n: plain causal attention, which the fused
 # attention kernels compute without reading a mask.
 CAUSAL = "causal"
+# What a layer's attention is told to allow: a dense bool mask, FlexAttention's block
+# mask, the blocked back-end's layout, or CAUSAL.
+AttentionMask = torch.Tensor | BlockMask | BlockedLayout | str
 
 
 @dataclass
@@ -157,7 +160,7 @@ class SelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | BlockMask | BlockedLayout | str,
+        mask: AttentionMask,
         cache: LayerCache | None = None,
         start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
@@ -215,7 +218,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        mask: torch.Tensor | BlockMask | BlockedLayout | str,
+        mask: AttentionMask,
         cache: LayerCache | None = None,
         start: int | torch.Tensor = 0,
     ) -> torch.Tensor:
