@@ -9,7 +9,14 @@ import pytest
 from dalle.cli import main
 from dalle.config import ConfigError, load_config, save_config
 from dalle.training.caption_tokenizer import TokenizerTrainConfig
-from dalle.training.stages import CLIP_STAGE, DECODER, IMAGE_TOKENIZER, PRIOR, TRANSFORMER
+from dalle.training.stages import (
+    CLIP_STAGE,
+    DECODER,
+    IMAGE_TOKENIZER,
+    PRIOR,
+    TRANSFORMER,
+    UPSAMPLER,
+)
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 LOADERS = {
@@ -22,6 +29,7 @@ LOADERS = {
     "clip-": lambda path: CLIP_STAGE.build_config(path, ["tokenizer=some/tok"]),
     "prior-": lambda path: PRIOR.build_config(path, ["clip=some/clip"]),
     "decoder-": lambda path: DECODER.build_config(path, ["clip=some/clip"]),
+    "upsampler-": lambda path: UPSAMPLER.build_config(path, []),
 }
 
 
