@@ -275,6 +275,14 @@ class JudgeReport:
         return "\n".join(lines)
 
 
+def pass_rate(images, captions: list[str]) -> float:
+    """The share of uint8 images ``[B, 3, N, N]`` (a tensor) that pass against their
+    captions: what training evaluations report for Shapes World."""
+    pixels = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()) for image in images]
+    verdicts = [judge_image(p, c) for p, c in zip(pixels, captions, strict=False)]
+    return sum(v.passed for v in verdicts) / len(verdicts)
+
+
 def load_rgb(path: Path) -> np.ndarray:
     """Reads an image as uint8 ``[H, W, 3]``, compositing any alpha onto white; a file
     that is not a readable image of bounded size raises ``UnreadableImage``."""

@@ -17,14 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dalle.data.datasets import Batch, DataConfig, load_images
 from dalle.data.images import make_grid
-from dalle.evaluation.shapes_judge import judge_image
+from dalle.evaluation.shapes_judge import pass_rate
 from dalle.models.decoder import DecoderConfig, ImageDecoder
 from dalle.sampling.diffusion import noised, prediction_target, sample_images, to_model_range
 from dalle.training.loop import LoopConfig, Metrics, OptimConfig
@@ -133,9 +132,7 @@ class DecoderTask:
         both = torch.cat([self.at_decoder_size(self.eval_images[:n]), decoded])
         make_grid(both, columns=n).save(out_dir / "samples" / f"decoded-{step:07d}.png")
         if self.config.data.source.startswith("shapes"):
-            pixels = [np.ascontiguousarray(image.permute(1, 2, 0).numpy()) for image in decoded]
-            verdicts = [judge_image(p, c) for p, c in zip(pixels, self.eval_captions, strict=False)]
-            metrics["decoded_judge_pass"] = sum(v.passed for v in verdicts) / len(verdicts)
+            metrics["decoded_judge_pass"] = pass_rate(decoded, self.eval_captions)
         return metrics
 
     def export(self, out_dir: Path, model: nn.Module) -> None:

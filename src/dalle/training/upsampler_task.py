@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,7 +19,7 @@ from torch import nn
 from dalle.data.datasets import Batch, DataConfig, load_images
 from dalle.data.images import make_grid
 from dalle.evaluation.reconstruction import reconstruction_metrics
-from dalle.evaluation.shapes_judge import judge_image
+from dalle.evaluation.shapes_judge import pass_rate
 from dalle.models.upsampler import Upsampler, UpsamplerConfig, gaussian_blur
 from dalle.sampling.diffusion import noised, prediction_target, to_model_range, upsample_images
 from dalle.training.loop import LoopConfig, Metrics, OptimConfig
@@ -106,9 +105,7 @@ class UpsamplerTask:
         grid = make_grid(torch.cat([bicubic, upsampled, originals]), columns=n)
         grid.save(out_dir / "samples" / f"upsampled-{step:07d}.png")
         if self.config.data.source.startswith("shapes"):
-            pixels = [np.ascontiguousarray(i.permute(1, 2, 0).numpy()) for i in upsampled]
-            verdicts = [judge_image(p, c) for p, c in zip(pixels, self.eval_captions, strict=False)]
-            metrics["upsampled_judge_pass"] = sum(v.passed for v in verdicts) / len(verdicts)
+            metrics["upsampled_judge_pass"] = pass_rate(upsampled, self.eval_captions)
         return metrics
 
     def export(self, out_dir: Path, model: nn.Module) -> None:
