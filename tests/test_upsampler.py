@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from dalle.cli import main
+from dalle.data.images import shrink
 from dalle.models.upsampler import UPSAMPLER_PRESETS, Upsampler, UpsamplerConfig, gaussian_blur
 from dalle.sampling.diffusion import upsample_images
 from dalle.training.stages import UPSAMPLER
-from dalle.training.upsampler_task import UpsamplerTask, shrink
+from dalle.training.upsampler_task import UpsamplerTask
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 

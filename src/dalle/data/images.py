@@ -159,3 +159,9 @@ def random_crops(
     corners = zip(rows.tolist(), cols.tolist(), strict=True)
     return torch.stack([image[:, r : r + size, c : c + size]
                         for image, (r, c) in zip(images, corners, strict=True)])  # fmt: skip
+
+
+def shrink(images: torch.Tensor, factor: int) -> torch.Tensor:
+    """Images ``[B, C, S, S]`` (any dtype) as floats ``factor`` times smaller, each pixel
+    the mean of the ``factor x factor`` pixels it covers."""
+    return torch.nn.functional.avg_pool2d(images.float(), factor)

@@ -346,10 +346,12 @@ class DALLETransformer(PretrainedMixin, nn.Module):
         """One position ``h`` ``[B, 1, C]`` at sequence position ``position`` (a 0-d long
         tensor) through the blocks, every shape fixed: the same kernels at every step, so
         the step can be captured once as a CUDA graph and replayed."""
-        for kind, block, layer_cache in zip(self.config.layer_attention, self.blocks, cache,
-                                            strict=True):  # fmt: skip
-            mask = getattr(self, f"mask_{kind}").index_select(0, position.view(1))  # [1, S]
-            h = block(h, mask, layer_cache, position)
+        kinds = self.config.layer_attention
+        # One mask row [1, S] per attention kind, shared by the layers of that kind.
+        rows = {kind: getattr(self, f"mask_{kind}").index_select(0, position.view(1))
+                for kind in set(kinds)}  # fmt: skip
+        for kind, block, layer_cache in zip(kinds, self.blocks, cache, strict=True):
+            h = block(h, rows[kind], layer_cache, position)
         return self.norm(h)
 
     def _run_blocked(self, h: torch.Tensor) -> torch.Tensor:

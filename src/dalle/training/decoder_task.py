@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.data.datasets import Batch, DataConfig, load_images
-from dalle.data.images import make_grid
+from dalle.data.images import make_grid, shrink
 from dalle.evaluation.shapes_judge import pass_rate
 from dalle.models.decoder import DecoderConfig, ImageDecoder
 from dalle.sampling.diffusion import noised, prediction_target, sample_images, to_model_range
@@ -110,7 +110,7 @@ class DecoderTask:
         factor = images.shape[-1] // self.config.model.image_size
         if factor == 1:
             return images
-        return F.avg_pool2d(images.float(), factor).round().to(torch.uint8)
+        return shrink(images, factor).round().to(torch.uint8)
 
     def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
         text = self.tokenizer.encode(batch.captions).ids.to(self.device)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dalle.data.datasets import Batch, DataConfig, load_images
-from dalle.data.images import make_grid
+from dalle.data.images import make_grid, shrink
 from dalle.evaluation.reconstruction import reconstruction_metrics
 from dalle.evaluation.shapes_judge import pass_rate
 from dalle.models.upsampler import Upsampler, UpsamplerConfig, gaussian_blur
@@ -46,12 +46,6 @@ class UpsamplerTrainConfig:
                                             weight_decay=0.0, grad_clip=1.0)
     )  # fmt: skip
     eval: UpsamplerEvalConfig = field(default_factory=UpsamplerEvalConfig)
-
-
-def shrink(images: torch.Tensor, scale: int) -> torch.Tensor:
-    """Images ``[B, C, S, S]`` (any dtype) as floats ``scale`` times smaller, each pixel
-    the mean of the ``scale x scale`` pixels it covers."""
-    return F.avg_pool2d(images.float(), scale)
 
 
 class UpsamplerTask:
