@@ -147,9 +147,10 @@ def test_the_demo_tokenizer_does_not_collapse_at_its_learning_rate(tmp_path: Pat
     assert evaluated["foreground_codes_used"] > 0.1 and evaluated["psnr"] > 20
 
 
-def test_training_on_crops_evaluates_whole_images(tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("preset", ["fsq-tiny", "dvae-tiny"])  # both have 2x2-pixel patches
+def test_training_on_crops_evaluates_whole_images(preset: str, tmp_path: Path, capsys) -> None:
     run = tmp_path / "crops"
-    args = ["train-image-tokenizer", "--preset", "fsq-tiny", "--out", str(run), "--steps", "2",
+    args = ["train-image-tokenizer", "--preset", preset, "--out", str(run), "--steps", "2",
             "data.image_size=16", "data.batch_size=4", "eval.samples=8", "eval.grid=2"]  # fmt: skip
     assert main([*args, "crop=8"]) == 0
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

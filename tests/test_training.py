@@ -178,15 +178,19 @@ def test_schedule_on_the_clock_takes_the_further_of_steps_and_time() -> None:
 @pytest.mark.parametrize("clock", ["steps", "time"])
 def test_a_spent_budget_anneals_only_on_the_clock(tmp_path: Path, clock: str, caplog) -> None:
     # Far more updates than 9 seconds allow: on the step clock the run stops near its peak
-    # learning rate; on the time clock it still decays to the end.
+    # learning rate; on the time clock it still decays to the end, and so does the task's
+    # own schedule (the dVAE's temperature, 1 -> 1/16).
     budget = ("loop.steps=100000", "loop.max_minutes=0.15", "loop.log_every=1",
               "loop.eval_every=100000", "loop.checkpoint_every=100000", "optim.lr=1e-3",
-              "optim.final_lr=1e-5", "optim.warmup_steps=0",
+              "optim.final_lr=1e-5", "optim.warmup_steps=0", "objective.temperature_steps=100000",
               f"loop.schedule_clock={clock}")  # fmt: skip
     _run(tmp_path, extra=budget)
-    lrs = [r["lr"] for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "lr" in r]
+    logged = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").open()) if "lr" in r]
+    lrs, temperatures = [r["lr"] for r in logged], [r["temperature"] for r in logged]
     assert 1 < len(lrs) < 100000
     if clock == "time":
         assert lrs[-1] < 1e-4 and "finished its decay" in caplog.text
+        assert temperatures[-1] < 0.1
     else:
         assert lrs[-1] > 9e-4 and "loop.schedule_clock=time would finish" in caplog.text
+        assert temperatures[-1] > 0.99

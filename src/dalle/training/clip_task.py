@@ -137,7 +137,7 @@ class CLIPTask:
         return torch.cat([tokenizer.decode(tokenizer.encode(b.to(self.device))).to(images.device)
                           for b in images.split(256)])  # fmt: skip
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+    def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
         images = self.as_seen(batch.images.to(self.device, non_blocking=True))
         captions = list(batch.captions)
         negatives = self.config.hard_negatives

@@ -102,7 +102,7 @@ class DALLETask:
         images = batch.images.to(self.device, non_blocking=True)
         return torch.cat([self.image_tokenizer.encode(b).flatten(1) for b in images.split(128)])
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+    def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
         image = self.image_tokens(batch)
         text = self.tokenizer.encode(batch.captions, dropout=self.config.bpe_dropout).ids.to(
             self.device

@@ -112,7 +112,7 @@ class DecoderTask:
             return images
         return shrink(images, factor).round().to(torch.uint8)
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+    def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
         text = self.tokenizer.encode(batch.captions).ids.to(self.device)
         loss = self.loss(batch.images, text, self.image_embeddings(batch.images))
         return loss, {"loss": loss.detach()}

@@ -60,23 +60,26 @@ class DVAETrainConfig:
     # Start the decoder at the median colour of the held-out images (their background):
     # keeps the codebook from collapsing early on mostly-background data. Not in the paper.
     init_from_data: bool = True
+    # Train on random square crops of this side (a multiple of the patch size; 0: whole
+    # images), as the FSQ tokenizer can; not in the paper.
+    crop: int = 0
 
 
 class DVAETask(ImageTokenizerTask):
     def __init__(self, config: DVAETrainConfig, device: torch.device) -> None:
         super().__init__(config, build_model(DiscreteVAE, config.model, device), device)
 
-    def schedules(self, step: int) -> tuple[float, float]:
+    def schedules(self, position: float) -> tuple[float, float]:
         o = self.config.objective
-        kl_weight = cosine_anneal(step, o.kl_warmup_steps, 0.0, o.kl_weight)
+        kl_weight = cosine_anneal(position, o.kl_warmup_steps, 0.0, o.kl_weight)
         temperature = cosine_anneal(
-            step, o.temperature_steps, o.temperature_start, o.temperature_end
+            position, o.temperature_steps, o.temperature_start, o.temperature_end
         )
         return kl_weight, temperature
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
-        images = batch.images.to(self.device, non_blocking=True)
-        kl_weight, temperature = self.schedules(step)
+    def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
+        images = self.training_images(batch)
+        kl_weight, temperature = self.schedules(position)
         o = self.config.objective
 
         def sample(logits: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 import torch
 
 from dalle.data.datasets import Batch, DataConfig
-from dalle.data.images import random_crops
 from dalle.losses.reconstruction import reconstruction_loss
 from dalle.models.fsq import FSQConfig, FSQTokenizer
 from dalle.training.image_tokenizer_task import ImageTokenizerEvalConfig, ImageTokenizerTask
@@ -40,17 +39,9 @@ class FSQTrainConfig:
 class FSQTask(ImageTokenizerTask):
     def __init__(self, config: FSQTrainConfig, device: torch.device) -> None:
         super().__init__(config, build_model(FSQTokenizer, config.model, device), device)
-        if config.crop and (config.crop > config.data.image_size
-                            or config.crop % config.model.downsample):  # fmt: skip
-            raise ValueError(f"crop {config.crop} must be at most data.image_size "
-                             f"({config.data.image_size}) and a multiple of the patch size "
-                             f"({config.model.downsample})")  # fmt: skip
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
-        images = batch.images
-        if self.config.crop:
-            images = random_crops(images, self.config.crop, self.config.model.downsample)
-        images = images.to(self.device, non_blocking=True)
+    def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
+        images = self.training_images(batch)
         logits, _ = self.model(images)  # through forward(), where sharding gathers weights
         loss = reconstruction_loss(logits, images, self.config.gradient_weight)
         return loss, {"loss": loss.detach()}

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dalle.data.datasets import load_images
-from dalle.data.images import make_grid
+from dalle.data.datasets import Batch, load_images
+from dalle.data.images import make_grid, random_crops
 from dalle.evaluation.reconstruction import collapse_message, reconstruct, tokenizer_metrics
 
 log = logging.getLogger(__name__)
@@ -30,12 +30,25 @@ class ImageTokenizerTask:
 
     def __init__(self, config: Any, model: nn.Module, device: torch.device) -> None:
         self.config, self.model, self.device = config, model, device
+        patch = model.config.downsample
+        if config.crop and (config.crop > config.data.image_size or config.crop % patch):
+            raise ValueError(f"crop {config.crop} must be at most data.image_size "
+                             f"({config.data.image_size}) and a multiple of the patch size "
+                             f"({patch})")  # fmt: skip
         holdout = replace(config.data, subset="holdout")
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
         if config.init_from_data:
             # [N, 3, H, W] uint8 -> per-channel median over every pixel, [3] in [0, 1]
             pixels = self.eval_images.permute(1, 0, 2, 3).flatten(1).float() / 255
             model.init_output_bias(pixels.median(dim=1).values.to(device))
+
+    def training_images(self, batch: Batch) -> torch.Tensor:
+        """The batch's images on the device, ``[B, 3, S, S]`` uint8, as random crops on the
+        token grid when ``config.crop`` is set (``S`` = crop, else the image size)."""
+        images = batch.images
+        if self.config.crop:
+            images = random_crops(images, self.config.crop, self.model.config.downsample)
+        return images.to(self.device, non_blocking=True)
 
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
         recon, tokens = reconstruct(self.model, self.eval_images)

@@ -125,9 +125,10 @@ class Task(Protocol):
 
     model: nn.Module
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+    def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
         """The loss to minimise on one batch, and scalar metrics to log (its ``loss``
-        among them)."""
+        among them). ``position`` is where the run's schedules stand, in updates: the
+        update count, or further on when the schedules follow the clock."""
         ...
 
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
@@ -375,7 +376,7 @@ class Trainer:
                 break
             lr = warmup_cosine(position, self.optim.warmup_steps, loop.steps, self.optim.lr,
                                self.optim.final_lr)  # fmt: skip
-            step_metrics, samples = self.train_step(batches, lr)
+            step_metrics, samples = self.train_step(batches, lr, position)
             state.elapsed_s = time.perf_counter() - session_start
             window.samples += samples
             self.progress.update(1)
@@ -397,9 +398,10 @@ class Trainer:
                 self.checkpoints.save(state)
 
     def train_step(
-        self, batches: Iterator[Batch], lr: float
+        self, batches: Iterator[Batch], lr: float, position: float
     ) -> tuple[dict[str, torch.Tensor | float], int]:
-        """One optimizer update over ``loop.grad_accum`` batches at learning rate ``lr``.
+        """One optimizer update over ``loop.grad_accum`` batches at learning rate ``lr``,
+        the schedules at ``position``.
         Returns the update's metrics (tensors, not yet read back from the device) and the
         samples it consumed over all ranks."""
         loop, state = self.loop, self.state
@@ -410,7 +412,7 @@ class Trainer:
         for _ in range(loop.grad_accum):
             batch = next(batches)
             with autocast_context(self.device, self.precision):
-                loss, batch_metrics = self.task.training_loss(batch, state.step)
+                loss, batch_metrics = self.task.training_loss(batch, position)
             scaled = self.scaler.scale(loss) if self.scaler is not None else loss
             (scaled / loop.grad_accum).backward()
             self.nonfinite |= ~torch.isfinite(loss.detach())

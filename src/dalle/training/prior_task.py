@@ -102,7 +102,7 @@ class PriorTask:
     def standardise(self, embeddings: torch.Tensor) -> torch.Tensor:
         return (embeddings - self.mean) / self.std
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+    def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
         text = self.tokenizer.encode(batch.captions).ids.to(self.device)
         text_embed, image_embed = self.embed(batch.images, text)
         clean = self.standardise(image_embed)

@@ -77,7 +77,7 @@ class UpsamplerTask:
         return F.mse_loss(prediction.float(), prediction_target(c.prediction, clean, noise, t,
                                                                 c.timesteps).float())  # fmt: skip
 
-    def training_loss(self, batch: Batch, step: int) -> tuple[torch.Tensor, Metrics]:
+    def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
         loss = self.loss(batch.images)
         return loss, {"loss": loss.detach()}
 
