@@ -70,6 +70,27 @@ def test_logit_laplace_is_a_density_and_peaks_at_its_location() -> None:
     )
 
 
+def test_a_scale_floor_bounds_the_density_but_not_where_it_peaks() -> None:
+    pixel = torch.full((1, 1, 1, 1), 0.9)
+    exact = math.log(0.9 / 0.1)
+
+    def nll(mu: float, log_b: float, floor: float) -> torch.Tensor:
+        stats = torch.tensor([[[[mu]], [[log_b]]]], requires_grad=True)
+        return logit_laplace_nll(pixel, stats, min_scale=floor), stats
+
+    # Without a floor, shrinking the scale at the exact value earns without end.
+    assert nll(exact, -12.0, 0.0)[0].item() < nll(exact, -5.0, 0.0)[0].item() - 6
+    # With one, every scale below it is the floor: same value, no gradient to shrink it.
+    low, stats = nll(exact, -12.0, 0.5)
+    assert low.item() == pytest.approx(nll(exact, math.log(0.5), 0.5)[0].item())
+    low.backward()
+    assert stats.grad[0, 1].item() == 0.0
+    # The location that fits best is still the pixel's logit.
+    mus = torch.linspace(0, 4, 401)
+    nlls = torch.stack([nll(m.item(), -3.0, 0.5)[0].detach().flatten() for m in mus])
+    assert mus[int(nlls.argmin())].item() == pytest.approx(exact, abs=0.01)
+
+
 def test_kl_to_uniform_bounds() -> None:
     assert kl_to_uniform(torch.zeros(2, 16, 3, 3)).abs().max() < 1e-6
     peaked = torch.zeros(1, 16, 1, 1)

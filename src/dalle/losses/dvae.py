@@ -18,19 +18,26 @@ import torch
 import torch.nn.functional as F
 
 
-def logit_laplace_nll(x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+def logit_laplace_nll(x: torch.Tensor, stats: torch.Tensor, min_scale: float = 0.0) -> torch.Tensor:
     """Negative log density of mapped pixels under a logit-Laplace, per sub-pixel.
 
     Args:
         x: mapped pixels in (0, 1), ``[B, C, H, W]`` (see ``map_pixels``).
         stats: decoder output ``[B, 2C, H, W]``: location ``mu`` (in logit space), then
             ``log b``.
+        min_scale: a floor under the scale ``b`` (0: none, the paper). On flat-colour
+            images the density of an exactly repeated value is unbounded as ``b -> 0``:
+            the background's scale shrinks without end and its gradients, ``1 / b``, drown
+            those of the object pixels. The location, and so the reconstruction, is not
+            limited by the floor.
 
     The density on (0, 1) is ``exp(-|logit(x) - mu| / b) / (2 b x (1 - x))``.
     Returns ``[B, C, H, W]``.
     """
     channels = x.shape[1]
     mu, log_b = stats[:, :channels].float(), stats[:, channels:].float()
+    if min_scale > 0:
+        log_b = log_b.clamp(min=math.log(min_scale))
     x = x.float()
     logit_x = torch.log(x) - torch.log1p(-x)
     return (
@@ -94,17 +101,18 @@ def dvae_loss(
     kl_weight: float,
     likelihood: str = "logit_laplace",
     pixel_std: float = 0.07,
+    min_scale: float = 0.0,
 ) -> DVAELoss:
     """The negative ELB, normalised by sub-pixel count as in the paper.
 
     ``loss = (sum NLL + kl_weight * (P / 64) * sum KL) / (C H W)``, averaged over the
     batch, with ``P`` image pixels per latent (64 at the paper's 8x downsampling).
     ``likelihood`` is the paper's ``"logit_laplace"``, or ``"gaussian"`` with a fixed
-    ``pixel_std`` (on mapped pixels).
+    ``pixel_std`` (on mapped pixels); ``min_scale`` floors the logit-Laplace's scale.
     """
     batch, channels, height, width = x.shape
     if likelihood == "logit_laplace":
-        nll = logit_laplace_nll(x, stats)  # [B, C, H, W]
+        nll = logit_laplace_nll(x, stats, min_scale)  # [B, C, H, W]
     elif likelihood == "gaussian":
         nll = gaussian_nll(x, stats, pixel_std)
     else:

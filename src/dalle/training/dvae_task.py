@@ -34,6 +34,9 @@ class DVAEObjectiveConfig:
     # (BENCHMARKS.md). Not in the paper.
     likelihood: str = "logit_laplace"
     pixel_std: float = 0.07
+    # A floor under the logit-Laplace's scale (0: none, as in the paper); see
+    # `logit_laplace_nll`. Not in the paper.
+    min_scale: float = 0.0
 
     def __post_init__(self) -> None:
         if self.likelihood not in ("logit_laplace", "gaussian"):
@@ -42,6 +45,8 @@ class DVAEObjectiveConfig:
             )
         if self.pixel_std <= 0:
             raise ValueError("objective.pixel_std must be positive")
+        if self.min_scale < 0:
+            raise ValueError("objective.min_scale must not be negative")
 
 
 @dataclass
@@ -89,7 +94,7 @@ class DVAETask(ImageTokenizerTask):
         # Through forward(), which is where sharding gathers weights: [B, 3, H, W] mapped
         # pixels, [B, V, h, w] logits, [B, 6, H, W] decoder stats.
         x, logits, stats = self.model(images, sample)
-        out = dvae_loss(x, stats, logits, kl_weight, o.likelihood, o.pixel_std)
+        out = dvae_loss(x, stats, logits, kl_weight, o.likelihood, o.pixel_std, o.min_scale)
         with torch.no_grad():
             relaxed = self.model.stats_to_images(stats)
             mse = ((relaxed - images.float() / 255) ** 2).mean()
