@@ -40,10 +40,22 @@ def test_foreground_usage_is_not_capped_by_the_background_code() -> None:
 
 def test_collapse_is_named_when_foreground_tokens_share_a_few_codes() -> None:
     images = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
-    images[0, :, :16] = 0  # the top half is foreground: 32 of the 64 tokens
+    # Half black, half white: the median, black, is taken as the background, so the
+    # white bottom half is the foreground, 32 of the 64 tokens.
+    images[0, :, :16] = 0
     few = torch.zeros(1, 8, 8, dtype=torch.long)  # one code for everything
     many = torch.arange(64).view(1, 8, 8)  # every token its own code
     collapsed = tokenizer_metrics(images, images, few, vocab_size=512)
     message = collapse_message(collapsed, vocab_size=512)
     assert message is not None and "1 of 512 codes" in message
     assert collapse_message(tokenizer_metrics(images, images, many, vocab_size=512), 512) is None
+    # One code for all but 12 of 128 foreground tokens: enough codes appear (13 of 512),
+    # but in effect one is used.
+    batch = images.expand(4, -1, -1, -1)
+    stray = torch.zeros(4, 8, 8, dtype=torch.long)
+    stray[0, 4:].view(-1)[:12] = torch.arange(1, 13)  # in the foreground half
+    mostly_one = tokenizer_metrics(batch, batch, stray, vocab_size=512)
+    assert mostly_one["foreground_codes_used"] >= 0.02
+    assert mostly_one["foreground_perplexity"] == pytest.approx(1.72, abs=0.01)
+    message = collapse_message(mostly_one, 512)
+    assert message is not None and "13 of 512 codes" in message and "as if 1.72" in message

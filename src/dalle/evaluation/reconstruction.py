@@ -65,15 +65,21 @@ def tokenizer_metrics(
 # collapsed: a few codes stand for every object (the paper dVAE's failure on mostly-white
 # data; healthy Shapes World tokenizers here use 7-90%).
 COLLAPSE_FRACTION = 0.02
+# Nor may one code take nearly all of them while a few stray uses keep the fraction up: a
+# dVAE whose encoder went uniform used 16 of 512 codes at least once, with a foreground
+# perplexity of 1.03 (BENCHMARKS.md).
+COLLAPSE_PERPLEXITY = 2.0
 
 
 def collapse_message(metrics: dict[str, float], vocab_size: int) -> str | None:
     """A one-line warning when ``tokenizer_metrics`` show collapsed codes, else None."""
-    used = metrics["foreground_codes_used"]
-    if used >= COLLAPSE_FRACTION:
+    used, perplexity = metrics["foreground_codes_used"], metrics["foreground_perplexity"]
+    if used >= COLLAPSE_FRACTION and perplexity >= COLLAPSE_PERPLEXITY:
         return None
     return (f"image tokenizer collapsed: its foreground tokens use {round(used * vocab_size)} "
-            f"of {vocab_size} codes ({used:.1%}, below {COLLAPSE_FRACTION:.0%})")  # fmt: skip
+            f"of {vocab_size} codes ({used:.1%}; at least {COLLAPSE_FRACTION:.0%} expected), "
+            f"as if {perplexity:.2f} (perplexity; at least {COLLAPSE_PERPLEXITY:g} "
+            f"expected)")  # fmt: skip
 
 
 @torch.no_grad()
