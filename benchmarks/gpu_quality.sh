@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 17 on a lent GPU, part 2: `dalle demo --profile gpu` (tokenizer, BPE, transformer,
-# CLIP, sampling with re-ranking, judged on 200 + 200 held-out prompts), with two
-# repaired-dVAE runs of the paper's objective beside it on the same GPU (logit-Laplace and
-# Gaussian likelihood), each judged on 1,000 held-out reconstructions per split. Packs
+# CLIP, sampling with re-ranking, judged on 200 + 200 held-out prompts), with three
+# repaired-dVAE runs of the paper's objective beside it on the same GPU (logit-Laplace,
+# logit-Laplace with a floor of 0.1 under its scale, and Gaussian likelihood), each
+# judged on 1,000 held-out reconstructions per split. Packs
 # the small files (logs, metrics, results, grids) into OUT/quality.tar.gz.
 #   bash benchmarks/gpu_quality.sh OUT [DVAE_MINUTES]
 set -u
@@ -18,12 +19,13 @@ dvae() { local name=$1; shift
   $py benchmarks/tokenizer_shapes_judge.py --tokenizer "$work/dvae-$name" --count "${JUDGE_COUNT:-1000}" \
     --out "$work/judge-$name" --json "$work/dvae-$name/judge.json" > "$work/judge-$name.log" 2>&1; }
 dvae laplace objective.likelihood=logit_laplace &
+dvae laplace-floor objective.likelihood=logit_laplace objective.min_scale=0.1 &
 dvae gaussian objective.likelihood=gaussian &
 t0=$SECONDS
 timeout "${DEMO_LIMIT:-530}" $py -m dalle demo --profile gpu --out "$work/demo" > "$work/demo.log" 2>&1
 echo "demo: exit $? in $((SECONDS - t0)) s"; tail -n 30 "$work/demo.log"
 wait
-for name in laplace gaussian; do echo "== dvae-$name"; tail -n 3 "$work/dvae-$name.log"
+for name in laplace laplace-floor gaussian; do echo "== dvae-$name"; tail -n 3 "$work/dvae-$name.log"
   tail -n 12 "$work/judge-$name.log"; done
 # Small files only (logs, metrics, judge results, grids): checkpoints and weights stay.
 cd "$work" && find . -path ./demo/image_tokens -prune -o -path './judge-*' -prune -o -type f \
