@@ -28,7 +28,13 @@ ARTIFACTS = Path(os.environ.get("DALLE_TEST_ARTIFACTS", REPO / "outputs" / "test
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run"]  # fmt: skip
 # Predicates are functions: the page's policy forbids evaluating strings (no unsafe-eval).
-DONE = "() => document.getElementById('status').textContent.startsWith('done')"
+# The n-th job is finished: the history lists n jobs, the newest first and done. (The
+# status line alone still reads "done" from the previous job right after a click.)
+JOB_DONE = """n => {
+  const rows = document.querySelectorAll('#history li');
+  return rows.length === n && rows[0].lastChild.textContent === 'done'
+    && document.getElementById('status').textContent.startsWith('done');
+}"""
 
 
 def _chromium() -> str:
@@ -68,6 +74,17 @@ def server(tmp_path_factory):
     thread.join(10)
 
 
+RECORD_PROGRESS = """() => {
+  const bar = document.getElementById('progress');
+  const value = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, 'value');
+  window.progressShown = [];
+  Object.defineProperty(bar, 'value', {
+    get() { return value.get.call(this); },
+    set(v) { window.progressShown.push(v); value.set.call(this, v); },
+  });
+}"""
+
+
 def test_the_page_generates_shows_progress_and_images(server) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -89,16 +106,19 @@ def test_the_page_generates_shows_progress_and_images(server) -> None:
         page.fill("#prompt", "a red circle above a blue square")
         page.click("#settings summary")
         page.fill("#num_images", "4")
+        # Every value the page gives the progress bar, recorded as it is set: polling for a
+        # value between 0 and 1 could miss them all when a busy machine delivers the
+        # progress events between two animation frames.
+        page.evaluate(RECORD_PROGRESS)
         page.press("#prompt", "Enter")  # Enter generates
-        page.wait_for_function(
-            "() => { const p = document.getElementById('progress'); "
-            "return p.value > 0 && p.value < 1; }", timeout=20_000)  # fmt: skip
         page.wait_for_function(
             "() => document.querySelectorAll('#images img').length === 4 && "
             "[...document.querySelectorAll('#images img')].every(i => i.naturalWidth > 0)",
-            timeout=30_000,
+            timeout=60_000,
         )
-        page.wait_for_function(DONE)
+        page.wait_for_function(JOB_DONE, arg=1)
+        shown = page.evaluate("window.progressShown")
+        assert any(0 < value < 1 for value in shown), shown
         assert page.eval_on_selector("#progress", "p => p.value") == 1
         assert page.is_visible("#download") and not page.is_visible("#cancel")
         assert "a red circle above a blue square" in page.text_content("#history")
@@ -109,7 +129,7 @@ def test_the_page_generates_shows_progress_and_images(server) -> None:
         page.fill("#prompt", hostile)
         page.fill("#num_images", "1")
         page.click("#generate")
-        page.wait_for_function(DONE)
+        page.wait_for_function(JOB_DONE, arg=2)
         assert page.evaluate("window.hacked") is None
         assert hostile in page.text_content("#history")
 
