@@ -2,7 +2,7 @@
 # Issue 17 on a lent GPU, part 2: `dalle demo --profile gpu` (tokenizer, BPE, transformer,
 # CLIP, sampling with re-ranking, judged on 200 + 200 held-out prompts), with three
 # repaired-dVAE runs of the paper's objective beside it on the same GPU (logit-Laplace,
-# logit-Laplace with a floor of 0.1 under its scale, and Gaussian likelihood), each
+# logit-Laplace with a floor of 0.2 under its scale, and Gaussian likelihood), each
 # judged on 1,000 held-out reconstructions per split. Packs
 # the small files (logs, metrics, results, grids) into OUT/quality.tar.gz.
 #   bash benchmarks/gpu_quality.sh OUT [DVAE_MINUTES]
@@ -19,7 +19,7 @@ dvae() { local name=$1; shift
   $py benchmarks/tokenizer_shapes_judge.py --tokenizer "$work/dvae-$name" --count "${JUDGE_COUNT:-1000}" \
     --out "$work/judge-$name" --json "$work/dvae-$name/judge.json" > "$work/judge-$name.log" 2>&1; }
 dvae laplace objective.likelihood=logit_laplace &
-dvae laplace-floor objective.likelihood=logit_laplace objective.min_scale=0.1 &
+dvae laplace-floor objective.likelihood=logit_laplace objective.min_scale=0.2 &
 dvae gaussian objective.likelihood=gaussian &
 t0=$SECONDS
 timeout "${DEMO_LIMIT:-530}" $py -m dalle demo --profile gpu --out "$work/demo" > "$work/demo.log" 2>&1
