@@ -20,6 +20,6 @@ while (($# >= 2)); do
   python benchmarks/tokenizer_shapes_judge.py --tokenizer "$run" --count 1000 \
     --out "$run/judged" --json "$out/$name-judge.json" >>"$out/$name-train.log" 2>&1
   cp "$run/metrics.jsonl" "$out/$name-metrics.jsonl"
-  cp "$run/train_config.yaml" "$out/$name-train_config.yaml" 2>/dev/null || true
+  cp "$run/train_config.yaml" "$out/$name-train_config.yaml"
   echo "$name done $(date -u +%H:%M:%S)"
 done

@@ -96,7 +96,8 @@ class DVAETask(ImageTokenizerTask):
         # Through forward(), which is where sharding gathers weights: [B, 3, H, W] mapped
         # pixels, [B, V, h, w] logits, [B, 6, H, W] decoder stats.
         x, logits, stats = self.model(images, sample)
-        out = dvae_loss(x, stats, logits, kl_weight, o.likelihood, o.pixel_std, o.min_scale)
+        out = dvae_loss(x, stats, logits, kl_weight, likelihood=o.likelihood,
+                        pixel_std=o.pixel_std, min_scale=o.min_scale)  # fmt: skip
         with torch.no_grad():
             relaxed = self.model.stats_to_images(stats)
             mse = ((relaxed - images.float() / 255) ** 2).mean()

@@ -30,11 +30,11 @@ class ImageTokenizerTask:
 
     def __init__(self, config: Any, model: nn.Module, device: torch.device) -> None:
         self.config, self.model, self.device = config, model, device
-        patch = model.config.downsample
-        if config.crop and (config.crop > config.data.image_size or config.crop % patch):
+        self.patch = model.config.downsample  # image pixels per token side
+        if config.crop and (config.crop > config.data.image_size or config.crop % self.patch):
             raise ValueError(f"crop {config.crop} must be at most data.image_size "
                              f"({config.data.image_size}) and a multiple of the patch size "
-                             f"({patch})")  # fmt: skip
+                             f"({self.patch})")  # fmt: skip
         holdout = replace(config.data, subset="holdout")
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
         if config.init_from_data:
@@ -47,7 +47,7 @@ class ImageTokenizerTask:
         token grid when ``config.crop`` is set (``S`` = crop, else the image size)."""
         images = batch.images
         if self.config.crop:
-            images = random_crops(images, self.config.crop, self.model.config.downsample)
+            images = random_crops(images, self.config.crop, self.patch)
         return images.to(self.device, non_blocking=True)
 
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
