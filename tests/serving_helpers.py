@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from dalle.models.decoder import DECODER_PRESETS, ImageDecoder
 from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
 from dalle.models.prior import PRIOR_PRESETS, DiffusionPrior
 from dalle.sampling.sampler import SamplingConfig
-from dalle.serving.backend import DalleBackend
+from dalle.serving.backend import DalleBackend, OnStep
 from dalle.tokenizers.text import TextTokenizer, TokenizerConfig
 
 TEXT_LENGTH = 40
@@ -77,13 +76,8 @@ class SlowBackend:
     def __getattr__(self, name: str):
         return getattr(self.inner, name)
 
-    def draw(
-        self,
-        prompts: list[str],
-        sampling: SamplingConfig,
-        generators: list[torch.Generator],
-        on_step: Callable[[int], None],
-    ) -> torch.Tensor:
+    def draw(self, prompts: list[str], sampling: SamplingConfig,
+             generators: list[torch.Generator], on_step: OnStep) -> torch.Tensor:  # fmt: skip
         if self.fail_on in prompts:
             raise RuntimeError(f"this backend fails on {self.fail_on!r}")
 

@@ -15,6 +15,7 @@ from dalle.losses.dvae import (
     gumbel_softmax,
     kl_to_uniform,
     logit_laplace_nll,
+    usage_kl,
 )
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE, DVAEConfig, map_pixels, unmap_pixels
 from dalle.training.dvae_task import DVAEObjectiveConfig
@@ -117,6 +118,28 @@ def test_loss_is_normalised_by_subpixels_with_the_papers_kl_weight_per_subpixel(
         + kl_per_subpixel * subpixels_per_latent * kl_to_uniform(logits).sum()
     ) / (2 * 3 * 256)
     assert out.loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_usage_kl_asks_the_batch_to_use_every_code_not_each_position_to_doubt() -> None:
+    """Confident positions that together cover every code cost nothing; every position on
+    one code costs log V; the term enters the loss weighted per latent like the KL."""
+    vocab = 4
+    confident = torch.full((1, vocab, 2, 2), -30.0)
+    for i in range(vocab):  # position i is sure of code i
+        confident[0, i, i // 2, i % 2] = 30.0
+    assert usage_kl(confident).item() == pytest.approx(0.0, abs=1e-5)
+    assert kl_to_uniform(confident).mean().item() == pytest.approx(math.log(vocab), rel=1e-4)
+    collapsed = torch.full((1, vocab, 2, 2), -30.0)
+    collapsed[:, 0] = 30.0
+    assert usage_kl(collapsed).item() == pytest.approx(math.log(vocab), rel=1e-4)
+
+    x = map_pixels(torch.rand(1, 3, 8, 8))
+    stats = torch.randn(1, 6, 8, 8)
+    base = dvae_loss(x, stats, collapsed, kl_weight=0.0).loss
+    with_usage = dvae_loss(x, stats, collapsed, kl_weight=0.0, usage_weight=6.6).loss
+    # 4 latents of 16 pixels: (6.6 / 64 per pixel) * 16 pixels * log 4 nats each, per subpixel
+    expected = 6.6 * 16 / 64 * 4 * math.log(vocab) / (3 * 64)
+    assert (with_usage - base).item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_gaussian_likelihood_is_a_fixed_scale_normal_around_the_decoded_mean() -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from dalle.cli_support import (
     DEBUG_ENV,
     OneLineParser,
+    add_prompt_arguments,
     check_output_dir,
     check_output_file,
     debug_requested,
@@ -656,12 +657,8 @@ def _add_model_commands(commands) -> None:
 def _add_inference_commands(commands) -> None:
     """Using trained models: generation, scoring, metrics."""
     generate = commands.add_parser("generate", help="images from a caption")
-    generate.add_argument("prompt", nargs="*", help="caption(s)")
-    generate.add_argument("--prompts", type=Path, help="a file of prompts, one a line")
+    add_prompt_arguments(generate)
     generate.add_argument("--model", type=Path, required=True, help="a `dalle train` run folder")
-    generate.add_argument("--num", type=positive_int, default=8, help="images per prompt")
-    generate.add_argument("--out", type=Path, help="grid PNG")
-    generate.add_argument("--out-dir", type=Path, help="every image as NNNN.png + NNNN.txt")
     recommended = "default: the model's recommended value (its generation_config.json)"
     generate.add_argument("--temperature", type=positive_float, help=recommended)
     generate.add_argument("--top-k", type=non_negative_int, help=f"0 keeps all; {recommended}")
@@ -671,7 +668,6 @@ def _add_inference_commands(commands) -> None:
     )
     generate.add_argument("--seed", type=non_negative_int, default=0,
                           help="image i of each prompt is drawn with seed + i")  # fmt: skip
-    generate.add_argument("--batch-size", type=positive_int, default=16)
     generate.add_argument(
         "--rerank",
         help="a `dalle train-clip` folder, or 'self' (the transformer's own likelihood of the "
@@ -766,28 +762,25 @@ def _add_serve_command(commands) -> None:
 def _add_demo_command(commands) -> None:
     """The main job on built-in data."""
     demo = commands.add_parser("demo", help="the main job on built-in data")
-    demo.add_argument(
-        "--pipeline", choices=["dalle", "unclip"], default="dalle",
-        help="DALL-E (default) or DALL-E 2 (unCLIP: prior and decoder, reusing the DALL-E "
-        "demo's caption BPE and CLIP when outputs/demo has them)",
-    )  # fmt: skip
+    demo.add_argument("--pipeline", choices=["dalle", "unclip"], default="dalle",
+                      help="DALL-E (default) or DALL-E 2 (unCLIP: prior and decoder, "
+                      "reusing the DALL-E demo's caption BPE and CLIP when outputs/demo has "
+                      "them)")  # fmt: skip
     demo.add_argument(
         "--out", type=Path, help="default: outputs/demo (outputs/demo-unclip for unclip)"
     )
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument(
-        "--profile", choices=["cpu", "gpu"], default="cpu",
-        help="stage sizes: cpu (the default, about 17 minutes of training on 2 cores) or gpu "
-        "(larger models and batches for one GPU, configs/*-shapes-gpu.yaml; DALL-E only)",
-    )  # fmt: skip
+    demo.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
+                      help="stage sizes: cpu (the default, about 17 minutes of training on 2 "
+                      "cores) or gpu (larger models and batches for one GPU, "
+                      "configs/*-shapes-gpu.yaml; DALL-E only)")  # fmt: skip
     demo.add_argument(
         "--smoke", action="store_true", help="a few updates per stage: checks the pipeline only"
     )
-    demo.add_argument(
-        "--training-minutes", type=float, metavar="M",
-        help="scale every stage's time budget and planned updates so that training takes M "
-        "minutes in all (default: the tuned budget, about 17); for a fresh --out",
-    )  # fmt: skip
+    demo.add_argument("--training-minutes", type=float, metavar="M",
+                      help="scale every stage's time budget and planned updates so that "
+                      "training takes M minutes in all (default: the tuned budget, about "
+                      "17); for a fresh --out")  # fmt: skip
     demo.set_defaults(func=cmd_demo)
 
 

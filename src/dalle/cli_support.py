@@ -149,3 +149,13 @@ def report(command: str, err: BaseException, debug: bool) -> int:
 def first_line(err: BaseException) -> str:
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0]
+
+
+def add_prompt_arguments(parser: argparse.ArgumentParser) -> None:
+    """What every text-to-image command takes: captions, images per caption, outputs."""
+    parser.add_argument("prompt", nargs="*", help="caption(s)")
+    parser.add_argument("--prompts", type=Path, help="a file of prompts, one a line")
+    parser.add_argument("--num", type=positive_int, default=8, help="images per prompt")
+    parser.add_argument("--out", type=Path, help="grid PNG")
+    parser.add_argument("--out-dir", type=Path, help="every image as NNNN.png + NNNN.txt")
+    parser.add_argument("--batch-size", type=positive_int, default=16)

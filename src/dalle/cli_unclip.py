@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from dalle.cli_support import (
+    add_prompt_arguments,
     check_output_dir,
     check_output_file,
     finite_float,
@@ -124,17 +125,12 @@ def _decoder_args(parser: argparse.ArgumentParser) -> None:
 
 def add_unclip_commands(commands) -> None:
     unclip = commands.add_parser("unclip", help="DALL-E 2: images from a caption (prior + decoder)")
-    unclip.add_argument("prompt", nargs="*", help="caption(s)")
-    unclip.add_argument("--prompts", type=Path, help="a file of prompts, one a line")
+    add_prompt_arguments(unclip)
     unclip.add_argument("--prior", type=Path, required=True, help="a `dalle train-prior` folder")
-    unclip.add_argument("--num", type=positive_int, default=8, help="images per prompt")
     unclip.add_argument("--keep", type=positive_int, help="keep the best K by the CLIP")
     unclip.add_argument("--prior-guidance", type=finite_float, default=1.0,
                         help="the prior's guidance; the paper found it hurt (1: none)")  # fmt: skip
     unclip.add_argument("--prior-steps", type=positive_int, default=64, help="DDIM steps")
-    unclip.add_argument("--batch-size", type=positive_int, default=16)
-    unclip.add_argument("--out", type=Path, help="grid PNG")
-    unclip.add_argument("--out-dir", type=Path, help="every image as NNNN.png + NNNN.txt")
     _decoder_args(unclip)
     unclip.set_defaults(func=cmd_unclip)
 

@@ -82,6 +82,11 @@ class DataConfig:
             raise ValueError(f"holdout_fraction must be in (0, 1), not {self.holdout_fraction}")
 
 
+def training_data() -> Any:
+    """A train config's ``data`` field: the train subset, so the holdout stays unseen."""
+    return field(default_factory=lambda: DataConfig(subset="train"))
+
+
 # Shapes World holdout samples start here, far beyond any training run's indices.
 SHAPES_HOLDOUT_START = 1_000_000_000
 

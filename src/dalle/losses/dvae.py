@@ -71,6 +71,15 @@ def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     return (log_q.exp() * log_q).sum(dim=1) + math.log(vocab)
 
 
+def usage_kl(logits: torch.Tensor) -> torch.Tensor:
+    """KL(mean posterior || uniform) in nats: the code distribution of a whole batch (every
+    image and position of ``logits`` ``[B, V, h, w]``) against uniform. It is 0 when the
+    batch uses all codes equally, however confident each position is; log V when every
+    position takes one code."""
+    mean = F.softmax(logits.float(), dim=1).mean(dim=(0, 2, 3))  # [V]
+    return (mean * mean.clamp_min(1e-12).log()).sum() + math.log(logits.shape[1])
+
+
 def gumbel_softmax(
     logits: torch.Tensor, temperature: float, dim: int = 1, hard: bool = False
 ) -> torch.Tensor:
@@ -92,6 +101,7 @@ class DVAELoss:
     loss: torch.Tensor  # the scalar that is minimised
     nll: torch.Tensor  # mean negative log-likelihood per sub-pixel
     kl: torch.Tensor  # mean KL per latent position, nats
+    usage_kl: torch.Tensor  # KL of the batch's mean posterior to uniform, nats
 
 
 def dvae_loss(
@@ -102,6 +112,7 @@ def dvae_loss(
     likelihood: str = "logit_laplace",
     pixel_std: float = 0.07,
     min_scale: float = 0.0,
+    usage_weight: float = 0.0,
 ) -> DVAELoss:
     """The negative ELB, normalised by sub-pixel count as in the paper.
 
@@ -109,6 +120,9 @@ def dvae_loss(
     batch, with ``P`` image pixels per latent (64 at the paper's 8x downsampling).
     ``likelihood`` is the paper's ``"logit_laplace"``, or ``"gaussian"`` with a fixed
     ``pixel_std`` (on mapped pixels); ``min_scale`` floors the logit-Laplace's scale.
+    ``usage_weight`` adds, weighted per latent like the KL, the batch's :func:`usage_kl`
+    at every latent position: it keeps all codes in use while leaving each position free
+    to be confident (not in the paper).
     """
     batch, channels, height, width = x.shape
     if likelihood == "logit_laplace":
@@ -120,6 +134,7 @@ def dvae_loss(
     kl = kl_to_uniform(logits)  # [B, h, w]
     subpixels = channels * height * width
     pixels_per_latent = height * width / (logits.shape[-2] * logits.shape[-1])
-    per_latent = kl_weight * pixels_per_latent / PAPER_PIXELS_PER_LATENT
-    loss = (nll.sum() + per_latent * kl.sum()) / (batch * subpixels)
-    return DVAELoss(loss=loss, nll=nll.mean(), kl=kl.mean())
+    usage = usage_kl(logits)
+    rate = kl_weight * kl.sum() + usage_weight * usage * kl.numel()
+    loss = (nll.sum() + pixels_per_latent / PAPER_PIXELS_PER_LATENT * rate) / (batch * subpixels)
+    return DVAELoss(loss=loss, nll=nll.mean(), kl=kl.mean(), usage_kl=usage)

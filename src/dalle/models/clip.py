@@ -70,38 +70,24 @@ class CLIPConfig:
         return (self.image_size // self.patch_size) ** 2
 
 
+# fmt: off
 CLIP_PRESETS: dict[str, CLIPConfig] = {
     # OpenAI's ViT-B/32: 151,277,313 parameters with its 49,408-token vocabulary.
     "clip-vit-b32": CLIPConfig(),
     # Shapes World and emoji at 64x64: 8x8-pixel patches.
     "clip-small": CLIPConfig(
-        text_vocab_size=512,
-        text_len=24,
-        text_width=256,
-        text_layers=4,
-        text_heads=4,
-        image_size=64,
-        patch_size=8,
-        image_width=256,
-        image_layers=4,
-        image_heads=4,
+        text_vocab_size=512, text_len=24, text_width=256, text_layers=4, text_heads=4,
+        image_size=64, patch_size=8, image_width=256, image_layers=4, image_heads=4,
         embed_dim=256,
     ),
     # For tests.
     "clip-tiny": CLIPConfig(
-        text_vocab_size=64,
-        text_len=8,
-        text_width=32,
-        text_layers=2,
-        text_heads=2,
-        image_size=32,
-        patch_size=8,
-        image_width=32,
-        image_layers=2,
-        image_heads=2,
+        text_vocab_size=64, text_len=8, text_width=32, text_layers=2, text_heads=2,
+        image_size=32, patch_size=8, image_width=32, image_layers=2, image_heads=2,
         embed_dim=16,
     ),
 }
+# fmt: on
 
 
 def _encoder(width: int, layers: int, heads: int, mlp_ratio: int) -> nn.TransformerEncoder:
@@ -135,6 +121,14 @@ def transformer_block_starts(prefix: str, width: int, layers: int) -> dict[str, 
         starts[f"{block}.linear1.weight"] = init.normal(mlp)
         starts[f"{block}.linear2.weight"] = init.normal(residual)
     return starts
+
+
+def caption_tower_starts(width: int, layers: int) -> dict[str, init.Fill]:
+    """CLIP's starts for a caption tower (``token_embedding``, ``text_positions``,
+    ``text_blocks``): the embeddings N(0, 0.02), the positions N(0, 0.01), the blocks as
+    :func:`transformer_block_starts`. The DALL-E 2 decoder's caption encoder shares it."""
+    starts = {"token_embedding.weight": init.normal(0.02), "text_positions": init.normal(0.01)}
+    return starts | transformer_block_starts("text_blocks", width, layers)
 
 
 def _conv_stem(width: int, patch_size: int, out_width: int) -> nn.Sequential:
@@ -196,13 +190,9 @@ class ResNetTower(nn.Module):
         return self.projection(pooled[:, 0])
 
 
-class CLIP(PretrainedMixin, nn.Module):
-    config_class = CLIPConfig
-
+class CLIP(PretrainedMixin, nn.Module, config=CLIPConfig):
     def __init__(self, config: CLIPConfig) -> None:
-        super().__init__()
-        self.config = c = config
-        self.init_seed = init.draw_seed()  # first, even on meta (see dalle.models.init)
+        super().__init__(c := config)  # sets config and init_seed (see PretrainedMixin)
         self.token_embedding = nn.Embedding(c.text_vocab_size, c.text_width)
         self.text_positions = nn.Parameter(torch.empty(c.text_len, c.text_width))
         self.text_blocks = _encoder(c.text_width, c.text_layers, c.text_heads, c.mlp_ratio)
@@ -229,13 +219,11 @@ class CLIP(PretrainedMixin, nn.Module):
         if self.logit_scale.is_meta:
             return
         c = self.config
-        starts = {"token_embedding.weight": init.normal(0.02),
-                  "text_positions": init.normal(0.01),
-                  "text_projection.weight": init.normal(c.text_width**-0.5),
-                  "logit_scale": init.constant(c.logit_scale_init),
-                  "class_token": init.normal(c.image_width**-0.5),
-                  "image_positions": init.normal(c.image_width**-0.5)}  # fmt: skip
-        starts |= transformer_block_starts("text_blocks", c.text_width, c.text_layers)
+        starts = caption_tower_starts(c.text_width, c.text_layers)
+        starts |= {"text_projection.weight": init.normal(c.text_width**-0.5),
+                   "logit_scale": init.constant(c.logit_scale_init),
+                   "class_token": init.normal(c.image_width**-0.5),
+                   "image_positions": init.normal(c.image_width**-0.5)}  # fmt: skip
         if c.image_encoder == "resnet":
             width = self.image_resnet.positions.shape[1]
             starts["image_resnet.positions"] = init.normal(width**-0.5)

@@ -98,31 +98,22 @@ class DALLEConfig:
         return self.text_len + self.image_tokens
 
 
+# fmt: off
 DALLE_PRESETS: dict[str, DALLEConfig] = {
     # The paper: 64 layers, 62 heads of 64, width 3968, 256 text + 1024 image tokens.
     "dalle-12b": DALLEConfig(),
     # The speed benchmark's reference shape (issue 4): 16x16 tokens of 512.
     "dalle-bench": DALLEConfig(
-        text_vocab_size=512,
-        text_len=32,
-        image_vocab_size=512,
-        image_grid=16,
-        width=256,
-        layers=6,
-        heads=8,
+        text_vocab_size=512, text_len=32, image_vocab_size=512, image_grid=16,
+        width=256, layers=6, heads=8,
     ),
     # For tests.
     "dalle-tiny": DALLEConfig(
-        text_vocab_size=64,
-        text_len=8,
-        image_vocab_size=32,
-        image_grid=4,
-        width=32,
-        layers=4,
-        heads=2,
-        conv_kernel=3,
+        text_vocab_size=64, text_len=8, image_vocab_size=32, image_grid=4,
+        width=32, layers=4, heads=2, conv_kernel=3,
     ),
 }
+# fmt: on
 
 
 @functools.cache
@@ -157,13 +148,8 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(config.width, config.width)
         self.dropout = config.dropout
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: AttentionMask,
-        cache: LayerCache | None = None,
-        start: int | torch.Tensor = 0,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask, cache: LayerCache | None = None,
+                start: int | torch.Tensor = 0) -> torch.Tensor:  # fmt: skip
         """``x``: ``[B, n, C]`` at positions ``start .. start + n``.
 
         ``mask``: bool ``[n, start + n]``, True where attending is allowed (or its block
@@ -215,28 +201,15 @@ class Block(nn.Module):
         )
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: AttentionMask,
-        cache: LayerCache | None = None,
-        start: int | torch.Tensor = 0,
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: AttentionMask, cache: LayerCache | None = None,
+                start: int | torch.Tensor = 0) -> torch.Tensor:  # fmt: skip
         x = x + self.dropout(self.attention(self.norm_attention(x), mask, cache, start))
         return x + self.dropout(self.mlp(self.norm_mlp(x)))
 
 
-class DALLETransformer(PretrainedMixin, nn.Module):
-    config_class = DALLEConfig
-
+class DALLETransformer(PretrainedMixin, nn.Module, config=DALLEConfig):
     def __init__(self, config: DALLEConfig) -> None:
-        super().__init__()
-        self.config = config
-        # Drawn first, and even on the meta device (where building layers draws no random
-        # numbers), so that weights initialised after sharding are the ones a single-device
-        # build gets (see dalle.models.init).
-        self.init_seed = init.draw_seed()
-        c = config
+        super().__init__(c := config)  # sets config and init_seed (see PretrainedMixin)
         # Text vocabulary plus one pad token per caption position.
         self.text_embedding = nn.Embedding(c.text_vocab_size + c.text_len, c.width)
         self.text_position = nn.Embedding(c.text_len + 1, c.width)  # start token + caption

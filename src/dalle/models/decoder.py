@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dalle.models import init
-from dalle.models.clip import _encoder, transformer_block_starts
+from dalle.models.clip import _encoder, caption_tower_starts
 from dalle.models.pretrained import PretrainedMixin
 from dalle.tokenizers.text import PAD_ID
 
@@ -81,13 +81,9 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
 }  # fmt: skip
 
 
-class ImageDecoder(PretrainedMixin, nn.Module):
-    config_class = DecoderConfig
-
+class ImageDecoder(PretrainedMixin, nn.Module, config=DecoderConfig):
     def __init__(self, config: DecoderConfig) -> None:
-        super().__init__()
-        self.config = c = config
-        self.init_seed = init.draw_seed()  # first, even on meta (see dalle.models.init)
+        super().__init__(c := config)  # sets config and init_seed (see PretrainedMixin)
         self.token_embedding = nn.Embedding(c.text_vocab_size, c.context_width)
         self.text_positions = nn.Parameter(torch.empty(c.text_len, c.context_width))
         self.text_blocks = _encoder(c.context_width, c.text_layers, c.text_heads, 4)
@@ -115,12 +111,10 @@ class ImageDecoder(PretrainedMixin, nn.Module):
         if self.null_image_embed.is_meta:
             return
         c = self.config
-        starts = {"token_embedding.weight": init.normal(0.02),
-                  "text_positions": init.normal(0.01),
-                  "null_image_embed": init.normal(c.embed_dim**-0.5),
-                  "unet.conv_out.weight": init.constant(0.0),
-                  "unet.conv_out.bias": init.constant(0.0)}  # fmt: skip
-        starts |= transformer_block_starts("text_blocks", c.context_width, c.text_layers)
+        starts = caption_tower_starts(c.context_width, c.text_layers)
+        starts |= {"null_image_embed": init.normal(c.embed_dim**-0.5),
+                   "unet.conv_out.weight": init.constant(0.0),
+                   "unet.conv_out.bias": init.constant(0.0)}  # fmt: skip
 
         init.initialise_(self, self.init_seed, init.named_starts(starts))
 

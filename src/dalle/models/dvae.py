@@ -159,15 +159,11 @@ def unmap_pixels(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     return ((x - eps) / (1 - 2 * eps)).clamp(0, 1)
 
 
-class DiscreteVAE(TokenGridMixin, PretrainedMixin, nn.Module):
+class DiscreteVAE(TokenGridMixin, PretrainedMixin, nn.Module, config=DVAEConfig):
     """Encoder + decoder; images in, tokens out, and back."""
 
-    config_class = DVAEConfig
-
     def __init__(self, config: DVAEConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.init_seed = init.draw_seed()  # first, even on meta (see dalle.models.init)
+        super().__init__(config)  # sets config and init_seed (see PretrainedMixin)
         self.encoder = DVAEEncoder(config)
         self.decoder = DVAEDecoder(config)
         self.output_bias: torch.Tensor | None = None  # [2C], see init_output_bias

@@ -178,15 +178,11 @@ class FSQDecoder(nn.Module):
         return self.layers(codes)
 
 
-class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module):
+class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module, config=FSQConfig):
     """Images in, a grid of tokens out, and back: the image-tokenizer interface."""
 
-    config_class = FSQConfig
-
     def __init__(self, config: FSQConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.init_seed = init.draw_seed()  # first, even on meta (see dalle.models.init)
+        super().__init__(config)  # sets config and init_seed (see PretrainedMixin)
         self.encoder = FSQEncoder(config)
         self.decoder = FSQDecoder(config)
         self.register_buffer("levels", torch.tensor(config.levels), persistent=False)

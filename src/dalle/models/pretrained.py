@@ -17,6 +17,7 @@ from safetensors.torch import load_model, save_model
 
 from dalle import __version__
 from dalle.config import ConfigError, load_config
+from dalle.models import init
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -42,8 +43,21 @@ def config_from_dict(config_class: type, data: dict[str, Any], origin: str = "co
 class PretrainedMixin:
     """``save_pretrained`` / ``from_pretrained`` for an ``nn.Module`` with a ``config``."""
 
-    config_class: ClassVar[type]
+    config_class: ClassVar[type]  # the model's config dataclass: ``class M(..., config=C)``
     config: Any
+
+    def __init_subclass__(cls, config: type | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if config is not None:
+            cls.config_class = config
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()  # nn.Module's: the model's next base
+        self.config = config
+        # Drawn first, and even on the meta device (where building layers draws no random
+        # numbers), so that weights initialised after sharding are the ones a single-device
+        # build gets (see dalle.models.init).
+        self.init_seed = init.draw_seed()
 
     def save_pretrained(self, directory: str | Path) -> Path:
         directory = Path(directory)

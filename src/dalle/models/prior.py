@@ -62,13 +62,9 @@ PRIOR_PRESETS: dict[str, PriorConfig] = {
 }
 
 
-class DiffusionPrior(PretrainedMixin, nn.Module):
-    config_class = PriorConfig
-
+class DiffusionPrior(PretrainedMixin, nn.Module, config=PriorConfig):
     def __init__(self, config: PriorConfig) -> None:
-        super().__init__()
-        self.config = c = config
-        self.init_seed = init.draw_seed()  # first, even on meta (see dalle.models.init)
+        super().__init__(c := config)  # sets config and init_seed (see PretrainedMixin)
         self.token_embedding = nn.Embedding(c.text_vocab_size, c.width)
         self.positions = nn.Parameter(torch.empty(c.sequence_length, c.width))
         self.text_embed_in = nn.Linear(c.embed_dim, c.width)

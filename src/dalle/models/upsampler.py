@@ -92,13 +92,9 @@ def gaussian_blur(images: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return x.reshape(b, c, h, w)
 
 
-class Upsampler(PretrainedMixin, nn.Module):
-    config_class = UpsamplerConfig
-
+class Upsampler(PretrainedMixin, nn.Module, config=UpsamplerConfig):
     def __init__(self, config: UpsamplerConfig) -> None:
-        super().__init__()
-        self.config = c = config
-        self.init_seed = init.draw_seed()  # first, even on meta (see dalle.models.init)
+        super().__init__(c := config)  # sets config and init_seed (see PretrainedMixin)
         from diffusers import UNet2DModel  # seconds to import: only when needed
 
         levels = len(c.channels)

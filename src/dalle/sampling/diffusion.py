@@ -122,15 +122,10 @@ def denoise(
 
 @torch.no_grad()
 def sample_image_embeddings(
-    prior: DiffusionPrior,
-    text: torch.Tensor,
-    text_embed: torch.Tensor,
-    steps: int = 64,
-    guidance_scale: float = 1.0,
-    candidates: int = 2,
-    generator: Generators = None,
+    prior: DiffusionPrior, text: torch.Tensor, text_embed: torch.Tensor, steps: int = 64,
+    guidance_scale: float = 1.0, candidates: int = 2, generator: Generators = None,
     on_step: Callable[[int], None] | None = None,
-) -> torch.Tensor:
+) -> torch.Tensor:  # fmt: skip
     """Unit-norm CLIP image embeddings ``[B, D]`` for captions ``text`` ``[B, L]`` with
     CLIP text embeddings ``text_embed`` ``[B, D]``.
 

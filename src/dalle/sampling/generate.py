@@ -158,17 +158,11 @@ class TextToImage:
         return replace(self.defaults, **{k: v for k, v in given.items() if v is not None})
 
     def iter_prompts(
-        self,
-        prompts: list[str],
-        num_images_per_prompt: int,
-        keep: int | None = None,
-        sampling: SamplingConfig | None = None,
-        generator: Generators = None,
-        prime_image: torch.Tensor | None = None,
-        prime_rows: int = 0,
-        batch_size: int = 16,
+        self, prompts: list[str], num_images_per_prompt: int, keep: int | None = None,
+        sampling: SamplingConfig | None = None, generator: Generators = None,
+        prime_image: torch.Tensor | None = None, prime_rows: int = 0, batch_size: int = 16,
         callback: Callable[[int], None] | None = None,
-    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor]]:
+    ) -> Iterator[tuple[str, torch.Tensor, torch.Tensor | None, torch.Tensor]]:  # fmt: skip
         """Yields ``(prompt, images, scores, first image)`` for each prompt as soon as
         its images are done, so a caller can write them before the next is drawn.
 

@@ -145,19 +145,12 @@ class UnCLIP:
 
     @torch.no_grad()
     def __call__(
-        self,
-        prompt: str | list[str],
-        num_images_per_prompt: int = 1,
-        keep: int | None = None,
-        *,
-        prior_guidance_scale: float = 1.0,
-        decoder_guidance_scale: float = 3.0,
-        prior_num_inference_steps: int = 64,
-        decoder_num_inference_steps: int = 50,
-        generator: Generators = None,
-        batch_size: int = 16,
+        self, prompt: str | list[str], num_images_per_prompt: int = 1, keep: int | None = None, *,
+        prior_guidance_scale: float = 1.0, decoder_guidance_scale: float = 3.0,
+        prior_num_inference_steps: int = 64, decoder_num_inference_steps: int = 50,
+        generator: Generators = None, batch_size: int = 16,
         on_step: Callable[[int], None] | None = None,
-    ) -> UnCLIPOutput:
+    ) -> UnCLIPOutput:  # fmt: skip
         """``num_images_per_prompt`` images per prompt; with ``keep``, the best ``keep`` by
         the CLIP's similarity with the prompt, best first. ``generator``: one, or a list
         with one per image, prompt by prompt (each image then depends on its own only).

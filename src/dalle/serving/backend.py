@@ -18,6 +18,8 @@ from dalle.sampling.generate import TextToImage
 from dalle.sampling.sampler import SamplingConfig
 from dalle.sampling.unclip import UnCLIP
 
+OnStep = Callable[[int], None]  # called with the step just finished
+
 
 class Backend(Protocol):
     """A loaded pipeline, owned by the server's one worker thread."""
@@ -36,13 +38,8 @@ class Backend(Protocol):
     @property
     def max_prompt_tokens(self) -> int: ...
 
-    def draw(
-        self,
-        prompts: list[str],
-        sampling: SamplingConfig,
-        generators: list[torch.Generator],
-        on_step: Callable[[int], None],
-    ) -> torch.Tensor:
+    def draw(self, prompts: list[str], sampling: SamplingConfig,
+             generators: list[torch.Generator], on_step: OnStep) -> torch.Tensor:  # fmt: skip
         """uint8 images ``[len(prompts), 3, H, W]``, image ``i`` drawn from ``generators[i]``
         only; ``on_step(j)`` after step ``j`` of the batch."""
         ...
@@ -54,10 +51,14 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-class _CaptionLimit:
-    """A pipeline's caption length, read from its tokenizer (``self.pipe.tokenizer``)."""
+class _PipelineBackend:
+    """What both backends read from their pipeline (``self.pipe``): caption limits, image
+    size, and the common part of ``describe``."""
 
     pipe: Any
+    model_dir: Path
+    name: str
+    defaults: SamplingConfig
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -66,9 +67,22 @@ class _CaptionLimit:
     def prompt_tokens(self, prompt: str) -> int:
         return self.pipe.tokenizer.token_count(prompt)
 
+    @property
+    def image_size(self) -> int:
+        return self.pipe.image_size
+
+    def describe(self) -> dict[str, Any]:
+        common = {"id": self.model_dir.name, "pipeline": self.name, "image_size": self.image_size,
+                  "max_prompt_tokens": self.max_prompt_tokens}  # fmt: skip
+        return common | self.details()
+
+    def details(self) -> dict[str, Any]:
+        """The backend's own entries of ``describe``."""
+        raise NotImplementedError
+
 
 @dataclass
-class DalleBackend(_CaptionLimit):
+class DalleBackend(_PipelineBackend):
     pipe: TextToImage
     model_dir: Path
     name: str = "dalle"
@@ -84,10 +98,6 @@ class DalleBackend(_CaptionLimit):
         return self.pipe.model.config.image_tokens
 
     @property
-    def image_size(self) -> int:
-        return self.pipe.image_size
-
-    @property
     def defaults(self) -> SamplingConfig:
         return self.pipe.defaults
 
@@ -95,13 +105,8 @@ class DalleBackend(_CaptionLimit):
     def can_score(self) -> bool:
         return self.pipe.scorer is not None
 
-    def draw(
-        self,
-        prompts: list[str],
-        sampling: SamplingConfig,
-        generators: list[torch.Generator],
-        on_step: Callable[[int], None],
-    ) -> torch.Tensor:
+    def draw(self, prompts: list[str], sampling: SamplingConfig,
+             generators: list[torch.Generator], on_step: OnStep) -> torch.Tensor:  # fmt: skip
         return self.pipe.generate(prompts, sampling, generators, batch_size=len(prompts),
                                   on_token=on_step)  # fmt: skip
 
@@ -110,21 +115,13 @@ class DalleBackend(_CaptionLimit):
             raise ValueError("this server has no CLIP to score with (start it with --clip)")
         return self.pipe.scorer(images, prompts)
 
-    def describe(self) -> dict[str, Any]:
-        config = self.pipe.model.config
-        return {
-            "id": self.model_dir.name,
-            "pipeline": self.name,
-            "image_size": self.image_size,
-            "image_tokens": config.image_tokens,
-            "max_prompt_tokens": self.max_prompt_tokens,
-            "rerank": self.can_score,
-            "defaults": asdict(self.defaults),
-        }
+    def details(self) -> dict[str, Any]:
+        return {"image_tokens": self.pipe.model.config.image_tokens,
+                "rerank": self.can_score, "defaults": asdict(self.defaults)}  # fmt: skip
 
 
 @dataclass
-class UnCLIPBackend(_CaptionLimit):
+class UnCLIPBackend(_PipelineBackend):
     """DALL-E 2: the prior, then the decoder; ``guidance_scale`` is the decoder's (the
     prior is not guided, as the paper found guiding it hurt). Progress counts the prior's
     and the decoder's DDIM steps."""
@@ -148,20 +145,11 @@ class UnCLIPBackend(_CaptionLimit):
         return self.prior_steps + self.decoder_steps
 
     @property
-    def image_size(self) -> int:
-        return self.pipe.image_size
-
-    @property
     def defaults(self) -> SamplingConfig:
         return SamplingConfig(guidance_scale=3.0)
 
-    def draw(
-        self,
-        prompts: list[str],
-        sampling: SamplingConfig,
-        generators: list[torch.Generator],
-        on_step: Callable[[int], None],
-    ) -> torch.Tensor:
+    def draw(self, prompts: list[str], sampling: SamplingConfig,
+             generators: list[torch.Generator], on_step: OnStep) -> torch.Tensor:  # fmt: skip
         out = self.pipe(prompts, 1, decoder_guidance_scale=sampling.guidance_scale,
                         prior_num_inference_steps=self.prior_steps,
                         decoder_num_inference_steps=self.decoder_steps, generator=generators,
@@ -173,13 +161,6 @@ class UnCLIPBackend(_CaptionLimit):
         _, text_embed = self.pipe.encode_text(prompts)
         return (self.pipe.encode_image(images) * text_embed).sum(-1).cpu()
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.model_dir.name,
-            "pipeline": self.name,
-            "image_size": self.image_size,
-            "steps_per_image": self.steps_per_image,
-            "max_prompt_tokens": self.max_prompt_tokens,
-            "rerank": True,
-            "defaults": {"guidance_scale": self.defaults.guidance_scale},
-        }
+    def details(self) -> dict[str, Any]:
+        return {"steps_per_image": self.steps_per_image, "rerank": True,
+                "defaults": {"guidance_scale": self.defaults.guidance_scale}}  # fmt: skip

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dalle.config import save_config
-from dalle.data.datasets import DataConfig, SkipLog, iter_captions
+from dalle.data.datasets import DataConfig, SkipLog, iter_captions, training_data
 from dalle.tokenizers.text import TextTokenizer, TokenizerConfig, length_statistics
 
 
@@ -18,7 +18,7 @@ from dalle.tokenizers.text import TextTokenizer, TokenizerConfig, length_statist
 class TokenizerTrainConfig:
     """Settings of `dalle tokenizer train`: by default the train subset's captions only."""
 
-    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
+    data: DataConfig = training_data()
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
 

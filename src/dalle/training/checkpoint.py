@@ -98,15 +98,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(
-    path: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loop: LoopState,
-    config: dict[str, Any],
-    rng: dict[str, Any] | None = None,
-    ema: torch.nn.Module | None = None,
+    path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loop: LoopState,
+    config: dict[str, Any], rng: dict[str, Any] | None = None, ema: torch.nn.Module | None = None,
     extra: dict[str, Any] | None = None,
-) -> Path:
+) -> Path:  # fmt: skip
     """Writes the checkpoint atomically (temporary file, fsync, rename).
 
     ``rng`` defaults to the generators' current state; pass the state captured at the
@@ -194,14 +189,10 @@ def read_sharded_meta(directory: str | Path) -> dict[str, Any]:
 
 
 def save_sharded_checkpoint(
-    directory: str | Path,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loop: LoopState,
-    config: dict[str, Any],
-    rng: dict[str, Any] | None = None,
+    directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+    loop: LoopState, config: dict[str, Any], rng: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
-) -> Path:
+) -> Path:  # fmt: skip
     """Every rank writes its shard of the weights and optimizer state with
     ``torch.distributed.checkpoint`` (a collective: all ranks call it), plus its own
     random state; rank 0 adds the loop position and run config.

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-from dalle.data.datasets import SHAPES_HOLDOUT_START, Batch, DataConfig, load_images
+from dalle.data.datasets import SHAPES_HOLDOUT_START, Batch, load_images
 from dalle.data.hard_negatives import hard_negatives
 from dalle.data.shapes_world import COLORS, SHAPES, render_scene, sample_scene
 from dalle.losses.clip import clip_loss
@@ -23,7 +23,7 @@ from dalle.models.clip import CLIP, CLIPConfig
 from dalle.models.image_tokenizer import load_image_tokenizer
 from dalle.tokenizers.text import TextTokenizer
 from dalle.training import distributed
-from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 
 
@@ -44,13 +44,12 @@ class HardNegativesConfig:
 
 
 @dataclass
-class CLIPTrainConfig:
+class CLIPTrainConfig(RunConfig):
     """Everything `dalle train-clip` needs. Vocabulary, caption length and image size are
     taken from the tokenizer and the data, whatever the preset says."""
 
     preset: str = "clip-small"
     model: CLIPConfig = field(default_factory=CLIPConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
     tokenizer: str = ""  # folder with tokenizer.json
     # An image tokenizer folder: train and evaluate on its reconstructions (encoded and
     # decoded) instead of the images, so the CLIP learns the look of what a transformer
@@ -58,12 +57,10 @@ class CLIPTrainConfig:
     image_tokenizer: str = ""
     bpe_dropout: float = 0.0
     hard_negatives: HardNegativesConfig = field(default_factory=HardNegativesConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
     # open_clip's ViT defaults: AdamW (0.9, 0.98), eps 1e-6, weight decay 0.2.
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=5e-4, final_lr=5e-6, warmup_steps=200,
-                                            betas=[0.9, 0.98], eps=1e-6, weight_decay=0.2)
-    )  # fmt: skip
+    optim: OptimConfig = optim_defaults(
+        lr=5e-4, final_lr=5e-6, warmup_steps=200, betas=[0.9, 0.98], eps=1e-6, weight_decay=0.2
+    )
     eval: CLIPEvalConfig = field(default_factory=CLIPEvalConfig)
 
 

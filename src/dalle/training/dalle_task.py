@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dalle.data.datasets import Batch, DataConfig, load_samples
+from dalle.data.datasets import Batch, load_samples
 from dalle.data.images import make_grid
 from dalle.data.token_shards import token_shard_meta
 from dalle.files import folder_hash
@@ -20,7 +20,7 @@ from dalle.models.image_tokenizer import ImageTokenizer, load_image_tokenizer
 from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
-from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 
 log = logging.getLogger(__name__)
@@ -34,23 +34,20 @@ class DALLEEvalConfig:
 
 
 @dataclass
-class DALLETrainConfig:
+class DALLETrainConfig(RunConfig):
     """Everything `dalle train` needs. Vocabulary sizes, caption length and token grid
     are taken from the caption tokenizer and the image tokenizer, whatever the preset says."""
 
     preset: str = "dalle-bench"
     model: DALLEConfig = field(default_factory=DALLEConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
     image_tokenizer: str = ""  # folder of a trained image tokenizer (dVAE, FSQ)
     tokenizer: str = ""  # folder with tokenizer.json
     bpe_dropout: float = 0.1  # the paper's
     caption_dropout: float = 0.1  # share of empty captions, for classifier-free guidance
-    loop: LoopConfig = field(default_factory=LoopConfig)
     # The paper: AdamW (0.9, 0.96), weight decay 4.5e-2 except gains, biases, embeddings.
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=4.5e-4, final_lr=1.4e-5, warmup_steps=500,
-                                            betas=[0.9, 0.96], weight_decay=4.5e-2, grad_clip=1.0)
-    )  # fmt: skip
+    optim: OptimConfig = optim_defaults(lr=4.5e-4, final_lr=1.4e-5, warmup_steps=500,
+                                        betas=[0.9, 0.96], weight_decay=4.5e-2,
+                                        grad_clip=1.0)  # fmt: skip
     eval: DALLEEvalConfig = field(default_factory=DALLEEvalConfig)
 
 

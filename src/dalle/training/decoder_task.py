@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle.data.datasets import Batch, DataConfig, load_images
+from dalle.data.datasets import Batch, load_images
 from dalle.data.images import make_grid, shrink
 from dalle.evaluation.shapes_judge import pass_rate
 from dalle.models.decoder import DecoderConfig, ImageDecoder
 from dalle.sampling.diffusion import noised, prediction_target, sample_images, to_model_range
-from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
-from dalle.training.prior_task import CLIP_DIR, load_frozen_clip
+from dalle.training.prior_task import CLIP_DIR, fit_to_clip, load_frozen_clip
 
 
 @dataclass
@@ -40,13 +40,12 @@ class DecoderEvalConfig:
 
 
 @dataclass
-class DecoderTrainConfig:
+class DecoderTrainConfig(RunConfig):
     """Everything `dalle train-decoder` needs. Caption length, vocabulary, embedding
     width and image size come from the CLIP, its tokenizer and the data."""
 
     preset: str = "decoder-small"
     model: DecoderConfig = field(default_factory=DecoderConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
     clip: str = ""  # folder of a trained CLIP (`dalle train-clip`), with its tokenizer/
     # The decoder's image side; 0: the data's. A smaller one trains on the data's images
     # shrunk (area averaging) while the CLIP embeds them at the data's size: a small,
@@ -54,11 +53,9 @@ class DecoderTrainConfig:
     image_size: int = 0
     image_dropout: float = 0.1  # the paper's: CLIP embedding replaced by the null one
     caption_dropout: float = 0.5  # the paper's
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=1.2e-4, final_lr=1.2e-6, warmup_steps=500,
-                                            weight_decay=0.0, grad_clip=1.0)
-    )  # fmt: skip
+    optim: OptimConfig = optim_defaults(
+        lr=1.2e-4, final_lr=1.2e-6, warmup_steps=500, weight_decay=0.0, grad_clip=1.0
+    )
     eval: DecoderEvalConfig = field(default_factory=DecoderEvalConfig)
 
 
@@ -66,10 +63,8 @@ class DecoderTask:
     def __init__(self, config: DecoderTrainConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         self.clip, self.tokenizer = load_frozen_clip(config.clip, device)
-        config.model = replace(config.model, text_vocab_size=self.tokenizer.vocab_size,
-                               text_len=self.tokenizer.max_length,
-                               embed_dim=self.clip.config.embed_dim,
-                               image_size=config.image_size or config.data.image_size)  # fmt: skip
+        size = config.image_size or config.data.image_size
+        config.model = fit_to_clip(config.model, self.clip, self.tokenizer, image_size=size)
         if config.data.image_size % config.model.image_size:
             raise ValueError(f"image_size {config.model.image_size} must divide the data's "
                              f"image size {config.data.image_size}")  # fmt: skip

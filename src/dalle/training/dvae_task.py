@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dalle.data.datasets import Batch, DataConfig
+from dalle.data.datasets import Batch
 from dalle.losses.dvae import dvae_loss, gumbel_softmax
 from dalle.models.dvae import DiscreteVAE, DVAEConfig
 from dalle.training.image_tokenizer_task import ImageTokenizerEvalConfig, ImageTokenizerTask
-from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 from dalle.training.schedules import cosine_anneal
 
@@ -39,6 +39,11 @@ class DVAEObjectiveConfig:
     # 6-9 times as often as none after 5 CPU minutes; 0.5 left the encoder uniform
     # (BENCHMARKS.md).
     min_scale: float = 0.0
+    # Not in the paper: weight of the KL of each batch's mean posterior to uniform, per
+    # latent like kl_weight (it follows the same warm-up). The paper's per-position KL
+    # keeps codes in use by keeping every posterior uncertain, which also limits what a
+    # token can say; this term asks only that the batch use every code.
+    usage_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.likelihood not in ("logit_laplace", "gaussian"):
@@ -47,22 +52,18 @@ class DVAEObjectiveConfig:
             )
         if self.pixel_std <= 0:
             raise ValueError("objective.pixel_std must be positive")
-        if self.min_scale < 0:
-            raise ValueError("objective.min_scale must not be negative")
+        if self.min_scale < 0 or self.usage_weight < 0:
+            raise ValueError("objective.min_scale and objective.usage_weight must not be negative")
 
 
 @dataclass
-class DVAETrainConfig:
+class DVAETrainConfig(RunConfig):
     """Everything `dalle train-vae` needs; `preset` chooses the model's starting shape."""
 
     preset: str = "dvae-small"
     model: DVAEConfig = field(default_factory=DVAEConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
     objective: DVAEObjectiveConfig = field(default_factory=DVAEObjectiveConfig)
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=1.2e-4, final_lr=1.25e-6, weight_decay=1e-4)
-    )
+    optim: OptimConfig = optim_defaults(lr=1.2e-4, final_lr=1.25e-6, weight_decay=1e-4)
     eval: ImageTokenizerEvalConfig = field(default_factory=ImageTokenizerEvalConfig)
     # Start the decoder at the median colour of the held-out images (their background):
     # keeps the codebook from collapsing early on mostly-background data. Not in the paper.
@@ -76,17 +77,18 @@ class DVAETask(ImageTokenizerTask):
     def __init__(self, config: DVAETrainConfig, device: torch.device) -> None:
         super().__init__(config, build_model(DiscreteVAE, config.model, device), device)
 
-    def schedules(self, position: float) -> tuple[float, float]:
+    def schedules(self, position: float) -> tuple[float, float, float]:
+        """The KL weight, the usage weight (both on the KL's warm-up) and the temperature."""
         o = self.config.objective
-        kl_weight = cosine_anneal(position, o.kl_warmup_steps, 0.0, o.kl_weight)
+        warm = cosine_anneal(position, o.kl_warmup_steps, 0.0, 1.0)
         temperature = cosine_anneal(
             position, o.temperature_steps, o.temperature_start, o.temperature_end
         )
-        return kl_weight, temperature
+        return warm * o.kl_weight, warm * o.usage_weight, temperature
 
     def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
         images = self.training_images(batch)
-        kl_weight, temperature = self.schedules(position)
+        kl_weight, usage_weight, temperature = self.schedules(position)
         o = self.config.objective
 
         def sample(logits: torch.Tensor) -> torch.Tensor:
@@ -97,11 +99,13 @@ class DVAETask(ImageTokenizerTask):
         # pixels, [B, V, h, w] logits, [B, 6, H, W] decoder stats.
         x, logits, stats = self.model(images, sample)
         out = dvae_loss(x, stats, logits, kl_weight, likelihood=o.likelihood,
-                        pixel_std=o.pixel_std, min_scale=o.min_scale)  # fmt: skip
+                        pixel_std=o.pixel_std, min_scale=o.min_scale,
+                        usage_weight=usage_weight)  # fmt: skip
         with torch.no_grad():
             relaxed = self.model.stats_to_images(stats)
             mse = ((relaxed - images.float() / 255) ** 2).mean()
         return out.loss, {
             "loss": out.loss.detach(), "nll": out.nll.detach(), "kl": out.kl.detach(),
+            "usage_kl": out.usage_kl.detach(),
             "kl_weight": kl_weight, "temperature": temperature, "relaxed_mse": mse,
         }  # fmt: skip

@@ -6,26 +6,23 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dalle.data.datasets import Batch, DataConfig
+from dalle.data.datasets import Batch
 from dalle.losses.reconstruction import reconstruction_loss
 from dalle.models.fsq import FSQConfig, FSQTokenizer
 from dalle.training.image_tokenizer_task import ImageTokenizerEvalConfig, ImageTokenizerTask
-from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 
 
 @dataclass
-class FSQTrainConfig:
+class FSQTrainConfig(RunConfig):
     """Everything `dalle train-image-tokenizer --preset fsq-...` needs."""
 
     preset: str = "fsq-64-8x8"
     model: FSQConfig = field(default_factory=FSQConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=2e-3, final_lr=2e-5, warmup_steps=100,
-                                            weight_decay=1e-4, grad_clip=1.0)
-    )  # fmt: skip
+    optim: OptimConfig = optim_defaults(
+        lr=2e-3, final_lr=2e-5, warmup_steps=100, weight_decay=1e-4, grad_clip=1.0
+    )
     eval: ImageTokenizerEvalConfig = field(default_factory=ImageTokenizerEvalConfig)
     init_from_data: bool = True  # start the decoder at the held-out images' median colour
     # Weight of the error in neighbouring-pixel differences beside the pixel error (0: off).

@@ -35,6 +35,7 @@ from dalle.data.datasets import (
     make_loader,
     open_source,
     rebatch,
+    training_data,
 )
 from dalle.interrupts import InterruptGuard
 from dalle.models.protocol import weight_decay_groups
@@ -70,6 +71,11 @@ class OptimConfig:
             raise ValueError("optim.lr must be positive and optim.final_lr not negative")
         if not 0 <= self.ema_decay < 1:
             raise ValueError(f"optim.ema_decay must be in [0, 1), not {self.ema_decay}")
+
+
+def optim_defaults(**values: Any) -> Any:
+    """A train config's ``optim`` field, with its stage's own defaults."""
+    return field(default_factory=lambda: OptimConfig(**values))
 
 
 @dataclass
@@ -113,6 +119,17 @@ class LoopConfig:
             )
         if self.schedule_clock == "time" and self.max_minutes <= 0:
             raise ValueError("loop.schedule_clock=time needs a time budget (loop.max_minutes)")
+
+
+@dataclass
+class RunConfig:
+    """What every trained stage's settings begin with: its preset, data and loop. Each
+    stage adds its model, its optimizer defaults (`optim_defaults`), its evaluation and
+    its own options."""
+
+    preset: str = ""
+    data: DataConfig = training_data()
+    loop: LoopConfig = field(default_factory=LoopConfig)
 
 
 # Scalars a task reports for one batch: tensors (read back from the device only when the

@@ -16,18 +16,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle.data.datasets import Batch, DataConfig, load_images
+from dalle.data.datasets import Batch, load_images
 from dalle.losses.diffusion import clean_sample_loss
 from dalle.models.clip import CLIP
 from dalle.models.prior import DiffusionPrior, PriorConfig
 from dalle.sampling.diffusion import noised, sample_image_embeddings
 from dalle.tokenizers.text import TextTokenizer
-from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 
 CLIP_DIR = "clip"  # where an exported prior keeps the CLIP it was trained on
@@ -40,23 +41,19 @@ class PriorEvalConfig:
 
 
 @dataclass
-class PriorTrainConfig:
+class PriorTrainConfig(RunConfig):
     """Everything `dalle train-prior` needs. The caption length, vocabulary and embedding
     width are taken from the CLIP and its tokenizer, whatever the preset says."""
 
     preset: str = "prior-small"
     model: PriorConfig = field(default_factory=PriorConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
     clip: str = ""  # folder of a trained CLIP (`dalle train-clip`), with its tokenizer/
     caption_dropout: float = 0.1  # the paper's
     statistics_samples: int = 2048  # training images whose embeddings set the standardisation
-    loop: LoopConfig = field(default_factory=LoopConfig)
     # The paper (Table 3): Adam beta2 0.96, eps 1e-6, weight decay 6e-2, lr 1.1e-4.
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=1.1e-4, final_lr=1.1e-6, warmup_steps=500,
-                                            betas=[0.9, 0.96], eps=1e-6, weight_decay=6e-2,
-                                            grad_clip=1.0)
-    )  # fmt: skip
+    optim: OptimConfig = optim_defaults(lr=1.1e-4, final_lr=1.1e-6, warmup_steps=500,
+                                        betas=[0.9, 0.96], eps=1e-6, weight_decay=6e-2,
+                                        grad_clip=1.0)  # fmt: skip
     eval: PriorEvalConfig = field(default_factory=PriorEvalConfig)
 
 
@@ -65,13 +62,18 @@ def load_frozen_clip(directory: str | Path, device: torch.device) -> tuple[CLIP,
     return clip, TextTokenizer.load(Path(directory) / "tokenizer")
 
 
+def fit_to_clip(model: Any, clip: CLIP, tokenizer: TextTokenizer, **more: Any) -> Any:
+    """A DALL-E 2 stage's model config with its CLIP's caption vocabulary and length and
+    embedding width (and ``more`` on top)."""
+    return replace(model, text_vocab_size=tokenizer.vocab_size, text_len=tokenizer.max_length,
+                   embed_dim=clip.config.embed_dim, **more)  # fmt: skip
+
+
 class PriorTask:
     def __init__(self, config: PriorTrainConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         self.clip, self.tokenizer = load_frozen_clip(config.clip, device)
-        config.model = replace(config.model, text_vocab_size=self.tokenizer.vocab_size,
-                               text_len=self.tokenizer.max_length,
-                               embed_dim=self.clip.config.embed_dim)  # fmt: skip
+        config.model = fit_to_clip(config.model, self.clip, self.tokenizer)
         self.model = build_model(DiffusionPrior, config.model, device)
         self.mean, self.std = self.embedding_statistics()
         holdout = replace(config.data, subset="holdout")

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dalle.data.datasets import Batch, DataConfig, load_images
+from dalle.data.datasets import Batch, load_images
 from dalle.data.images import make_grid, shrink
 from dalle.evaluation.reconstruction import reconstruction_metrics
 from dalle.evaluation.shapes_judge import pass_rate
 from dalle.models.upsampler import Upsampler, UpsamplerConfig, gaussian_blur
 from dalle.sampling.diffusion import noised, prediction_target, to_model_range, upsample_images
-from dalle.training.loop import LoopConfig, Metrics, OptimConfig
+from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 
 
@@ -34,17 +34,13 @@ class UpsamplerEvalConfig:
 
 
 @dataclass
-class UpsamplerTrainConfig:
+class UpsamplerTrainConfig(RunConfig):
     """Everything `dalle train-upsampler` needs. The output size is the data's image size."""
 
     preset: str = "upsampler-small"
     model: UpsamplerConfig = field(default_factory=UpsamplerConfig)
-    data: DataConfig = field(default_factory=lambda: DataConfig(subset="train"))
-    loop: LoopConfig = field(default_factory=LoopConfig)
-    optim: OptimConfig = field(
-        default_factory=lambda: OptimConfig(lr=1e-4, final_lr=1e-6, warmup_steps=500,
-                                            weight_decay=0.0, grad_clip=1.0)
-    )  # fmt: skip
+    optim: OptimConfig = optim_defaults(lr=1e-4, final_lr=1e-6, warmup_steps=500,
+                                        weight_decay=0.0, grad_clip=1.0)  # fmt: skip
     eval: UpsamplerEvalConfig = field(default_factory=UpsamplerEvalConfig)
 
 
