@@ -31,7 +31,8 @@ VARIANTS = {
 def images_per_second(model: ImageDecoder, bf16: bool, batch: int = 32, steps: int = 3) -> float:
     c = model.config
     optimizer = torch.optim.AdamW(model.parameters(), 1e-4)
-    x, t = torch.randn(batch, 3, c.image_size, c.image_size), torch.randint(0, 1000, (batch,))
+    x = torch.randn(batch, c.image_channels, c.image_size, c.image_size)
+    t = torch.randint(0, 1000, (batch,))
     text, embed = (
         torch.randint(2, c.text_vocab_size, (batch, c.text_len)),
         torch.randn(batch, c.embed_dim),

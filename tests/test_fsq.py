@@ -15,6 +15,7 @@ from dalle.losses.reconstruction import gradient_difference, reconstruction_loss
 from dalle.models.fsq import (
     FSQ_LEVELS,
     FSQ_PRESETS,
+    FSQConfig,
     FSQTokenizer,
     bound,
     codes_to_indices,
@@ -57,6 +58,29 @@ def test_rounding_passes_the_gradient_straight_through() -> None:
     expected_z = z.detach().clone().requires_grad_(True)
     (bound(expected_z, levels) / (levels // 2)).sum().backward()
     assert torch.allclose(z.grad, expected_z.grad) and (z.grad > 0).all()
+
+
+@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [7, 5, 5, 5, 5]])
+def test_codes_are_the_tokens_continuous_face(levels: list[int]) -> None:
+    """What a latent decoder draws: ``codes`` of an image decode to the image its tokens
+    decode to, and any values snap to the nearest level, the ends included (an even
+    level count is not symmetric: 8 levels run from -4/4 to 3/4)."""
+    torch.manual_seed(0)
+    model = FSQTokenizer(FSQConfig(levels=levels, downsample=2, hidden_width=8)).eval()
+    images = (torch.rand(2, 3, 8, 8) * 255).to(torch.uint8)
+    codes, tokens = model.codes(images), model.encode(images)
+    assert codes.shape == (2, len(levels), 4, 4)
+    assert torch.equal(model.decode_codes(codes), model.decode(tokens))
+    half = torch.tensor(levels) // 2
+    step = 0.4 / half.view(1, -1, 1, 1)  # less than half a level either way
+    assert torch.equal(model.decode_codes(codes + step * (2 * torch.rand_like(codes) - 1)),
+                       model.decode(tokens))  # fmt: skip
+    top = torch.tensor([float(lv - 1 - h) / h for lv, h in zip(levels, half.tolist(), strict=True)])
+    far = torch.full_like(codes, 5.0)
+    top_tokens = codes_to_indices(top.expand(2, 4, 4, -1), torch.tensor(levels))
+    assert torch.equal(model.decode_codes(far), model.decode(top_tokens))
+    bottom_tokens = codes_to_indices(-torch.ones(2, 4, 4, len(levels)), torch.tensor(levels))
+    assert torch.equal(model.decode_codes(-far), model.decode(bottom_tokens))
 
 
 def test_presets_give_their_grids_and_vocabularies() -> None:

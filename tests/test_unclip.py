@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from PIL import Image
 
 from dalle.cli import main
 from dalle.models.decoder import DECODER_PRESETS, DecoderConfig, ImageDecoder
+from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
 from dalle.sampling.diffusion import sample_images
 from dalle.sampling.unclip import UnCLIP, slerp
 from dalle.training.decoder_task import DecoderTask
@@ -212,3 +214,45 @@ def test_a_decoder_smaller_than_the_data_trains_on_shrunk_images(trained) -> Non
     bad = DECODER.build_config(CONFIGS / "decoder-tiny-cpu.yaml", [*overrides[:1], "image_size=12"])
     with pytest.raises(ValueError, match="must divide"):
         DecoderTask(bad, torch.device("cpu"))
+
+
+def test_a_latent_decoder_draws_the_image_tokenizer_s_codes(trained, tmp_path) -> None:
+    """Given an FSQ tokenizer, the decoder diffuses its code grid (16x16 of 2 channels for
+    32-pixel images), exports the tokenizer beside the CLIP (also through
+    export-checkpoint), and the pipeline turns what it draws into pixels at the data's
+    size; a dVAE, whose codes are one-hot, is refused."""
+    tokenizer_dir = trained["root"] / "dalle" / "image_tokenizer"
+    decoder = tmp_path / "latent"
+    assert main(["train-decoder", "--config", str(CONFIGS / "decoder-tiny-cpu.yaml"),
+                 "--clip", str(trained["clip"]), "--out", str(decoder),
+                 f"image_tokenizer={tokenizer_dir}", "loop.steps=4", "loop.eval_every=4",
+                 "eval.grid=2"]) == 0  # fmt: skip
+    model = ImageDecoder.from_pretrained(decoder)
+    assert (model.config.image_size, model.config.image_channels) == (16, 2)
+    assert (decoder / "image_tokenizer" / "model.safetensors").exists()
+    assert '"decoded_judge_pass"' in (decoder / "metrics.jsonl").read_text()
+    exported = tmp_path / "exported"
+    assert main(["export-checkpoint", str(decoder), "--out", str(exported)]) == 0
+    assert (exported / "image_tokenizer" / "model.safetensors").exists()
+
+    pipe = UnCLIP.from_pretrained(decoder, trained["prior"])
+    assert pipe.image_size == 32 and pipe.image_tokenizer is not None
+    out = pipe(["a red circle"], 2, prior_num_inference_steps=2, decoder_num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert out.images.shape == (1, 2, 3, 32, 32) and out.images.dtype == torch.uint8
+    first = out.images[0, 0]
+    assert pipe.variations(first, num_images=2, steps=2).shape == (2, 3, 32, 32)
+    assert pipe.interpolate(first, out.images[0, 1], num_images=3, steps=2).shape == (3, 3, 32, 32)
+
+    config = DECODER.build_config(CONFIGS / "decoder-tiny-cpu.yaml",
+                                  [f"clip={trained['clip']}", f"image_tokenizer={tokenizer_dir}",
+                                   "eval.samples=4"])  # fmt: skip
+    task = DecoderTask(config, torch.device("cpu"))
+    images, codec = task.eval_images[:2], task.image_tokenizer
+    expected = codec.decode(codec.encode(images))
+    assert torch.equal(codec.decode_codes(task.diffused(images)), expected)
+
+    dvae = tmp_path / "dvae"
+    DiscreteVAE(DVAE_PRESETS["dvae-tiny"]).save_pretrained(dvae)
+    with pytest.raises(ValueError, match="needs an FSQ"):
+        DecoderTask(replace(config, image_tokenizer=str(dvae)), torch.device("cpu"))

@@ -2,10 +2,14 @@
 
 Stages, each reused when a previous run finished it:
 
-1. the caption BPE and the CLIP: the DALL-E demo's (``outputs/demo/tokenizer`` and
-   ``clip``) when they exist, else trained here with the DALL-E demo's settings;
+1. the caption BPE, the FSQ image tokenizer and the CLIP: the DALL-E demo's
+   (``outputs/demo/tokenizer``, ``image_tokenizer`` and ``clip``) when they exist, else
+   trained here with the DALL-E demo's settings;
 2. the diffusion prior (caption -> CLIP image embedding) on the frozen CLIP;
-3. the decoder (CLIP image embedding and caption -> 64x64 image) on the frozen CLIP;
+3. the decoder (CLIP image embedding and caption -> 64x64 image) on the frozen CLIP: by
+   default a latent one, drawing the image tokenizer's 8x8 code grid, which the
+   tokenizer's decoder turns into pixels (``latent_decoder=False``: the paper's pixel
+   decoder, which on this CPU draws blobs; BENCHMARKS.md);
 4. for seen-combination and zero-shot prompts (the DALL-E demo's, so the two systems are
    judged on the same prompts), several images per prompt of which the CLIP keeps the
    best, written as ``NNNN.png`` + ``NNNN.txt`` under ``seen/`` and ``zeroshot/``, with
@@ -51,7 +55,9 @@ class UnCLIPDemoConfig:
     base: DemoConfig  # seed, image size, prompts, the BPE's and the CLIP's settings
     reuse: Path | None = Path("outputs/demo")  # a DALL-E demo folder to take BPE and CLIP from
     prior_config: Path = CONFIG_DIR / "prior-shapes-demo.yaml"
-    decoder_config: Path = CONFIG_DIR / "decoder-shapes-demo.yaml"
+    # The decoder draws the image tokenizer's codes (latent) or pixels.
+    latent_decoder: bool = True
+    decoder_config: Path | None = None  # None: the demo's config for the decoder's kind
     candidates: int = 4  # images drawn per prompt; the CLIP keeps the best
     prior_steps: int = 32  # DDIM steps
     decoder_steps: int = 25
@@ -62,13 +68,17 @@ class UnCLIPDemoConfig:
 SMOKE_PRIOR = dict(width=32, layers=1, heads=2)
 SMOKE_DECODER = dict(channels=[8, 16], attention=[False, True], head_dim=8, norm_groups=4,
                      context_width=16, text_heads=2, text_layers=1)  # fmt: skip
+DECODER_CONFIGS = {True: CONFIG_DIR / "decoder-latent-shapes-demo.yaml",
+                   False: CONFIG_DIR / "decoder-shapes-demo.yaml"}  # fmt: skip
 
 
 def _shared_stages(c: UnCLIPDemoConfig, out: Path) -> dict[str, float]:
-    """The caption BPE and the CLIP: copied from the DALL-E demo when it has finished
-    them, else trained here."""
+    """The caption BPE, the image tokenizer (for a latent decoder) and the CLIP: copied
+    from the DALL-E demo when it has finished them, else trained here."""
     seconds: dict[str, float] = {}
     finished = {"tokenizer": "tokenizer.json", "clip": ".complete"}
+    if c.latent_decoder:
+        finished["image_tokenizer"] = ".complete"
     for name, proof in finished.items():
         source = None if c.reuse is None else c.reuse / name
         if source is not None and (source / proof).exists() and not (out / name).exists():
@@ -80,14 +90,23 @@ def _shared_stages(c: UnCLIPDemoConfig, out: Path) -> dict[str, float]:
                               max_captions=b.tokenizer_captions)  # fmt: skip
         data = DataConfig(source="shapes", seed=b.seed, subset="train")
         train_caption_tokenizer(TokenizerTrainConfig(data, bpe), out / "tokenizer")
-    stage, clip = stage_configs(c.base, out)["clip"]
+    stages = stage_configs(c.base, out)
+    if c.latent_decoder:
+        stage, settings = stages["image_tokenizer"]
+        folder = out / "image_tokenizer"
+        seconds["image_tokenizer"] = _train_stage("image tokenizer", folder, stage, settings,
+                                                  c.base.training_scale)  # fmt: skip
+    stage, clip = stages["clip"]
     seconds["clip"] = _train_stage("CLIP", out / "clip", stage, clip, c.base.training_scale)
     return seconds
 
 
 def _diffusion_configs(c: UnCLIPDemoConfig, out: Path) -> dict[str, tuple[Any, Any]]:
     prior = replace(PRIOR.build_config(c.prior_config, []), clip=str(out / "clip"))
-    decoder = replace(DECODER.build_config(c.decoder_config, []), clip=str(out / "clip"))
+    path = c.decoder_config or DECODER_CONFIGS[c.latent_decoder]
+    decoder = replace(DECODER.build_config(path, []), clip=str(out / "clip"))
+    if c.latent_decoder:
+        decoder = replace(decoder, image_tokenizer=str(out / "image_tokenizer"))
     if c.base.smoke:
         prior = _smoke(prior, SMOKE_PRIOR)
         decoder = _smoke(decoder, SMOKE_DECODER)

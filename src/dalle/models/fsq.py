@@ -230,9 +230,26 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module, config=FSQConfig)
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, h, w]`` -> uint8 images ``[B, 3, H, W]``."""
-        codes = indices_to_codes(tokens, self.levels).movedim(-1, 1)
+        return self.decode_codes(indices_to_codes(tokens, self.levels).movedim(-1, 1))
+
+    # Codes, the continuous face of the tokens: what a latent diffusion decoder draws.
+
+    @torch.no_grad()
+    def codes(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images ``[B, 3, H, W]`` -> their codes ``[B, d, h, w]``, each channel one
+        of its ``levels`` values in [-1, 1]."""
+        return self.quantized(images)
+
+    @torch.no_grad()
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, d, h, w]`` (any values: each channel is snapped to its nearest
+        level) -> uint8 images ``[B, 3, H, W]``."""
+        levels = self.levels.view(1, -1, 1, 1).to(codes.device)
+        half = levels // 2  # digits run from -half to levels - 1 - half
+        digits = torch.minimum((codes.float() * half).round().clamp_min(-half), levels - 1 - half)
+        snapped = digits / half
         dtype = next(self.decoder.parameters()).dtype
-        pixels = torch.sigmoid(self.decoder(codes.to(dtype)).float())
+        pixels = torch.sigmoid(self.decoder(snapped.to(dtype)).float())
         return (pixels * 255).round().to(torch.uint8)
 
     @torch.no_grad()

@@ -60,3 +60,13 @@ def load_image_tokenizer(directory: str | Path, device: str | torch.device = "cp
         )
     model = IMAGE_TOKENIZERS[kind].from_pretrained(directory, device=device)
     return model.requires_grad_(False)
+
+
+def load_latent_tokenizer(directory: str | Path, device: str | torch.device) -> FSQTokenizer:
+    """The image tokenizer in ``directory`` as a latent decoder's: one whose codes are
+    continuous (FSQ's, in [-1, 1]), which a diffusion model can draw; a dVAE's are one-hot."""
+    model = load_image_tokenizer(directory, device)
+    if not isinstance(model, FSQTokenizer):
+        raise ValueError(f"{directory} holds a {type(model).__name__}: a latent decoder needs an "
+                         "FSQ image tokenizer, whose codes are continuous")  # fmt: skip
+    return model

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle.models.decoder import ImageDecoder
+from dalle.models.fsq import FSQTokenizer
 from dalle.models.prior import DiffusionPrior
 from dalle.models.upsampler import Upsampler
 from dalle.sampling.sampler import Generators
@@ -170,11 +171,13 @@ def sample_images(
     eta: float = 0.0,
     noise: torch.Tensor | None = None,
     on_step: Callable[[int], None] | None = None,
+    image_tokenizer: FSQTokenizer | None = None,
 ) -> torch.Tensor:
     """uint8 images ``[B, 3, S, S]`` decoded from unit-norm CLIP image embeddings ``[B, D]``
     and captions ``[B, L]``. Guidance mixes the prediction with both conditions and the
     one with neither; ``eta`` > 0 samples stochastically (variations); ``noise`` fixes
-    the starting point (interpolation)."""
+    the starting point (interpolation). A latent decoder draws codes, which its
+    ``image_tokenizer`` turns into pixels."""
     rows, size = len(text), decoder.config.image_size
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -186,8 +189,11 @@ def sample_images(
         return guided(both[:rows], both[rows:], guidance_scale)
 
     c = decoder.config
-    images = denoise(predict, (rows, 3, size, size), c.timesteps, steps, generator, text.device,
-                     eta, c.prediction, clip_sample=True, noise=noise, on_step=on_step)  # fmt: skip
+    shape = (rows, c.image_channels, size, size)
+    images = denoise(predict, shape, c.timesteps, steps, generator, text.device, eta,
+                     c.prediction, clip_sample=True, noise=noise, on_step=on_step)  # fmt: skip
+    if image_tokenizer is not None:
+        return image_tokenizer.decode_codes(images)
     return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 

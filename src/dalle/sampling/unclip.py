@@ -14,12 +14,15 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from dalle.models.clip import CLIP
 from dalle.models.decoder import ImageDecoder
+from dalle.models.fsq import FSQTokenizer
+from dalle.models.image_tokenizer import load_latent_tokenizer
 from dalle.models.prior import DiffusionPrior
 from dalle.models.upsampler import Upsampler
 from dalle.precision import autocast_context
@@ -29,6 +32,7 @@ from dalle.sampling.diffusion import (
     to_model_range,
     upsample_images,
 )
+from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
 from dalle.sampling.rerank import keep_best
 from dalle.sampling.sampler import Generators
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
@@ -66,6 +70,8 @@ class UnCLIP:
     precision: str = "fp32"
     upsampler: Upsampler | None = None  # None: images at the decoder's size
     upsampler_steps: int = 25  # DDIM steps of the upsampler
+    # A latent decoder's (its folder's image_tokenizer/): turns the codes it draws into pixels.
+    image_tokenizer: FSQTokenizer | None = None
 
     @classmethod
     def from_pretrained(
@@ -81,23 +87,23 @@ class UnCLIP:
         if prior is not None and _weights_hash(Path(prior) / CLIP_DIR) != _weights_hash(clip_dir):
             raise ValueError(f"{prior} and {decoder} were trained on different CLIPs")
         loaded = None if prior is None else DiffusionPrior.from_pretrained(prior, device=device)
-        decoder_model = ImageDecoder.from_pretrained(decoder, device=device).eval()
-        larger = None
-        if upsampler is not None:
-            larger = Upsampler.from_pretrained(upsampler, device=device).eval()
-            if larger.config.low_size != decoder_model.config.image_size:
-                raise ValueError(f"{upsampler} enlarges {larger.config.low_size}-pixel images; "
-                                 f"{decoder} draws {decoder_model.config.image_size}-pixel "
-                                 "ones")  # fmt: skip
-        return cls(
+        codes = decoder / IMAGE_TOKENIZER_DIR
+        pipe = cls(
             prior=None if loaded is None else loaded.eval(),
-            decoder=decoder_model,
+            decoder=ImageDecoder.from_pretrained(decoder, device=device).eval(),
             clip=CLIP.from_pretrained(clip_dir, device=device).eval(),
             tokenizer=TextTokenizer.load(clip_dir / "tokenizer"),
             device=device,
             precision=precision,
-            upsampler=larger,
+            image_tokenizer=load_latent_tokenizer(codes, device) if codes.is_dir() else None,
         )  # fmt: skip
+        if upsampler is not None:
+            pipe.upsampler = Upsampler.from_pretrained(upsampler, device=device).eval()
+            low = pipe.upsampler.config.low_size
+            if low != pipe.image_size:
+                raise ValueError(f"{upsampler} enlarges {low}-pixel images; {decoder} draws "
+                                 f"{pipe.image_size}-pixel ones")  # fmt: skip
+        return pipe
 
     def autocast(self):
         return autocast_context(self.device, self.precision)
@@ -105,7 +111,16 @@ class UnCLIP:
     @property
     def image_size(self) -> int:
         """The decoder's (and the CLIP's) image size: what inputs are read at."""
-        return self.decoder.config.image_size
+        scale = 1 if self.image_tokenizer is None else self.image_tokenizer.downsample
+        return self.decoder.config.image_size * scale
+
+    def draw(self, text: torch.Tensor, embed: torch.Tensor, steps: int, guidance: float,
+             generator: Generators, **options: Any) -> torch.Tensor:  # fmt: skip
+        """uint8 images decoded from CLIP image embeddings (``sample_images``'s
+        ``options``), before upsampling."""
+        with self.autocast():
+            return sample_images(self.decoder, text, embed, steps, guidance, generator,
+                                 image_tokenizer=self.image_tokenizer, **options).cpu()  # fmt: skip
 
     @property
     def output_size(self) -> int:
@@ -168,10 +183,9 @@ class UnCLIP:
             embed = sample_image_embeddings(self.prior, text, text_embed,
                                             prior_num_inference_steps, prior_guidance_scale,
                                             generator=mine, on_step=on_step)  # fmt: skip
-            with self.autocast():
-                drawn = sample_images(self.decoder, text, embed, decoder_num_inference_steps,
-                                      decoder_guidance_scale, mine, on_step=on_step)  # fmt: skip
-            images.append(drawn.cpu())
+            drawn = self.draw(text, embed, decoder_num_inference_steps, decoder_guidance_scale,
+                              mine, on_step=on_step)  # fmt: skip
+            images.append(drawn)
             scores.append((self.encode_image(drawn) * text_embed).sum(-1).cpu())
         per_prompt = torch.cat(images).view(
             len(prompts), num_images_per_prompt, *images[0].shape[1:]
@@ -208,9 +222,7 @@ class UnCLIP:
         text = (
             self.encode_text([caption] * num_images)[0] if caption else self.no_caption(num_images)
         )
-        with self.autocast():
-            drawn = sample_images(self.decoder, text, embed, steps, decoder_guidance_scale,
-                                  generator, eta=eta).cpu()  # fmt: skip
+        drawn = self.draw(text, embed, steps, decoder_guidance_scale, generator, eta=eta)
         return self.upsample(drawn, generator)
 
     @torch.no_grad()
@@ -255,11 +267,10 @@ class UnCLIP:
     def _decode_fixed_noise(
         self, embeds: torch.Tensor, guidance: float, steps: int, generator: torch.Generator | None
     ) -> torch.Tensor:
-        size = self.image_size
-        noise = torch.randn(1, 3, size, size, generator=generator).expand(len(embeds), -1, -1, -1)
+        c = self.decoder.config
+        noise = torch.randn(1, c.image_channels, c.image_size, c.image_size, generator=generator)
         text = self.no_caption(len(embeds))
-        with self.autocast():
-            drawn = sample_images(self.decoder, text, embeds, steps, guidance, generator,
-                                  noise=noise.contiguous()).cpu()  # fmt: skip
+        drawn = self.draw(text, embeds, steps, guidance, generator,
+                          noise=noise.expand(len(embeds), -1, -1, -1).contiguous())  # fmt: skip
         # The same upsampling noise for every image, so the sequence stays smooth.
         return self.upsample(drawn, torch.Generator().manual_seed(0))

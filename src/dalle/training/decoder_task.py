@@ -25,7 +25,9 @@ from dalle.data.datasets import Batch, load_images
 from dalle.data.images import make_grid, shrink
 from dalle.evaluation.shapes_judge import pass_rate
 from dalle.models.decoder import DecoderConfig, ImageDecoder
+from dalle.models.image_tokenizer import load_latent_tokenizer
 from dalle.sampling.diffusion import noised, prediction_target, sample_images, to_model_range
+from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
 from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 from dalle.training.prior_task import CLIP_DIR, fit_to_clip, load_frozen_clip
@@ -51,6 +53,12 @@ class DecoderTrainConfig(RunConfig):
     # shrunk (area averaging) while the CLIP embeds them at the data's size: a small,
     # fast base model whose output an upsampler enlarges, as in the paper (64 -> 256).
     image_size: int = 0
+    # A folder of a trained FSQ image tokenizer (`dalle train-image-tokenizer`): the
+    # decoder then draws that tokenizer's code grid (8x8x5 for the demo's) and the
+    # tokenizer's decoder turns it into pixels, as latent diffusion does (Rombach et al.
+    # 2022; Kandinsky 2 pairs it with an unCLIP prior). Not in the paper, which diffuses
+    # pixels; on a CPU, a code grid trains in minutes where 64x64 pixels do not.
+    image_tokenizer: str = ""
     image_dropout: float = 0.1  # the paper's: CLIP embedding replaced by the null one
     caption_dropout: float = 0.5  # the paper's
     optim: OptimConfig = optim_defaults(
@@ -63,9 +71,10 @@ class DecoderTask:
     def __init__(self, config: DecoderTrainConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         self.clip, self.tokenizer = load_frozen_clip(config.clip, device)
-        size = config.image_size or config.data.image_size
-        config.model = fit_to_clip(config.model, self.clip, self.tokenizer, image_size=size)
-        if config.data.image_size % config.model.image_size:
+        self.image_tokenizer = (load_latent_tokenizer(config.image_tokenizer, device)
+                                if config.image_tokenizer else None)  # fmt: skip
+        config.model = fit_to_clip(config.model, self.clip, self.tokenizer, **self.drawn_shape())
+        if self.image_tokenizer is None and config.data.image_size % config.model.image_size:
             raise ValueError(f"image_size {config.model.image_size} must divide the data's "
                              f"image size {config.data.image_size}")  # fmt: skip
         self.model = build_model(ImageDecoder, config.model, device)
@@ -73,6 +82,23 @@ class DecoderTask:
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
         self.eval_text = self.tokenizer.encode(self.eval_captions).ids.to(device)
         self.eval_embed = self.image_embeddings(self.eval_images)
+
+    def drawn_shape(self) -> dict[str, int]:
+        """The side and channels of what the decoder diffuses: the tokenizer's code grid,
+        or pixels at ``image_size`` (the data's when 0)."""
+        c = self.config
+        if self.image_tokenizer is None:
+            return {"image_size": c.image_size or c.data.image_size, "image_channels": 3}
+        return {"image_size": self.image_tokenizer.token_grid(c.data.image_size),
+                "image_channels": len(self.image_tokenizer.config.levels)}  # fmt: skip
+
+    def diffused(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> what the decoder diffuses: their codes, or their pixels in
+        [-1, 1] at its size."""
+        images = images.to(self.device)
+        if self.image_tokenizer is not None:
+            return self.image_tokenizer.codes(images)
+        return to_model_range(self.at_decoder_size(images))
 
     @torch.no_grad()
     def image_embeddings(self, images: torch.Tensor) -> torch.Tensor:
@@ -89,7 +115,7 @@ class DecoderTask:
     ) -> torch.Tensor:
         """Squared error of the prediction (the noise by default) for uint8 ``images``
         noised to random steps."""
-        clean = to_model_range(self.at_decoder_size(images.to(self.device)))
+        clean = self.diffused(images)
         noisy, t, noise = noised(clean, self.config.model.timesteps, generator)
         drop_text = drop_image = None
         if dropout:
@@ -101,9 +127,10 @@ class DecoderTask:
         return F.mse_loss(prediction.float(), target.float())
 
     def at_decoder_size(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images at the data's size -> the decoder's (shrunk by area averaging)."""
+        """uint8 images at the data's size -> the decoder's output size (shrunk by area
+        averaging for a smaller pixel decoder)."""
         factor = images.shape[-1] // self.config.model.image_size
-        if factor == 1:
+        if factor == 1 or self.image_tokenizer is not None:
             return images
         return shrink(images, factor).round().to(torch.uint8)
 
@@ -122,7 +149,8 @@ class DecoderTask:
         metrics = {"val_loss": sum(losses) / len(self.eval_images)}
         n, e = min(self.config.eval.grid, len(self.eval_images)), self.config.eval
         decoded = sample_images(self.model, self.eval_text[:n], self.eval_embed[:n],
-                                e.sample_steps, e.guidance_scale, generator).cpu()  # fmt: skip
+                                e.sample_steps, e.guidance_scale, generator,
+                                image_tokenizer=self.image_tokenizer).cpu()  # fmt: skip
         (out_dir / "samples").mkdir(exist_ok=True)
         both = torch.cat([self.at_decoder_size(self.eval_images[:n]), decoded])
         make_grid(both, columns=n).save(out_dir / "samples" / f"decoded-{step:07d}.png")
@@ -131,7 +159,10 @@ class DecoderTask:
         return metrics
 
     def export(self, out_dir: Path, model: nn.Module) -> None:
-        """``model`` and, in ``clip/``, the CLIP whose embeddings it decodes."""
+        """``model``; in ``clip/``, the CLIP whose embeddings it decodes; and for a latent
+        decoder, in ``image_tokenizer/``, the tokenizer whose codes it draws."""
         model.save_pretrained(out_dir)  # type: ignore[operator]
+        if self.image_tokenizer is not None:
+            self.image_tokenizer.save_pretrained(out_dir / IMAGE_TOKENIZER_DIR)
         self.clip.save_pretrained(out_dir / CLIP_DIR)
         self.tokenizer.save(out_dir / CLIP_DIR / "tokenizer")

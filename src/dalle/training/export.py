@@ -30,7 +30,7 @@ def export_checkpoint(run: Path, out: Path) -> Path:
     model = _build(stage, saved.model_config)
     load_saved_weights(saved, model)
     model.save_pretrained(out)  # type: ignore[operator]
-    for part in stage.inputs:
+    for part in (*stage.inputs, *stage.optional_inputs):
         source = saved.config.get(part)
         if isinstance(source, str) and source and Path(source).is_dir():
             shutil.copytree(source, out / part, dirs_exist_ok=True)

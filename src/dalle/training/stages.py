@@ -60,7 +60,8 @@ class StageSpec:
     # Config keys that name trained folders the stage reads: required, fingerprinted for
     # the resume check, and copied into an exported model folder.
     inputs: tuple[str, ...] = ()
-    # Folders the stage may read (fingerprinted for the resume check when named).
+    # Folders the stage may read (fingerprinted for the resume check, and copied into an
+    # exported model folder, when named).
     optional_inputs: tuple[str, ...] = ()
 
     @property
@@ -103,7 +104,7 @@ CLIP_STAGE = StageSpec("CLIP", CLIPTrainConfig, CLIP_PRESETS, CLIP, CLIPTask,
 PRIOR = StageSpec("prior", PriorTrainConfig, PRIOR_PRESETS, DiffusionPrior, PriorTask,
                   inputs=("clip",))  # fmt: skip
 DECODER = StageSpec("decoder", DecoderTrainConfig, DECODER_PRESETS, ImageDecoder, DecoderTask,
-                    inputs=("clip",))  # fmt: skip
+                    inputs=("clip",), optional_inputs=("image_tokenizer",))  # fmt: skip
 UPSAMPLER = StageSpec("upsampler", UpsamplerTrainConfig, UPSAMPLER_PRESETS, Upsampler,
                       UpsamplerTask)  # fmt: skip
 STAGES: tuple[StageSpec, ...] = (DVAE, FSQ, TRANSFORMER, CLIP_STAGE, PRIOR, DECODER, UPSAMPLER)
