@@ -8,6 +8,7 @@ import io
 import json
 import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,11 +17,12 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from dalle.cli import main
+from dalle.models.upsampler import UPSAMPLER_PRESETS, Upsampler
 from dalle.serving.api import ServerOptions, create_app
 from dalle.serving.backend import DalleBackend, UnCLIPBackend
 from dalle.serving.jobs import JobQueue, Limits
 from dalle.serving.security import AccessRules
-from dalle.serving.server import ServeConfig, access_rules
+from dalle.serving.server import ServeConfig, access_rules, load_backends
 from serving_helpers import SlowBackend, make_tiny_models, make_tiny_unclip
 
 BASE = "http://127.0.0.1:8000"
@@ -410,3 +412,30 @@ def test_both_systems_are_served_and_unclip_images_keep_their_seeds(
         diff = (torch.frombuffer(bytearray(a), dtype=torch.uint8).int()
                 - torch.frombuffer(bytearray(b), dtype=torch.uint8).int()).abs()  # fmt: skip
         assert diff.max() <= 1 and (diff > 0).float().mean() < 0.02
+
+
+def test_an_upsampler_serves_dall_e_2_larger_with_its_steps_in_the_progress(
+    models, tmp_path
+) -> None:
+    """`dalle serve --upsampler`: DALL-E 2's images come back at the upsampler's size,
+    the models list says so, and progress counts the upsampler's steps too; an upsampler
+    without DALL-E 2 is refused."""
+    prior, decoder = make_tiny_unclip(tmp_path / "unclip", models[1])
+    torch.manual_seed(2)
+    Upsampler(replace(UPSAMPLER_PRESETS["upsampler-tiny"], image_size=64)).save_pretrained(
+        tmp_path / "upsampler"
+    )
+    backend = UnCLIPBackend.load(decoder, prior, torch.device("cpu"), tmp_path / "upsampler")
+    backend.prior_steps, backend.decoder_steps, backend.pipe.upsampler_steps = 2, 2, 3
+    assert backend.steps_per_image == 7 and backend.image_size == 64
+    client, _ = _server(backend, tmp_path / "out")
+    with client:
+        assert client.get("/v1/models").json()["models"][0]["image_size"] == 64
+        body = {"prompt": "a blue star", "pipeline": "unclip", "num_images": 2, "seed": 1,
+                "rerank": False}  # fmt: skip
+        done = client.post("/v1/generations/sync", json=body).json()
+    assert done["status"] == "done"
+    assert (done["progress"]["done"], done["progress"]["total"]) == (14, 14)
+    assert [len(p) for p in _pixels(client, done)] == [64 * 64 * 3] * 2
+    with pytest.raises(ValueError, match="--upsampler enlarges"):
+        load_backends(ServeConfig(model=models[0], upsampler=tmp_path / "upsampler"))

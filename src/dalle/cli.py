@@ -722,6 +722,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_output_dir(args.out_dir, "--out-dir")
     serve(ServeConfig(
         model=args.model, clip=args.clip, prior=args.prior, decoder=args.decoder,
+        upsampler=args.upsampler,
         host=args.host, port=args.port, token=args.token,
         insecure=args.insecure, allowed_hosts=args.allowed_host, cors_origins=args.cors_origin,
         out_dir=args.out_dir, limits=limits, device=resolve_device(args.device),
@@ -735,6 +736,8 @@ def _add_serve_command(commands) -> None:
     serve.add_argument("--clip", type=Path, help="a `dalle train-clip` folder: scores, re-ranking")
     serve.add_argument("--prior", type=Path, help="a `dalle train-prior` folder (DALL-E 2) ...")
     serve.add_argument("--decoder", type=Path, help="... and a `dalle train-decoder` folder")
+    serve.add_argument("--upsampler", type=Path,
+                       help="a `dalle train-upsampler` folder: DALL-E 2 drawn larger")  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="default: this machine only")
     serve.add_argument("--port", type=positive_int, default=8000)
     serve.add_argument("--token", help="bearer token the API requires (or DALLE_SERVE_TOKEN); "

@@ -129,13 +129,16 @@ class UnCLIP:
         return self.image_size * scale
 
     @torch.no_grad()
-    def upsample(self, images: torch.Tensor, generator: Generators = None) -> torch.Tensor:
-        """uint8 images ``[B, 3, S, S]`` enlarged by the upsampler (unchanged without one)."""
+    def upsample(self, images: torch.Tensor, generator: Generators = None,
+                 on_step: Callable[[int], None] | None = None) -> torch.Tensor:  # fmt: skip
+        """uint8 images ``[B, 3, S, S]`` enlarged by the upsampler (unchanged without one);
+        ``on_step(i)`` after each of its DDIM steps."""
         if self.upsampler is None or not len(images):
             return images
         with self.autocast():
             low = to_model_range(images.to(self.device))
-            return upsample_images(self.upsampler, low, self.upsampler_steps, generator).cpu()
+            return upsample_images(self.upsampler, low, self.upsampler_steps, generator,
+                                   on_step=on_step).cpu()  # fmt: skip
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +204,7 @@ class UnCLIP:
             if isinstance(generator, Sequence):  # a prompt's own generators, one per image
                 mine = [generator[i * num_images_per_prompt + j] for i in range(p)
                         for j in range(k)]  # fmt: skip
-            larger = self.upsample(per_prompt.flatten(0, 1), mine)
+            larger = self.upsample(per_prompt.flatten(0, 1), mine, on_step)
             per_prompt = larger.view(p, k, *larger.shape[1:])
         return UnCLIPOutput(prompts, per_prompt, score)
 

@@ -135,14 +135,21 @@ class UnCLIPBackend(_PipelineBackend):
     can_score: bool = True  # it has its own CLIP
 
     @classmethod
-    def load(cls, decoder_dir: Path, prior_dir: Path, device: torch.device) -> UnCLIPBackend:
+    def load(cls, decoder_dir: Path, prior_dir: Path, device: torch.device,
+             upsampler_dir: Path | None = None) -> UnCLIPBackend:  # fmt: skip
         # fp32: under bf16 a batch's rounding may depend on its size, and an image must
         # not depend on what shared its batch.
-        return cls(UnCLIP.from_pretrained(decoder_dir, prior_dir, device, "fp32"), decoder_dir)
+        pipe = UnCLIP.from_pretrained(decoder_dir, prior_dir, device, "fp32", upsampler_dir)
+        return cls(pipe, decoder_dir)
 
     @property
     def steps_per_image(self) -> int:
-        return self.prior_steps + self.decoder_steps
+        upsampling = 0 if self.pipe.upsampler is None else self.pipe.upsampler_steps
+        return self.prior_steps + self.decoder_steps + upsampling
+
+    @property
+    def image_size(self) -> int:
+        return self.pipe.output_size  # the upsampler's, when there is one
 
     @property
     def defaults(self) -> SamplingConfig:

@@ -25,6 +25,7 @@ class ServeConfig:
     clip: Path | None = None  # its re-ranker
     prior: Path | None = None  # DALL-E 2's prior and decoder folders (pipeline "unclip")
     decoder: Path | None = None
+    upsampler: Path | None = None  # optional: enlarges DALL-E 2's images
     host: str = "127.0.0.1"
     port: int = 8000
     token: str | None = None
@@ -63,13 +64,16 @@ def load_backends(config: ServeConfig) -> dict[str, Backend]:
     with ``prior`` and ``decoder``."""
     if (config.prior is None) != (config.decoder is None):
         raise ValueError("DALL-E 2 needs both --prior and --decoder")
+    if config.upsampler is not None and config.decoder is None:
+        raise ValueError("--upsampler enlarges DALL-E 2's images: give --prior and --decoder too")
     if config.model is None and config.prior is None:
         raise ValueError("give --model (DALL-E), or --prior and --decoder (DALL-E 2), or both")
     backends: list[Backend] = []
     if config.model is not None:
         backends.append(DalleBackend.load(config.model, config.clip, config.device))
     if config.prior is not None and config.decoder is not None:
-        backends.append(UnCLIPBackend.load(config.decoder, config.prior, config.device))
+        backends.append(UnCLIPBackend.load(config.decoder, config.prior, config.device,
+                                           config.upsampler))  # fmt: skip
     return {backend.name: backend for backend in backends}
 
 
