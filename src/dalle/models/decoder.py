@@ -80,7 +80,7 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
     # 2x2: 166 images/s trained under bf16 on 2 cores (attention at 8x8 too: 69, with two
     # blocks per level).
     "decoder-latent-small": DecoderConfig(
-        text_vocab_size=512, text_len=24, embed_dim=64, image_size=8, image_channels=5,
+        text_vocab_size=512, text_len=24, embed_dim=64, image_size=8, image_channels=4,
         channels=[64, 128, 256], attention=[False, True, True], layers_per_level=1,
         head_dim=32, context_width=128, text_heads=4, norm_groups=16,
     ),

@@ -114,6 +114,12 @@ class UnCLIP:
         scale = 1 if self.image_tokenizer is None else self.image_tokenizer.downsample
         return self.decoder.config.image_size * scale
 
+    @property
+    def output_size(self) -> int:
+        """The size of the images the pipeline returns (the upsampler's, if any)."""
+        scale = 1 if self.upsampler is None else self.upsampler.config.scale
+        return self.image_size * scale
+
     def draw(self, text: torch.Tensor, embed: torch.Tensor, steps: int, guidance: float,
              generator: Generators, **options: Any) -> torch.Tensor:  # fmt: skip
         """uint8 images decoded from CLIP image embeddings (``sample_images``'s
@@ -121,12 +127,6 @@ class UnCLIP:
         with self.autocast():
             return sample_images(self.decoder, text, embed, steps, guidance, generator,
                                  image_tokenizer=self.image_tokenizer, **options).cpu()  # fmt: skip
-
-    @property
-    def output_size(self) -> int:
-        """The size of the images the pipeline returns (the upsampler's, if any)."""
-        scale = 1 if self.upsampler is None else self.upsampler.config.scale
-        return self.image_size * scale
 
     @torch.no_grad()
     def upsample(self, images: torch.Tensor, generator: Generators = None,

@@ -123,8 +123,8 @@ class DalleBackend(_PipelineBackend):
 @dataclass
 class UnCLIPBackend(_PipelineBackend):
     """DALL-E 2: the prior, then the decoder; ``guidance_scale`` is the decoder's (the
-    prior is not guided, as the paper found guiding it hurt). Progress counts the prior's
-    and the decoder's DDIM steps."""
+    prior is not guided, as the paper found guiding it hurt). Progress counts the prior's,
+    the decoder's and (with an upsampler) the upsampler's DDIM steps."""
 
     pipe: UnCLIP
     model_dir: Path  # the decoder's folder

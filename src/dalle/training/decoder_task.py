@@ -54,7 +54,7 @@ class DecoderTrainConfig(RunConfig):
     # fast base model whose output an upsampler enlarges, as in the paper (64 -> 256).
     image_size: int = 0
     # A folder of a trained FSQ image tokenizer (`dalle train-image-tokenizer`): the
-    # decoder then draws that tokenizer's code grid (8x8x5 for the demo's) and the
+    # decoder then draws that tokenizer's code grid (8x8x4 for the demo's) and the
     # tokenizer's decoder turns it into pixels, as latent diffusion does (Rombach et al.
     # 2022; Kandinsky 2 pairs it with an unCLIP prior). Not in the paper, which diffuses
     # pixels; on a CPU, a code grid trains in minutes where 64x64 pixels do not.
