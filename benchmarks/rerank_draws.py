@@ -8,22 +8,27 @@ identical samples. Choose on the validation prompts; report the test ones.
 
     python benchmarks/rerank_draws.py draw --model DIR --out draws.pt [--num 32]
     python benchmarks/rerank_draws.py score draws.pt CLIP_DIR [CLIP_DIR ...]
+        [--model DIR --self-weights 0.5 1 2]
 
 ``score`` prints one JSON line per CLIP: kept pass rate by set and number of draws, and
-what a perfect re-ranker would keep ("any").
+what a perfect re-ranker would keep ("any"). With ``--model`` (the transformer that drew)
+it also scores by the transformer's own likelihood ratio (``self_scores``) and by each mix
+``z(CLIP) + w * z(self)``, both standardised over each prompt's draws so that ``w`` weighs
+their rankings, not their units.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 import torch
 
 from dalle.evaluation.shapes_judge import judge_image
 from dalle.evaluation.text_to_image import shapes_prompts
 from dalle.sampling.generate import TextToImage
-from dalle.sampling.rerank import CLIPScorer, keep_best
+from dalle.sampling.rerank import CLIPScorer, keep_best, self_scores
 
 SETS = [
     (f"{'val' if v else 'test'}_{s}", s, v) for v in (True, False) for s in ("train", "zeroshot")
@@ -53,21 +58,46 @@ def kept_rate(passed: torch.Tensor, scores: torch.Tensor) -> float:
     return sum(kept) / len(kept)
 
 
+def scored(scorer: Callable[[torch.Tensor, list[str]], torch.Tensor], d: dict) -> torch.Tensor:
+    """``scorer(images, prompts)`` over every saved draw of one set, ``[P, N]``."""
+    prompts, num = d["prompts"], d["passed"].shape[1]
+    repeated = [p for p in prompts for _ in range(num)]
+    chunks = range(0, len(repeated), 512)
+    return torch.cat([scorer(d["images"][i : i + 512], repeated[i : i + 512])
+                      for i in chunks]).view(len(prompts), num)  # fmt: skip
+
+
+def standardised(scores: torch.Tensor) -> torch.Tensor:
+    """Each prompt's scores ``[P, N]`` at mean 0 and standard deviation 1 over its draws."""
+    return (scores - scores.mean(dim=1, keepdim=True)) / (scores.std(dim=1, keepdim=True) + 1e-6)
+
+
+def kept_rates(passed: torch.Tensor, scores: torch.Tensor) -> dict[str, float]:
+    num = passed.shape[1]
+    return {f"kept_of_{n}": round(kept_rate(passed[:, :n], scores[:, :n]), 4)
+            for n in sorted({8, num}) if n <= num}  # fmt: skip
+
+
 @torch.no_grad()
 def score(args: argparse.Namespace) -> None:
     saved = torch.load(args.draws, weights_only=False)
+    own = {}
+    if args.model:
+        pipe = TextToImage.from_pretrained(args.model)
+        own = {name: scored(lambda im, p: self_scores(pipe, im, p), d)
+               for name, d in saved.items()}  # fmt: skip
+        print(json.dumps({"scorer": "self", **{n: kept_rates(saved[n]["passed"], s)
+                                               for n, s in own.items()}}), flush=True)  # fmt: skip
     for folder in args.clips:
         clip = CLIPScorer.from_pretrained(folder)
         record: dict = {"clip": folder}
         for name, d in saved.items():
-            prompts, num = d["prompts"], d["passed"].shape[1]
-            repeated = [p for p in prompts for _ in range(num)]
-            chunks = range(0, len(repeated), 512)
-            scores = torch.cat([clip(d["images"][i : i + 512], repeated[i : i + 512])
-                                for i in chunks]).view(len(prompts), num)  # fmt: skip
-            record[name] = {f"kept_of_{n}": round(kept_rate(d["passed"][:, :n], scores[:, :n]), 4)
-                            for n in sorted({8, num}) if n <= num}  # fmt: skip
+            scores = scored(clip, d)
+            record[name] = kept_rates(d["passed"], scores)
             record[name]["any"] = round(d["passed"].max(dim=1).values.float().mean().item(), 4)
+            for w in args.self_weights if own else []:
+                mixed = standardised(scores) + w * standardised(own[name])
+                record[name][f"self_{w:g}"] = kept_rates(d["passed"], mixed)
         print(json.dumps(record), flush=True)
 
 
@@ -83,6 +113,8 @@ def main() -> None:
     s = commands.add_parser("score")
     s.add_argument("draws")
     s.add_argument("clips", nargs="+")
+    s.add_argument("--model", help="the transformer that drew: also score by its own likelihood")
+    s.add_argument("--self-weights", type=float, nargs="*", default=[0.25, 0.5, 1.0, 2.0])
     args = parser.parse_args()
     draw(args) if args.command == "draw" else score(args)
 

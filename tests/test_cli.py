@@ -96,8 +96,27 @@ def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path: Path, capsys) 
     trained_on = yaml.safe_load((out / "dalle" / "train_config.yaml").read_text())
     assert trained_on["data"]["source"].startswith(str(out / "image_tokens"))
     assert "4 of 4 planned updates" in first
+    # The CLIP trained in a child process beside the transformer, its output in a log.
+    assert "CLIP (re-ranks the samples): trains beside the transformer" in first
+    assert "trained 4 steps" in (out / "clip" / "train.log").read_text()
+    assert first.count("[demo] CLIP (re-ranks the samples): 4 of 4 planned updates") == 1
     assert main(["demo", "--smoke", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("reusing the finished stage") == 8
+
+
+def test_demo_stage_that_fails_beside_another_is_one_clear_error(tmp_path: Path) -> None:
+    """A stage trained in the child process that stops is an error naming its log, not a
+    silent half-trained folder."""
+    from dalle.demo import _side_by_side, smoke_config, stage_configs
+
+    stages = stage_configs(smoke_config(), tmp_path)  # no caption tokenizer was trained
+    finished = tmp_path / "dalle"
+    finished.mkdir()
+    (finished / ".complete").touch()  # this process's stage is done: only the child runs
+    here = ("transformer", finished, *stages["dalle"])
+    with pytest.raises(RuntimeError, match=r"the CLIP stage stopped .*clip/train\.log"):
+        _side_by_side(here, ("CLIP", tmp_path / "clip", *stages["clip"]), 1.0)
+    assert "no tokenizer.json" in (tmp_path / "clip" / "train.log").read_text()
 
 
 def test_demo_training_minutes_scale_every_stage(tmp_path: Path, capsys) -> None:
@@ -115,7 +134,12 @@ def test_demo_training_minutes_scale_every_stage(tmp_path: Path, capsys) -> None
 
     budgets = [yaml.safe_load((CONFIG_DIR / f"{stage}-shapes-demo.yaml").read_text())["loop"]
                for stage in ("fsq", "dalle", "clip")]  # fmt: skip
-    assert tuned == pytest.approx(sum(b["max_minutes"] for b in budgets))  # read from the files
+    # Read from the files; the transformer and the CLIP train side by side, so the longer
+    # of the two counts, and every stage when they run one after the other.
+    tokenizer, transformer, clip = (b["max_minutes"] for b in budgets)
+    assert tuned == pytest.approx(tokenizer + max(transformer, clip))
+    one_by_one = demo_training_minutes(DemoConfig(side_by_side=False))
+    assert one_by_one == pytest.approx(tokenizer + transformer + clip)
     out = tmp_path / "demo"
     args = ["demo", "--smoke", "--out", str(out), "--training-minutes", str(2 * tuned)]
     assert main(args) == 0
