@@ -96,8 +96,8 @@ def test_demo_runs_every_stage_and_reuses_finished_ones(tmp_path: Path, capsys) 
     trained_on = yaml.safe_load((out / "dalle" / "train_config.yaml").read_text())
     assert trained_on["data"]["source"].startswith(str(out / "image_tokens"))
     assert "4 of 4 planned updates" in first
-    # The CLIP trained in a child process beside the transformer, its output in a log.
-    assert "CLIP (re-ranks the samples): trains beside the transformer" in first
+    # The CLIP trained in a child process beside the image tokenizer, its output in a log.
+    assert "CLIP (re-ranks the samples): trains beside the image tokenizer" in first
     assert "trained 4 steps" in (out / "clip" / "train.log").read_text()
     assert first.count("[demo] CLIP (re-ranks the samples): 4 of 4 planned updates") == 1
     assert main(["demo", "--smoke", "--out", str(out)]) == 0
@@ -134,10 +134,10 @@ def test_demo_training_minutes_scale_every_stage(tmp_path: Path, capsys) -> None
 
     budgets = [yaml.safe_load((CONFIG_DIR / f"{stage}-shapes-demo.yaml").read_text())["loop"]
                for stage in ("fsq", "dalle", "clip")]  # fmt: skip
-    # Read from the files; the transformer and the CLIP train side by side, so the longer
-    # of the two counts, and every stage when they run one after the other.
+    # Read from the files; the image tokenizer and the CLIP train side by side, so the
+    # longer of the two counts, and every stage when they run one after the other.
     tokenizer, transformer, clip = (b["max_minutes"] for b in budgets)
-    assert tuned == pytest.approx(tokenizer + max(transformer, clip))
+    assert tuned == pytest.approx(max(tokenizer, clip) + transformer)
     one_by_one = demo_training_minutes(DemoConfig(side_by_side=False))
     assert one_by_one == pytest.approx(tokenizer + transformer + clip)
     out = tmp_path / "demo"

@@ -91,10 +91,12 @@ class DemoConfig:
     # encoded scenes too, so the transformer still sees each about once): what more or
     # less compute buys. 1 is the demo as tuned; see :func:`scale_for_minutes`.
     training_scale: float = 1.0
-    # The transformer and the CLIP need nothing of each other: train them at once, each in
-    # its own process on one core (their configs set loop.threads 1). Small models use a
-    # second thread poorly (each makes 61-63% of its two-thread rate on one, BENCHMARKS.md),
-    # so two one-core stages side by side do 1.2 times the work of one after the other.
+    # The image tokenizer and the CLIP need nothing of each other: train them at once, each
+    # in its own process on half the cores. These small models use a second core poorly
+    # (each makes 58-63% of its two-core rate on one, BENCHMARKS.md), so side by side they
+    # do 1.2 times the work of one after the other, and the transformer, whose updates buy
+    # the most, gets the time saved. (Beside the transformer instead, the CLIP cost it
+    # updates it could not spare: BENCHMARKS.md.)
     side_by_side: bool = True
 
     @property
@@ -156,12 +158,12 @@ def shrink(stage: StageSpec, config: Any) -> Any:
 
 def demo_training_minutes(c: DemoConfig) -> float:
     """The demo's training time budget at scale 1, on the clock: every stage's minutes
-    added up, with the transformer and the CLIP counted once, as the longer of the two,
-    when they train side by side."""
+    added up, with the image tokenizer and the CLIP counted once, as the longer of the
+    two, when they train side by side."""
     minutes = {name: config.loop.max_minutes or 0
                for name, (_, config) in stage_configs(c, Path()).items()}  # fmt: skip
     if c.side_by_side:
-        return minutes["image_tokenizer"] + max(minutes["dalle"], minutes["clip"])
+        return max(minutes["image_tokenizer"], minutes["clip"]) + minutes["dalle"]
     return sum(minutes.values())
 
 
@@ -197,6 +199,7 @@ def gpu_config() -> DemoConfig:
         clip_config=CONFIG_DIR / "clip-shapes-gpu.yaml",
         sample_batch=1024,
         encode_workers=8,
+        side_by_side=False,  # one GPU: each stage has it whole, one after the other
     )
 
 
@@ -285,9 +288,14 @@ def _train_every_stage(c: DemoConfig, out: Path) -> dict[str, float]:
         train_caption_tokenizer(TokenizerTrainConfig(data, bpe), tokenizer_dir)
         seconds["tokenizer"] = time.perf_counter() - t
     stage, settings = stages["image_tokenizer"]
-    seconds["image_tokenizer"] = _train_stage(f"image tokenizer ({settings.preset})",
-                                              out / "image_tokenizer", stage, settings,
-                                              c.training_scale)  # fmt: skip
+    image_tokenizer = (f"image tokenizer ({settings.preset})", out / "image_tokenizer", stage,
+                       settings)  # fmt: skip
+    clip = ("CLIP (re-ranks the samples)", out / "clip", *stages["clip"])
+    if c.side_by_side:
+        seconds["image_tokenizer"], seconds["clip"] = _side_by_side(image_tokenizer, clip,
+                                                                    c.training_scale)  # fmt: skip
+    else:
+        seconds["image_tokenizer"] = _train_stage(*image_tokenizer, c.training_scale)
     tokens_dir = out / "image_tokens"
     if _stage(f"image tokens ({c.scenes:,} training scenes encoded once)",
               (tokens_dir / META_FILE).exists()):  # fmt: skip
@@ -296,13 +304,9 @@ def _train_every_stage(c: DemoConfig, out: Path) -> dict[str, float]:
         seconds["image_tokens"] = time.perf_counter() - t
     stage, settings = stages["dalle"]
     settings = replace(settings, data=replace(settings.data, source=shards_pattern(tokens_dir)))
-    transformer = ("transformer", out / "dalle", stage, settings)
-    clip = ("CLIP (re-ranks the samples)", out / "clip", *stages["clip"])
-    if c.side_by_side:
-        seconds["transformer"], seconds["clip"] = _side_by_side(transformer, clip,
-                                                                c.training_scale)  # fmt: skip
-    else:
-        seconds["transformer"] = _train_stage(*transformer, c.training_scale)
+    seconds["transformer"] = _train_stage("transformer", out / "dalle", stage, settings,
+                                          c.training_scale)  # fmt: skip
+    if not c.side_by_side:
         seconds["clip"] = _train_stage(*clip, c.training_scale)
     return seconds
 
@@ -311,15 +315,18 @@ Job = tuple[str, Path, StageSpec, Any]  # a training stage: title, run folder, s
 
 
 def _side_by_side(here: Job, beside: Job, scale: float) -> tuple[float, float]:
-    """Trains ``here`` in this process and ``beside`` in a child process at the same time
-    (each with its config's ``loop.threads``); the child's output goes to ``train.log`` in
+    """Trains ``here`` in this process and ``beside`` in a child process at the same time,
+    each on half of this process's threads; the child's output goes to ``train.log`` in
     its run folder. The seconds each took. This process's thread count is restored after."""
-    title, out, stage, config = beside
     threads, child = torch.get_num_threads(), None
+    if threads < 2:  # one core: nothing to share
+        return _train_stage(*here, scale), _train_stage(*beside, scale)
+    here, beside = _on_threads(here, threads // 2), _on_threads(beside, threads // 2)
+    title, out, stage, config = beside
     if _stage(title, (out / ".complete").exists()):
         out.mkdir(parents=True, exist_ok=True)
         log = out / "train.log"
-        print(f"[demo] {title}: trains beside the {here[0]}, each on its own core; "
+        print(f"[demo] {title}: trains beside the {here[0]}, each on half the cores; "
               f"progress in {log}", flush=True)  # fmt: skip
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: no shared state
         child = context.Process(target=_train_in_child, args=(title, out, stage.name, config,
@@ -342,6 +349,13 @@ def _side_by_side(here: Job, beside: Job, scale: float) -> tuple[float, float]:
     planned = scale_loop(config.loop, scale).steps
     print(f"[demo] {title}: {updates_report(out, planned)}", flush=True)
     return seconds_here, time.perf_counter() - start
+
+
+def _on_threads(job: Job, threads: int) -> Job:
+    """``job`` with its loop on ``threads`` CPU threads (at least 1)."""
+    title, out, stage, config = job
+    loop = replace(config.loop, threads=max(1, threads))
+    return title, out, stage, replace(config, loop=loop)
 
 
 def _train_in_child(
