@@ -194,3 +194,39 @@ def test_a_spent_budget_anneals_only_on_the_clock(tmp_path: Path, clock: str, ca
     else:
         assert lrs[-1] > 9e-4 and "loop.schedule_clock=time would finish" in caplog.text
         assert temperatures[-1] > 0.99
+
+
+def test_the_attention_kernel_setting_reaches_the_loss_and_changes_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """``loop.attention_kernel=math`` turns the fused kernels off where the loss is
+    computed (and only there), and trains to the same weights; an unknown name is refused."""
+    from dalle.training.loop import LoopConfig
+
+    seen: dict[str, list[bool]] = {}
+
+    def watching(kernel: str):
+        def make(config, device):
+            task = DVAETask(config, device)
+            inner = task.training_loss
+
+            def loss(batch, position):
+                seen.setdefault(kernel, []).append(torch.backends.cuda.flash_sdp_enabled())
+                return inner(batch, position)
+
+            task.training_loss = loss
+            return task
+
+        return make
+
+    weights = {}
+    for kernel in ("auto", "math"):
+        config = DVAE.build_config(CONFIGS / "dvae-tiny-cpu.yaml",
+                                   [*SMALL_RUN, f"loop.attention_kernel={kernel}"])  # fmt: skip
+        weights[kernel] = run_task(config, watching(kernel), tmp_path / kernel)
+    assert set(seen["auto"]) == {True} and set(seen["math"]) == {False}
+    assert torch.backends.cuda.flash_sdp_enabled()  # back on after training
+    for name, tensor in weights["auto"].items():
+        assert torch.allclose(tensor, weights["math"][name], atol=1e-6), name
+    with pytest.raises(ValueError, match="attention_kernel"):
+        LoopConfig(attention_kernel="fast")

@@ -480,7 +480,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                              "drop it for --pipeline unclip")  # fmt: skip
         from dalle.demo_unclip import UnCLIPDemoConfig, run_unclip_demo
 
-        unclip = UnCLIPDemoConfig(config, latent_decoder=args.decoder == "latent")
+        unclip = UnCLIPDemoConfig(config, decoder=args.decoder)
         if args.smoke:
             unclip.reuse, unclip.candidates, unclip.prior_steps, unclip.decoder_steps = (
                 None,
@@ -773,9 +773,10 @@ def _add_demo_command(commands) -> None:
         "--out", type=Path, help="default: outputs/demo (outputs/demo-unclip for unclip)"
     )
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--decoder", choices=["latent", "pixel"], default="latent",
-                      help="unclip only: the decoder draws the image tokenizer's codes "
-                      "(default) or pixels, as the paper's")  # fmt: skip
+    demo.add_argument("--decoder", choices=["latent", "tokens", "pixel"], default="latent",
+                      help="unclip only: the decoder draws the image tokenizer's codes by "
+                      "Gaussian diffusion (default), its tokens by masked-token diffusion, or "
+                      "pixels, as the paper's")  # fmt: skip
     demo.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
                       help="stage sizes: cpu (the default, about 17 minutes of training on 2 "
                       "cores) or gpu (larger models and batches for one GPU, "

@@ -8,8 +8,9 @@ Stages, each reused when a previous run finished it:
 2. the diffusion prior (caption -> CLIP image embedding) on the frozen CLIP;
 3. the decoder (CLIP image embedding and caption -> 64x64 image) on the frozen CLIP: by
    default a latent one, drawing the image tokenizer's 8x8 code grid, which the
-   tokenizer's decoder turns into pixels (``latent_decoder=False``: the paper's pixel
-   decoder, which on this CPU draws blobs; BENCHMARKS.md);
+   tokenizer's decoder turns into pixels; ``decoder="tokens"`` draws the tokenizer's
+   tokens by masked-token diffusion instead, and ``decoder="pixel"`` is the paper's pixel
+   decoder, which on this CPU draws blobs (BENCHMARKS.md);
 4. for seen-combination and zero-shot prompts (the DALL-E demo's, so the two systems are
    judged on the same prompts), several images per prompt of which the CLIP keeps the
    best, written as ``NNNN.png`` + ``NNNN.txt`` under ``seen/`` and ``zeroshot/``, with
@@ -47,7 +48,7 @@ from dalle.sampling.unclip import UnCLIP
 from dalle.tokenizers.text import TokenizerConfig
 from dalle.training.caption_tokenizer import TokenizerTrainConfig, train_caption_tokenizer
 from dalle.training.runner import final_eval
-from dalle.training.stages import DECODER, PRIOR
+from dalle.training.stages import DECODER, PRIOR, TOKEN_DECODER
 
 
 @dataclass
@@ -55,9 +56,20 @@ class UnCLIPDemoConfig:
     base: DemoConfig  # seed, image size, prompts, the BPE's and the CLIP's settings
     reuse: Path | None = Path("outputs/demo")  # a DALL-E demo folder to take BPE and CLIP from
     prior_config: Path = CONFIG_DIR / "prior-shapes-demo.yaml"
-    # The decoder draws the image tokenizer's codes (latent) or pixels.
-    latent_decoder: bool = True
+    # What the decoder draws: the image tokenizer's codes by Gaussian diffusion ("latent"),
+    # its tokens by masked-token diffusion ("tokens"), or pixels ("pixel", the paper's).
+    decoder: str = "latent"
     decoder_config: Path | None = None  # None: the demo's config for the decoder's kind
+
+    def __post_init__(self) -> None:
+        if self.decoder not in DECODER_CONFIGS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODER_CONFIGS)}, "
+                             f"not {self.decoder!r}")  # fmt: skip
+
+    @property
+    def needs_image_tokenizer(self) -> bool:
+        return self.decoder != "pixel"
+
     candidates: int = 4  # images drawn per prompt; the CLIP keeps the best
     prior_steps: int = 32  # DDIM steps
     decoder_steps: int = 25
@@ -66,10 +78,16 @@ class UnCLIPDemoConfig:
 
 
 SMOKE_PRIOR = dict(width=32, layers=1, heads=2)
-SMOKE_DECODER = dict(channels=[8, 16], attention=[False, True], head_dim=8, norm_groups=4,
-                     context_width=16, text_heads=2, text_layers=1)  # fmt: skip
-DECODER_CONFIGS = {True: CONFIG_DIR / "decoder-latent-shapes-demo.yaml",
-                   False: CONFIG_DIR / "decoder-shapes-demo.yaml"}  # fmt: skip
+SMOKE_DECODERS = {
+    "latent": dict(channels=[8, 16], attention=[False, True], head_dim=8, norm_groups=4,
+                   context_width=16, text_heads=2, text_layers=1),
+    "tokens": dict(width=32, layers=1, heads=2, token_width=16, context_width=16, text_heads=2,
+                   text_layers=1),
+}  # fmt: skip
+SMOKE_DECODERS["pixel"] = SMOKE_DECODERS["latent"]
+DECODER_CONFIGS = {"latent": CONFIG_DIR / "decoder-latent-shapes-demo.yaml",
+                   "tokens": CONFIG_DIR / "token-decoder-shapes-demo.yaml",
+                   "pixel": CONFIG_DIR / "decoder-shapes-demo.yaml"}  # fmt: skip
 
 
 def _shared_stages(c: UnCLIPDemoConfig, out: Path) -> dict[str, float]:
@@ -77,7 +95,7 @@ def _shared_stages(c: UnCLIPDemoConfig, out: Path) -> dict[str, float]:
     from the DALL-E demo when it has finished them, else trained here."""
     seconds: dict[str, float] = {}
     finished = {"tokenizer": "tokenizer.json", "clip": ".complete"}
-    if c.latent_decoder:
+    if c.needs_image_tokenizer:
         finished["image_tokenizer"] = ".complete"
     for name, proof in finished.items():
         source = None if c.reuse is None else c.reuse / name
@@ -91,7 +109,7 @@ def _shared_stages(c: UnCLIPDemoConfig, out: Path) -> dict[str, float]:
         data = DataConfig(source="shapes", seed=b.seed, subset="train")
         train_caption_tokenizer(TokenizerTrainConfig(data, bpe), out / "tokenizer")
     stages = stage_configs(c.base, out)
-    if c.latent_decoder:
+    if c.needs_image_tokenizer:
         stage, settings = stages["image_tokenizer"]
         folder = out / "image_tokenizer"
         seconds["image_tokenizer"] = _train_stage("image tokenizer", folder, stage, settings,
@@ -103,16 +121,17 @@ def _shared_stages(c: UnCLIPDemoConfig, out: Path) -> dict[str, float]:
 
 def _diffusion_configs(c: UnCLIPDemoConfig, out: Path) -> dict[str, tuple[Any, Any]]:
     prior = replace(PRIOR.build_config(c.prior_config, []), clip=str(out / "clip"))
-    path = c.decoder_config or DECODER_CONFIGS[c.latent_decoder]
-    decoder = replace(DECODER.build_config(path, []), clip=str(out / "clip"))
-    if c.latent_decoder:
+    path = c.decoder_config or DECODER_CONFIGS[c.decoder]
+    stage = TOKEN_DECODER if c.decoder == "tokens" else DECODER
+    decoder = replace(stage.build_config(path, []), clip=str(out / "clip"))
+    if c.needs_image_tokenizer:
         decoder = replace(decoder, image_tokenizer=str(out / "image_tokenizer"))
     if c.base.smoke:
         prior = _smoke(prior, SMOKE_PRIOR)
-        decoder = _smoke(decoder, SMOKE_DECODER)
+        decoder = _smoke(decoder, SMOKE_DECODERS[c.decoder])
     return {
         "prior": (PRIOR, _seeded(prior, c.base)),
-        "decoder": (DECODER, _seeded(decoder, c.base)),
+        "decoder": (stage, _seeded(decoder, c.base)),
     }
 
 

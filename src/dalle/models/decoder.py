@@ -12,6 +12,7 @@ and the caption by padding 50% of the time. The U-Net is diffusers'
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,50 +94,53 @@ DECODER_PRESETS: dict[str, DecoderConfig] = {
 }  # fmt: skip
 
 
-class ImageDecoder(PretrainedMixin, nn.Module, config=DecoderConfig):
-    def __init__(self, config: DecoderConfig) -> None:
-        super().__init__(c := config)  # sets config and init_seed (see PretrainedMixin)
+class DecoderCondition:
+    """What both DALL-E 2 decoders read besides what they draw (GLIDE-style): a small
+    caption encoder and the CLIP image embedding projected into ``clip_tokens`` context
+    tokens; a learned null embedding stands in for a dropped one. Mixed into an
+    ``nn.Module`` whose config has ``text_vocab_size``, ``text_len``, ``embed_dim``,
+    ``context_width``, ``text_layers``, ``text_heads`` and ``clip_tokens``."""
+
+    config: Any
+
+    def build_condition(self) -> None:
+        c = self.config
         self.token_embedding = nn.Embedding(c.text_vocab_size, c.context_width)
         self.text_positions = nn.Parameter(torch.empty(c.text_len, c.context_width))
         self.text_blocks = _encoder(c.context_width, c.text_layers, c.text_heads, 4)
         self.text_norm = nn.LayerNorm(c.context_width)
         self.clip_to_tokens = nn.Linear(c.embed_dim, c.clip_tokens * c.context_width)
         self.null_image_embed = nn.Parameter(torch.empty(c.embed_dim))
-        from diffusers import UNet2DConditionModel  # seconds to import: only when needed
 
-        down = [("CrossAttnDownBlock2D" if a else "DownBlock2D") for a in c.attention]
-        up = [("CrossAttnUpBlock2D" if a else "UpBlock2D") for a in reversed(c.attention)]
-        self.unet = UNet2DConditionModel(
-            sample_size=c.image_size, in_channels=c.image_channels,
-            out_channels=c.image_channels,
-            down_block_types=tuple(down), up_block_types=tuple(up),
-            block_out_channels=tuple(c.channels), layers_per_block=c.layers_per_level,
-            norm_num_groups=c.norm_groups, cross_attention_dim=c.context_width,
-            attention_head_dim=[w // c.head_dim for w in c.channels],
-            class_embed_type="projection", projection_class_embeddings_input_dim=c.embed_dim,
-        )  # fmt: skip
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """Caption embeddings N(0, 0.02), the caption blocks as the CLIP's, the U-Net's
-        last convolution at zero (it starts by predicting no noise, as ADM's does), and
-        PyTorch's defaults elsewhere. A no-op on meta."""
-        if self.null_image_embed.is_meta:
-            return
+    def condition_starts(self) -> dict[str, init.Fill]:
+        """Caption embeddings N(0, 0.02) and blocks as the CLIP's; the null embedding at
+        a unit embedding's scale."""
         c = self.config
         starts = caption_tower_starts(c.context_width, c.text_layers)
-        starts |= {"null_image_embed": init.normal(c.embed_dim**-0.5),
-                   "unet.conv_out.weight": init.constant(0.0),
-                   "unet.conv_out.bias": init.constant(0.0)}  # fmt: skip
-
-        init.initialise_(self, self.init_seed, init.named_starts(starts))
+        return starts | {"null_image_embed": init.normal(c.embed_dim**-0.5)}
 
     def no_weight_decay(self) -> set[str]:
         return {"token_embedding.weight", "text_positions"}
 
-    def residual_blocks(self) -> list[nn.Module]:
-        return [*self.text_blocks.layers, *self.unet.down_blocks, self.unet.mid_block,
-                *self.unet.up_blocks]  # fmt: skip
+    def condition(
+        self,
+        text: torch.Tensor,
+        image_embed: torch.Tensor,
+        drop_text: torch.Tensor | None = None,
+        drop_image: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The embedding scaled to entries of about 1 ``[B, D]`` (a dropped one the null
+        embedding), the attention context ``[B, L + clip_tokens, W]`` and its mask
+        ``[B, L + clip_tokens]``; ``drop_text`` / ``drop_image`` ``[B]`` bool replace a
+        row's caption by padding / its embedding by the learned null one."""
+        if drop_text is not None:
+            text = torch.where(drop_text[:, None], torch.full_like(text, PAD_ID), text)
+        if drop_image is not None:
+            null = self.null_image_embed.to(image_embed.dtype).expand_as(image_embed)
+            image_embed = torch.where(drop_image[:, None], null, image_embed)
+        # Unit-norm embeddings have entries of about 1/sqrt(D): scale them to about 1.
+        image_embed = image_embed * self.config.embed_dim**0.5
+        return image_embed, *self.context(text, image_embed)
 
     def context(
         self, text: torch.Tensor, image_embed: torch.Tensor
@@ -154,6 +158,40 @@ class ImageDecoder(PretrainedMixin, nn.Module, config=DecoderConfig):
         mask = torch.cat([text != PAD_ID, seen], dim=1)
         return torch.cat([h, extra.to(h.dtype)], dim=1), mask
 
+
+class ImageDecoder(DecoderCondition, PretrainedMixin, nn.Module, config=DecoderConfig):
+    def __init__(self, config: DecoderConfig) -> None:
+        super().__init__(c := config)  # sets config and init_seed (see PretrainedMixin)
+        self.build_condition()
+        from diffusers import UNet2DConditionModel  # seconds to import: only when needed
+
+        down = [("CrossAttnDownBlock2D" if a else "DownBlock2D") for a in c.attention]
+        up = [("CrossAttnUpBlock2D" if a else "UpBlock2D") for a in reversed(c.attention)]
+        self.unet = UNet2DConditionModel(
+            sample_size=c.image_size, in_channels=c.image_channels,
+            out_channels=c.image_channels,
+            down_block_types=tuple(down), up_block_types=tuple(up),
+            block_out_channels=tuple(c.channels), layers_per_block=c.layers_per_level,
+            norm_num_groups=c.norm_groups, cross_attention_dim=c.context_width,
+            attention_head_dim=[w // c.head_dim for w in c.channels],
+            class_embed_type="projection", projection_class_embeddings_input_dim=c.embed_dim,
+        )  # fmt: skip
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """The caption tower and null embedding as :meth:`condition_starts`, the U-Net's
+        last convolution at zero (it starts by predicting no noise, as ADM's does), and
+        PyTorch's defaults elsewhere. A no-op on meta."""
+        if self.null_image_embed.is_meta:
+            return
+        starts = self.condition_starts() | {"unet.conv_out.weight": init.constant(0.0),
+                                            "unet.conv_out.bias": init.constant(0.0)}  # fmt: skip
+        init.initialise_(self, self.init_seed, init.named_starts(starts))
+
+    def residual_blocks(self) -> list[nn.Module]:
+        return [*self.text_blocks.layers, *self.unet.down_blocks, self.unet.mid_block,
+                *self.unet.up_blocks]  # fmt: skip
+
     def forward(
         self,
         noised: torch.Tensor,
@@ -168,14 +206,7 @@ class ImageDecoder(PretrainedMixin, nn.Module, config=DecoderConfig):
         ``[B]``, given captions ``[B, L]`` and unit-norm CLIP image embeddings ``[B, D]``;
         ``drop_text`` / ``drop_image`` ``[B]`` bool replace a row's caption by padding /
         its embedding by the learned null one."""
-        if drop_text is not None:
-            text = torch.where(drop_text[:, None], torch.full_like(text, PAD_ID), text)
-        if drop_image is not None:
-            null = self.null_image_embed.to(image_embed.dtype).expand_as(image_embed)
-            image_embed = torch.where(drop_image[:, None], null, image_embed)
-        # Unit-norm embeddings have entries of about 1/sqrt(D): scale them to about 1.
-        image_embed = image_embed * self.config.embed_dim**0.5
-        context, mask = self.context(text, image_embed)
+        image_embed, context, mask = self.condition(text, image_embed, drop_text, drop_image)
         return self.unet(noised, timesteps, encoder_hidden_states=context,
                          class_labels=image_embed.to(noised.dtype),
                          encoder_attention_mask=mask, return_dict=False)[0]  # fmt: skip

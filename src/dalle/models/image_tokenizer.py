@@ -8,7 +8,6 @@ kind is a model class with these members, added to :data:`IMAGE_TOKENIZERS`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -16,7 +15,7 @@ import torch
 
 from dalle.models.dvae import DiscreteVAE
 from dalle.models.fsq import FSQTokenizer
-from dalle.models.pretrained import CONFIG_FILE
+from dalle.models.pretrained import model_type
 
 IMAGE_TOKENIZERS: dict[str, type] = {cls.__name__: cls for cls in (DiscreteVAE, FSQTokenizer)}
 
@@ -47,13 +46,7 @@ class ImageTokenizer(Protocol):
 def load_image_tokenizer(directory: str | Path, device: str | torch.device = "cpu"):
     """The image tokenizer saved in ``directory``, whatever its kind, in eval mode and
     without gradients."""
-    path = Path(directory) / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: not an image tokenizer folder")
-    try:
-        kind = json.loads(path.read_text(encoding="utf-8")).get("model_type")
-    except (ValueError, AttributeError):
-        raise ValueError(f"{path} is not a model config") from None
+    kind = model_type(directory, "an image tokenizer")
     if kind not in IMAGE_TOKENIZERS:
         raise ValueError(
             f"{directory} holds a {kind}, not an image tokenizer ({', '.join(IMAGE_TOKENIZERS)})"

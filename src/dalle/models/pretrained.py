@@ -40,6 +40,18 @@ def config_from_dict(config_class: type, data: dict[str, Any], origin: str = "co
         raise ValueError(f"{origin}: {str(err).removeprefix('config: ')}") from None
 
 
+def model_type(directory: str | Path, what: str) -> str:
+    """The model class a saved folder holds (its ``config.json``'s ``model_type``);
+    ``what`` names the expected kind of folder in errors."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}: not {what} folder")
+    try:
+        return str(json.loads(path.read_text(encoding="utf-8")).get("model_type"))
+    except (ValueError, AttributeError):
+        raise ValueError(f"{path} is not a model config") from None
+
+
 class PretrainedMixin:
     """``save_pretrained`` / ``from_pretrained`` for an ``nn.Module`` with a ``config``."""
 

@@ -21,9 +21,14 @@ import torch.nn.functional as F
 
 from dalle.models.clip import CLIP
 from dalle.models.decoder import ImageDecoder
-from dalle.models.fsq import FSQTokenizer
-from dalle.models.image_tokenizer import load_latent_tokenizer
+from dalle.models.image_tokenizer import (
+    ImageTokenizer,
+    load_image_tokenizer,
+    load_latent_tokenizer,
+)
+from dalle.models.pretrained import model_type
 from dalle.models.prior import DiffusionPrior
+from dalle.models.token_decoder import TokenDecoder
 from dalle.models.upsampler import Upsampler
 from dalle.precision import autocast_context
 from dalle.sampling.diffusion import (
@@ -33,10 +38,16 @@ from dalle.sampling.diffusion import (
     upsample_images,
 )
 from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
+from dalle.sampling.masked import sample_tokens
 from dalle.sampling.rerank import keep_best
 from dalle.sampling.sampler import Generators
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
 from dalle.training.prior_task import CLIP_DIR
+
+# The decoders a `dalle train-decoder` folder may hold, by the model type it records.
+DECODERS: dict[str, type[ImageDecoder | TokenDecoder]] = {
+    cls.__name__: cls for cls in (ImageDecoder, TokenDecoder)
+}
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
@@ -61,7 +72,7 @@ class UnCLIPOutput:
 @dataclass
 class UnCLIP:
     prior: DiffusionPrior | None  # None: a decoder alone (variations, interpolation)
-    decoder: ImageDecoder
+    decoder: ImageDecoder | TokenDecoder
     clip: CLIP
     tokenizer: TextTokenizer
     device: torch.device
@@ -70,8 +81,9 @@ class UnCLIP:
     precision: str = "fp32"
     upsampler: Upsampler | None = None  # None: images at the decoder's size
     upsampler_steps: int = 25  # DDIM steps of the upsampler
-    # A latent decoder's (its folder's image_tokenizer/): turns the codes it draws into pixels.
-    image_tokenizer: FSQTokenizer | None = None
+    # A latent or token decoder's (its folder's image_tokenizer/): turns the codes or the
+    # tokens it draws into pixels.
+    image_tokenizer: ImageTokenizer | None = None
 
     @classmethod
     def from_pretrained(
@@ -87,15 +99,20 @@ class UnCLIP:
         if prior is not None and _weights_hash(Path(prior) / CLIP_DIR) != _weights_hash(clip_dir):
             raise ValueError(f"{prior} and {decoder} were trained on different CLIPs")
         loaded = None if prior is None else DiffusionPrior.from_pretrained(prior, device=device)
+        kind = DECODERS.get(model_type(decoder, "a `dalle train-decoder`"))
+        if kind is None:
+            raise ValueError(f"{decoder} holds no DALL-E 2 decoder ({', '.join(DECODERS)})")
         codes = decoder / IMAGE_TOKENIZER_DIR
+        # A token decoder's tokenizer may be of any kind; a latent decoder's is FSQ.
+        load = load_image_tokenizer if kind is TokenDecoder else load_latent_tokenizer
         pipe = cls(
             prior=None if loaded is None else loaded.eval(),
-            decoder=ImageDecoder.from_pretrained(decoder, device=device).eval(),
+            decoder=kind.from_pretrained(decoder, device=device).eval(),
             clip=CLIP.from_pretrained(clip_dir, device=device).eval(),
             tokenizer=TextTokenizer.load(clip_dir / "tokenizer"),
             device=device,
             precision=precision,
-            image_tokenizer=load_latent_tokenizer(codes, device) if codes.is_dir() else None,
+            image_tokenizer=load(codes, device) if codes.is_dir() or kind is TokenDecoder else None,
         )  # fmt: skip
         if upsampler is not None:
             pipe.upsampler = Upsampler.from_pretrained(upsampler, device=device).eval()
@@ -122,9 +139,14 @@ class UnCLIP:
 
     def draw(self, text: torch.Tensor, embed: torch.Tensor, steps: int, guidance: float,
              generator: Generators, **options: Any) -> torch.Tensor:  # fmt: skip
-        """uint8 images decoded from CLIP image embeddings (``sample_images``'s
-        ``options``), before upsampling."""
+        """uint8 images decoded from CLIP image embeddings, before upsampling: by
+        ``sample_images`` (with its ``options``), or for a token decoder ``sample_tokens``
+        (always stochastic: ``options`` do not apply)."""
         with self.autocast():
+            if isinstance(self.decoder, TokenDecoder):
+                tokens = sample_tokens(self.decoder, text, embed, steps, guidance, generator,
+                                       on_step=options.get("on_step"))  # fmt: skip
+                return self.image_tokenizer.decode(tokens).cpu()
             return sample_images(self.decoder, text, embed, steps, guidance, generator,
                                  image_tokenizer=self.image_tokenizer, **options).cpu()  # fmt: skip
 
@@ -270,10 +292,15 @@ class UnCLIP:
     def _decode_fixed_noise(
         self, embeds: torch.Tensor, guidance: float, steps: int, generator: torch.Generator | None
     ) -> torch.Tensor:
-        c = self.decoder.config
-        noise = torch.randn(1, c.image_channels, c.image_size, c.image_size, generator=generator)
-        text = self.no_caption(len(embeds))
-        drawn = self.draw(text, embeds, steps, guidance, generator,
-                          noise=noise.expand(len(embeds), -1, -1, -1).contiguous())  # fmt: skip
+        c, text = self.decoder.config, self.no_caption(len(embeds))
+        if isinstance(self.decoder, TokenDecoder):  # its randomness: one seed for every image
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            same = [torch.Generator().manual_seed(seed) for _ in embeds]
+            drawn = self.draw(text, embeds, steps, guidance, same)
+        else:
+            noise = torch.randn(1, c.image_channels, c.image_size, c.image_size,
+                                generator=generator)  # fmt: skip
+            drawn = self.draw(text, embeds, steps, guidance, generator,
+                              noise=noise.expand(len(embeds), -1, -1, -1).contiguous())  # fmt: skip
         # The same upsampling noise for every image, so the sequence stays smooth.
         return self.upsample(drawn, torch.Generator().manual_seed(0))

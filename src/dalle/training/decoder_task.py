@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,10 +25,13 @@ from torch import nn
 from dalle.data.datasets import Batch, load_images
 from dalle.data.images import make_grid, shrink
 from dalle.evaluation.shapes_judge import pass_rate
+from dalle.losses.diffusion import masked_token_loss
 from dalle.models.decoder import DecoderConfig, ImageDecoder
-from dalle.models.image_tokenizer import load_latent_tokenizer
+from dalle.models.image_tokenizer import load_image_tokenizer, load_latent_tokenizer
+from dalle.models.token_decoder import TokenDecoder, TokenDecoderConfig
 from dalle.sampling.diffusion import noised, prediction_target, sample_images, to_model_range
 from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
+from dalle.sampling.masked import mask_tokens, sample_tokens
 from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 from dalle.training.prior_task import CLIP_DIR, fit_to_clip, load_frozen_clip
@@ -68,20 +72,26 @@ class DecoderTrainConfig(RunConfig):
 
 
 class DecoderTask:
+    model_class: type[nn.Module] = ImageDecoder
+
     def __init__(self, config: DecoderTrainConfig, device: torch.device) -> None:
         self.config, self.device = config, device
         self.clip, self.tokenizer = load_frozen_clip(config.clip, device)
-        self.image_tokenizer = (load_latent_tokenizer(config.image_tokenizer, device)
-                                if config.image_tokenizer else None)  # fmt: skip
+        self.image_tokenizer = self.load_image_tokenizer()
         config.model = fit_to_clip(config.model, self.clip, self.tokenizer, **self.drawn_shape())
         if self.image_tokenizer is None and config.data.image_size % config.model.image_size:
             raise ValueError(f"image_size {config.model.image_size} must divide the data's "
                              f"image size {config.data.image_size}")  # fmt: skip
-        self.model = build_model(ImageDecoder, config.model, device)
+        self.model = build_model(self.model_class, config.model, device)
         holdout = replace(config.data, subset="holdout")
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
         self.eval_text = self.tokenizer.encode(self.eval_captions).ids.to(device)
         self.eval_embed = self.image_embeddings(self.eval_images)
+
+    def load_image_tokenizer(self) -> Any:
+        """The FSQ tokenizer whose codes a latent decoder draws (None: pixels)."""
+        folder = self.config.image_tokenizer
+        return load_latent_tokenizer(folder, self.device) if folder else None
 
     def drawn_shape(self) -> dict[str, int]:
         """The side and channels of what the decoder diffuses: the tokenizer's code grid,
@@ -147,16 +157,22 @@ class DecoderTask:
                   for i, t, e in zip(self.eval_images.split(size), self.eval_text.split(size),
                                      self.eval_embed.split(size), strict=True)]  # fmt: skip
         metrics = {"val_loss": sum(losses) / len(self.eval_images)}
-        n, e = min(self.config.eval.grid, len(self.eval_images)), self.config.eval
-        decoded = sample_images(self.model, self.eval_text[:n], self.eval_embed[:n],
-                                e.sample_steps, e.guidance_scale, generator,
-                                image_tokenizer=self.image_tokenizer).cpu()  # fmt: skip
+        n = min(self.config.eval.grid, len(self.eval_images))
+        decoded = self.draw(self.eval_text[:n], self.eval_embed[:n], generator).cpu()
         (out_dir / "samples").mkdir(exist_ok=True)
         both = torch.cat([self.at_decoder_size(self.eval_images[:n]), decoded])
         make_grid(both, columns=n).save(out_dir / "samples" / f"decoded-{step:07d}.png")
         if self.config.data.source.startswith("shapes"):
             metrics["decoded_judge_pass"] = pass_rate(decoded, self.eval_captions)
         return metrics
+
+    def draw(
+        self, text: torch.Tensor, embed: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """uint8 images decoded from embeddings at the evaluation's settings."""
+        e = self.config.eval
+        return sample_images(self.model, text, embed, e.sample_steps, e.guidance_scale,
+                             generator, image_tokenizer=self.image_tokenizer)  # fmt: skip
 
     def export(self, out_dir: Path, model: nn.Module) -> None:
         """``model``; in ``clip/``, the CLIP whose embeddings it decodes; and for a latent
@@ -166,3 +182,63 @@ class DecoderTask:
             self.image_tokenizer.save_pretrained(out_dir / IMAGE_TOKENIZER_DIR)
         self.clip.save_pretrained(out_dir / CLIP_DIR)
         self.tokenizer.save(out_dir / CLIP_DIR / "tokenizer")
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+@dataclass
+class TokenDecoderEvalConfig(DecoderEvalConfig):
+    sample_steps: int = 12  # aMUSEd samples in 12
+
+
+@dataclass
+class TokenDecoderTrainConfig(DecoderTrainConfig):
+    """`dalle train-decoder` with a ``token-decoder-*`` preset: the decoder draws the image
+    tokenizer's token grid by masked-token diffusion (``models/token_decoder.py``). The
+    image tokenizer is required and may be of any kind."""
+
+    preset: str = "token-decoder-small"
+    model: TokenDecoderConfig = field(default_factory=TokenDecoderConfig)
+    optim: OptimConfig = optim_defaults(
+        lr=1.0e-3, final_lr=1.0e-5, warmup_steps=100, weight_decay=0.01, grad_clip=1.0
+    )
+    eval: TokenDecoderEvalConfig = field(default_factory=TokenDecoderEvalConfig)
+
+
+class TokenDecoderTask(DecoderTask):
+    model_class = TokenDecoder
+
+    def load_image_tokenizer(self) -> Any:
+        return load_image_tokenizer(self.config.image_tokenizer, self.device)
+
+    def drawn_shape(self) -> dict[str, int]:
+        """The token grid's side and vocabulary."""
+        grid = self.image_tokenizer.token_grid(self.config.data.image_size)
+        return {"image_size": grid, "image_vocab_size": self.image_tokenizer.vocab_size}
+
+    def loss(
+        self,
+        images: torch.Tensor,
+        text: torch.Tensor,
+        embed: torch.Tensor,
+        generator: torch.Generator | None = None,
+        dropout: bool = True,
+    ) -> torch.Tensor:
+        """Cross-entropy of the masked tokens of uint8 ``images``' token grids."""
+        tokens = self.image_tokenizer.encode(images.to(self.device))  # [B, h, w]
+        corrupted, masked = mask_tokens(tokens, self.config.model.mask_id, generator)
+        drop_text = drop_image = None
+        if dropout:
+            drop_text = torch.rand(len(text), device=self.device) < self.config.caption_dropout
+            drop_image = torch.rand(len(text), device=self.device) < self.config.image_dropout
+        logits = self.model(corrupted, text, embed, drop_text, drop_image)
+        return masked_token_loss(logits, tokens, masked)
+
+    def draw(
+        self, text: torch.Tensor, embed: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        e = self.config.eval
+        tokens = sample_tokens(self.model, text, embed, e.sample_steps, e.guidance_scale,
+                               generator)  # fmt: skip
+        return self.image_tokenizer.decode(tokens)

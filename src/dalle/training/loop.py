@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
@@ -78,6 +80,9 @@ def optim_defaults(**values: Any) -> Any:
     return field(default_factory=lambda: OptimConfig(**values))
 
 
+ATTENTION_KERNELS = ("auto", "math")
+
+
 @dataclass
 class LoopConfig:
     steps: int = 1000  # optimizer updates
@@ -102,8 +107,17 @@ class LoopConfig:
     schedule_clock: str = "steps"
     activation_checkpointing: bool = False  # recompute block activations: less memory
     compile: bool = False  # torch.compile each residual block
+    # The kernel of scaled_dot_product_attention in training and evaluation: "auto" lets
+    # PyTorch choose (a fused flash kernel on the CPU), "math" the plain matrix products.
+    # On this 2-core CPU "math" is about twice as fast for sequences up to ~100 tokens
+    # (the demo's 88) and half as fast from 256 on (BENCHMARKS.md).
+    attention_kernel: str = "auto"
 
     def __post_init__(self) -> None:
+        if self.attention_kernel not in ATTENTION_KERNELS:
+            kernels = ", ".join(ATTENTION_KERNELS)
+            raise ValueError(f"loop.attention_kernel must be one of {kernels}, "
+                             f"not {self.attention_kernel!r}")  # fmt: skip
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"loop.precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}"
@@ -328,7 +342,7 @@ class Trainer:
             self.ema,
             out_dir,
             loop.eval_every,
-            lambda: autocast_context(self.device, self.precision),
+            self.compute,
         )
         state = self.checkpoints.load()
         if state is None:
@@ -414,6 +428,14 @@ class Trainer:
                 self._check_finite()
                 self.checkpoints.save(state)
 
+    def compute(self) -> AbstractContextManager:
+        """Where the loss is computed: the run's autocast and attention kernel."""
+        stack = ExitStack()
+        stack.enter_context(autocast_context(self.device, self.precision))
+        if self.loop.attention_kernel == "math":
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        return stack
+
     def train_step(
         self, batches: Iterator[Batch], lr: float, position: float
     ) -> tuple[dict[str, torch.Tensor | float], int]:
@@ -428,7 +450,7 @@ class Trainer:
         samples = 0
         for _ in range(loop.grad_accum):
             batch = next(batches)
-            with autocast_context(self.device, self.precision):
+            with self.compute():
                 loss, batch_metrics = self.task.training_loss(batch, position)
             scaled = self.scaler.scale(loss) if self.scaler is not None else loss
             (scaled / loop.grad_accum).backward()

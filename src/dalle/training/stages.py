@@ -30,10 +30,16 @@ from dalle.models.decoder import DECODER_PRESETS, ImageDecoder
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
 from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
 from dalle.models.prior import PRIOR_PRESETS, DiffusionPrior
+from dalle.models.token_decoder import TOKEN_DECODER_PRESETS, TokenDecoder
 from dalle.models.upsampler import UPSAMPLER_PRESETS, Upsampler
 from dalle.training.clip_task import CLIPTask, CLIPTrainConfig
 from dalle.training.dalle_task import DALLETask, DALLETrainConfig
-from dalle.training.decoder_task import DecoderTask, DecoderTrainConfig
+from dalle.training.decoder_task import (
+    DecoderTask,
+    DecoderTrainConfig,
+    TokenDecoderTask,
+    TokenDecoderTrainConfig,
+)
 from dalle.training.dvae_task import DVAETask, DVAETrainConfig
 from dalle.training.fsq_task import FSQTask, FSQTrainConfig
 from dalle.training.loop import Task
@@ -105,9 +111,13 @@ PRIOR = StageSpec("prior", PriorTrainConfig, PRIOR_PRESETS, DiffusionPrior, Prio
                   inputs=("clip",))  # fmt: skip
 DECODER = StageSpec("decoder", DecoderTrainConfig, DECODER_PRESETS, ImageDecoder, DecoderTask,
                     inputs=("clip",), optional_inputs=("image_tokenizer",))  # fmt: skip
+TOKEN_DECODER = StageSpec("token decoder", TokenDecoderTrainConfig, TOKEN_DECODER_PRESETS,
+                          TokenDecoder, TokenDecoderTask,
+                          inputs=("clip", "image_tokenizer"))  # fmt: skip
 UPSAMPLER = StageSpec("upsampler", UpsamplerTrainConfig, UPSAMPLER_PRESETS, Upsampler,
                       UpsamplerTask)  # fmt: skip
-STAGES: tuple[StageSpec, ...] = (DVAE, FSQ, TRANSFORMER, CLIP_STAGE, PRIOR, DECODER, UPSAMPLER)
+STAGES: tuple[StageSpec, ...] = (DVAE, FSQ, TRANSFORMER, CLIP_STAGE, PRIOR, DECODER,
+                                 TOKEN_DECODER, UPSAMPLER)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -150,8 +160,11 @@ TRAIN_COMMANDS: tuple[TrainCommand, ...] = (
     TrainCommand("train-clip", "the CLIP model", (CLIP_STAGE,)),
     TrainCommand("train-prior", "DALL-E 2's diffusion prior (caption to CLIP image embedding)",
                  (PRIOR,)),
-    TrainCommand("train-decoder", "DALL-E 2's decoder (CLIP image embedding to image)",
-                 (DECODER,)),
+    TrainCommand("train-decoder",
+                 "DALL-E 2's decoder (CLIP image embedding to image): diffusion of pixels or of "
+                 "an FSQ tokenizer's codes (decoder-* presets), or masked-token diffusion of an "
+                 "image tokenizer's tokens (token-decoder-* presets)",
+                 (DECODER, TOKEN_DECODER)),
     TrainCommand("train-upsampler", "DALL-E 2's upsampler (an image to one `scale` times larger)",
                  (UPSAMPLER,)),
 )  # fmt: skip
