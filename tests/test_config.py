@@ -14,6 +14,7 @@ from dalle.training.stages import (
     DECODER,
     IMAGE_TOKENIZER,
     PRIOR,
+    TOKEN_DECODER,
     TRANSFORMER,
     UPSAMPLER,
 )
@@ -29,6 +30,9 @@ LOADERS = {
     "clip-": lambda path: CLIP_STAGE.build_config(path, ["tokenizer=some/tok"]),
     "prior-": lambda path: PRIOR.build_config(path, ["clip=some/clip"]),
     "decoder-": lambda path: DECODER.build_config(path, ["clip=some/clip"]),
+    "token-decoder-": lambda path: TOKEN_DECODER.build_config(
+        path, ["clip=some/clip", "image_tokenizer=some/fsq"]
+    ),
     "upsampler-": lambda path: UPSAMPLER.build_config(path, []),
 }
 

@@ -127,14 +127,18 @@ class DecoderTask:
         noised to random steps."""
         clean = self.diffused(images)
         noisy, t, noise = noised(clean, self.config.model.timesteps, generator)
-        drop_text = drop_image = None
-        if dropout:
-            drop_text = torch.rand(len(text), device=self.device) < self.config.caption_dropout
-            drop_image = torch.rand(len(text), device=self.device) < self.config.image_dropout
+        drop_text, drop_image = self.dropped(len(text)) if dropout else (None, None)
         prediction = self.model(noisy, t, text, embed, drop_text, drop_image)
         c = self.config.model
         target = prediction_target(c.prediction, clean, noise, t, c.timesteps)
         return F.mse_loss(prediction.float(), target.float())
+
+    def dropped(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which rows ``[rows]`` bool lose their caption and which their CLIP embedding
+        (the paper's classifier-free guidance dropout)."""
+        drop_text = torch.rand(rows, device=self.device) < self.config.caption_dropout
+        drop_image = torch.rand(rows, device=self.device) < self.config.image_dropout
+        return drop_text, drop_image
 
     def at_decoder_size(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images at the data's size -> the decoder's output size (shrunk by area
@@ -228,10 +232,7 @@ class TokenDecoderTask(DecoderTask):
         """Cross-entropy of the masked tokens of uint8 ``images``' token grids."""
         tokens = self.image_tokenizer.encode(images.to(self.device))  # [B, h, w]
         corrupted, masked = mask_tokens(tokens, self.config.model.mask_id, generator)
-        drop_text = drop_image = None
-        if dropout:
-            drop_text = torch.rand(len(text), device=self.device) < self.config.caption_dropout
-            drop_image = torch.rand(len(text), device=self.device) < self.config.image_dropout
+        drop_text, drop_image = self.dropped(len(text)) if dropout else (None, None)
         logits = self.model(corrupted, text, embed, drop_text, drop_image)
         return masked_token_loss(logits, tokens, masked)
 
