@@ -32,7 +32,7 @@ def masking_ratio(u: torch.Tensor) -> torch.Tensor:
 def mask_tokens(
     tokens: torch.Tensor, mask_id: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(corrupted, masked)``: ``tokens`` ``[B, h, w]`` with a share ``masking_ratio(1 - u)``
+    """``(corrupted, masked)``: ``tokens`` ``[B, h, w]`` with a share ``masking_ratio(u)``
     of each image's positions (``u`` uniform, at least one position) replaced by
     ``mask_id``, and which ones ``[B, h, w]`` bool. Drawn on the CPU: the same on any
     device."""
