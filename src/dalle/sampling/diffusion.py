@@ -78,6 +78,26 @@ def guided(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float)
     return unconditional + scale * (conditional - unconditional)
 
 
+def guided_prediction(
+    decoder: Callable[..., torch.Tensor],
+    inputs: tuple[torch.Tensor, ...],
+    text: torch.Tensor,
+    image_embed: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """``decoder(*inputs, text, image_embed)`` in float32, under classifier-free guidance:
+    at ``scale`` 1 the conditional prediction alone; otherwise every row twice in one
+    batch ``[2B, ...]``, once with both conditions and once with neither (the caption and
+    the CLIP embedding dropped together), mixed by :func:`guided`."""
+    if scale == 1.0:
+        return decoder(*inputs, text, image_embed).float()
+    rows = len(text)
+    drop = torch.arange(2 * rows, device=text.device) >= rows  # [2B]: the second half
+    twice = [torch.cat([a, a]) for a in (*inputs, text, image_embed)]
+    both = decoder(*twice, drop_text=drop, drop_image=drop).float()
+    return guided(both[:rows], both[rows:], scale)
+
+
 def _draw(shape: tuple[int, ...], generator: Generators) -> torch.Tensor:
     """Gaussian noise of ``shape`` on the CPU: from one generator, or row ``i`` from
     ``generator[i]`` (so a row does not depend on the rows beside it)."""
@@ -178,18 +198,12 @@ def sample_images(
     one with neither; ``eta`` > 0 samples stochastically (variations); ``noise`` fixes
     the starting point (interpolation). A latent decoder draws codes, which its
     ``image_tokenizer`` turns into pixels."""
-    rows, size = len(text), decoder.config.image_size
 
     def predict(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if guidance_scale == 1.0:
-            return decoder(x, t, text, image_embed)
-        drop = torch.arange(2 * rows, device=x.device) >= rows
-        twice = [torch.cat([a, a]) for a in (x, t, text, image_embed)]
-        both = decoder(*twice, drop_text=drop, drop_image=drop)
-        return guided(both[:rows], both[rows:], guidance_scale)
+        return guided_prediction(decoder, (x, t), text, image_embed, guidance_scale)
 
     c = decoder.config
-    shape = (rows, c.image_channels, size, size)
+    shape = (len(text), c.image_channels, c.image_size, c.image_size)
     images = denoise(predict, shape, c.timesteps, steps, generator, text.device, eta,
                      c.prediction, clip_sample=True, noise=noise, on_step=on_step)  # fmt: skip
     if image_tokenizer is not None:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from dalle.models.token_decoder import TokenDecoder
-from dalle.sampling.diffusion import guided
+from dalle.sampling.diffusion import guided_prediction
 from dalle.sampling.sampler import Generators
 
 if TYPE_CHECKING:  # diffusers takes seconds to import: only where sampling starts
@@ -66,16 +66,9 @@ def sample_tokens(
     c = decoder.config
     scheduler = AmusedScheduler(mask_token_id=c.mask_id)
     scheduler.set_timesteps(steps, temperature=temperature)
-    rows = len(text)
-    tokens = torch.full((rows, c.image_size, c.image_size), c.mask_id, device=text.device)
-    drop = torch.arange(2 * rows, device=text.device) >= rows
+    tokens = torch.full((len(text), c.image_size, c.image_size), c.mask_id, device=text.device)
     for i, t in enumerate(scheduler.timesteps):
-        if guidance_scale == 1.0:
-            logits = decoder(tokens, text, image_embed).float()
-        else:
-            both = decoder(torch.cat([tokens, tokens]), torch.cat([text, text]),
-                           torch.cat([image_embed, image_embed]), drop, drop).float()  # fmt: skip
-            logits = guided(both[:rows], both[rows:], guidance_scale)
+        logits = guided_prediction(decoder, (tokens,), text, image_embed, guidance_scale)
         tokens = _step(scheduler, logits, int(t), tokens, generator)
         if on_step is not None:
             on_step(i)

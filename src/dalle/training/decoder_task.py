@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from dalle.data.datasets import Batch, load_images
 from dalle.data.images import make_grid, shrink
@@ -35,6 +35,9 @@ from dalle.sampling.masked import mask_tokens, sample_tokens
 from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 from dalle.training.prior_task import CLIP_DIR, fit_to_clip, load_frozen_clip
+
+# Which rows ``[B]`` bool lose their caption and which their CLIP embedding; None: none.
+Dropped = tuple[Tensor, Tensor] | tuple[None, None]
 
 
 @dataclass
@@ -123,17 +126,24 @@ class DecoderTask:
         generator: torch.Generator | None = None,
         dropout: bool = True,
     ) -> torch.Tensor:
+        """The decoder's objective for uint8 ``images`` with their captions ``[B, L]`` and
+        CLIP embeddings ``[B, D]``; ``dropout``: drop conditions for guidance (training
+        does, validation does not)."""
+        drop = self.dropped(len(text)) if dropout else (None, None)
+        return self.objective(images, text, embed, drop, generator)
+
+    def objective(self, images: Tensor, text: Tensor, embed: Tensor, drop: Dropped,
+                  generator: torch.Generator | None) -> Tensor:  # fmt: skip
         """Squared error of the prediction (the noise by default) for uint8 ``images``
         noised to random steps."""
         clean = self.diffused(images)
         noisy, t, noise = noised(clean, self.config.model.timesteps, generator)
-        drop_text, drop_image = self.dropped(len(text)) if dropout else (None, None)
-        prediction = self.model(noisy, t, text, embed, drop_text, drop_image)
+        prediction = self.model(noisy, t, text, embed, *drop)
         c = self.config.model
         target = prediction_target(c.prediction, clean, noise, t, c.timesteps)
         return F.mse_loss(prediction.float(), target.float())
 
-    def dropped(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def dropped(self, rows: int) -> Dropped:
         """Which rows ``[rows]`` bool lose their caption and which their CLIP embedding
         (the paper's classifier-free guidance dropout)."""
         drop_text = torch.rand(rows, device=self.device) < self.config.caption_dropout
@@ -221,19 +231,12 @@ class TokenDecoderTask(DecoderTask):
         grid = self.image_tokenizer.token_grid(self.config.data.image_size)
         return {"image_size": grid, "image_vocab_size": self.image_tokenizer.vocab_size}
 
-    def loss(
-        self,
-        images: torch.Tensor,
-        text: torch.Tensor,
-        embed: torch.Tensor,
-        generator: torch.Generator | None = None,
-        dropout: bool = True,
-    ) -> torch.Tensor:
+    def objective(self, images: Tensor, text: Tensor, embed: Tensor, drop: Dropped,
+                  generator: torch.Generator | None) -> Tensor:  # fmt: skip
         """Cross-entropy of the masked tokens of uint8 ``images``' token grids."""
         tokens = self.image_tokenizer.encode(images.to(self.device))  # [B, h, w]
         corrupted, masked = mask_tokens(tokens, self.config.model.mask_id, generator)
-        drop_text, drop_image = self.dropped(len(text)) if dropout else (None, None)
-        logits = self.model(corrupted, text, embed, drop_text, drop_image)
+        logits = self.model(corrupted, text, embed, *drop)
         return masked_token_loss(logits, tokens, masked)
 
     def draw(
