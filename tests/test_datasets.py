@@ -25,7 +25,13 @@ from dalle.data.datasets import (
     new_skip_log,
     open_source,
 )
-from dalle.data.images import load_image, random_crops, resize_center_crop, to_rgb
+from dalle.data.images import (
+    load_image,
+    random_crops,
+    resize_center_crop,
+    to_rgb,
+    window_foreground,
+)
 from dalle.data.shapes_world import sample_scene
 
 
@@ -294,3 +300,31 @@ def test_random_crops_are_windows_on_the_patch_grid() -> None:
         random_crops(images, 6, stride=4)
     with pytest.raises(ValueError, match="must fit"):
         random_crops(images, 32)
+
+
+def test_window_foreground_is_the_share_of_pixels_off_the_background() -> None:
+    images = torch.full((2, 3, 16, 16), 255, dtype=torch.uint8)  # white
+    images[0, :, 0:4, 12:16] = torch.tensor([200, 0, 0], dtype=torch.uint8)[:, None, None]
+    images[0, :, 8:9, 0:1] = 230  # off white by 25 < 60: background still
+    shares = window_foreground(images, 8, stride=4)  # corners 0, 4, 8 per side
+    assert shares.shape == (2, 3, 3)
+    expected = torch.zeros(3, 3)
+    expected[0, 2] = 16 / 64  # the 4x4 red block fills a quarter of the top-right window
+    assert torch.equal(shares[0], expected) and not shares[1].any()
+
+
+def test_weighted_crops_follow_their_weights() -> None:
+    images = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    weights = torch.zeros(2, 3, 3)
+    weights[0, 2, 1], weights[1, 0, 2] = 1.0, 1.0  # one allowed corner per image
+    for crop_seed in range(5):
+        crops = random_crops(images, 8, 4, torch.Generator().manual_seed(crop_seed), weights)
+        assert torch.equal(crops[0], images[0, :, 8:16, 4:12])
+        assert torch.equal(crops[1], images[1, :, 0:8, 8:16])
+    # In proportion: 3 to 1 between two corners, over many draws.
+    weights = torch.zeros(4000, 3, 3)
+    weights[:, 0, 0], weights[:, 1, 1] = 3.0, 1.0
+    crops = random_crops(torch.arange(256.0).view(1, 1, 16, 16).expand(4000, 1, 16, 16), 8, 4,
+                         torch.Generator().manual_seed(0), weights)  # fmt: skip
+    at_origin = (crops[:, 0, 0, 0] == 0).float().mean().item()
+    assert 0.72 < at_origin < 0.78

@@ -106,6 +106,22 @@ def test_sampling_unmasks_every_position_and_rows_keep_their_own_draws() -> None
     assert torch.equal(alone[0], beside[1])
 
 
+def test_a_cold_temperature_draws_the_most_likely_tokens() -> None:
+    """Near zero temperature and without noise on the confidences, sampling no longer
+    depends on the generator; at temperature 1 it does."""
+    decoder, c = _decoder(), TINY
+    text = torch.randint(1, c.text_vocab_size, (4, c.text_len))
+    embed = F.normalize(torch.randn(4, c.embed_dim), dim=-1)
+
+    def draw(seed: int, temperature: float) -> torch.Tensor:
+        return sample_tokens(decoder, text, embed, steps=4, temperature=temperature,
+                             confidence_noise=(0.0, 0.0),
+                             generator=torch.Generator().manual_seed(seed))  # fmt: skip
+
+    assert torch.equal(draw(0, 1e-4), draw(1, 1e-4))
+    assert not torch.equal(draw(0, 1.0), draw(1, 1.0))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
     """A tiny CLIP and FSQ tokenizer, a prior, and a token decoder trained on them."""
@@ -171,7 +187,11 @@ def test_the_unclip_demo_draws_tokens(tmp_path) -> None:
     assert len(list((out / "seen").glob("*.png"))) == 4
 
 
-def test_a_token_decoder_needs_an_image_tokenizer(trained, tmp_path) -> None:
+def test_a_token_decoder_needs_an_image_tokenizer(trained, tmp_path, capsys) -> None:
     args = ["train-decoder", "--config", str(CONFIGS / "token-decoder-tiny-cpu.yaml"),
             "--clip", str(trained["clip"]), "--out", str(tmp_path / "run")]  # fmt: skip
     assert main(args) == 2
+    # A pixel decoder's setting is refused, not ignored.
+    assert main([*args[:-1], str(tmp_path / "sized"), f"image_tokenizer={trained['fsq']}",
+                 "image_size=32"]) == 2  # fmt: skip
+    assert "image_size 32 is a pixel decoder's setting" in capsys.readouterr().err

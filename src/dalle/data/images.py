@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS: tuple[str, ...] = ("png", "jpg", "jpeg", "webp")
@@ -145,17 +146,47 @@ def make_grid(images: torch.Tensor, columns: int, padding: int = 2) -> Image.Ima
     return Image.fromarray(grid)
 
 
+# A pixel further than this (in uint8 units, any channel) from its image's background
+# colour, the image's median, is foreground.
+FOREGROUND_THRESHOLD = 60
+
+
+def foreground_mask(images: torch.Tensor) -> torch.Tensor:
+    """Which pixels of uint8 images ``[B, C, H, W]`` differ from their image's median
+    colour by more than ``FOREGROUND_THRESHOLD``: float ``[B, 1, H, W]`` of 0 and 1."""
+    pixels = images.float()
+    background = pixels.flatten(2).median(dim=2).values[..., None, None]  # [B, C, 1, 1]
+    return ((pixels - background).abs().amax(dim=1, keepdim=True) > FOREGROUND_THRESHOLD).float()
+
+
+def window_foreground(images: torch.Tensor, size: int, stride: int) -> torch.Tensor:
+    """The foreground share of every ``size`` x ``size`` window of uint8 images
+    ``[B, C, H, W]`` whose corner is on a multiple of ``stride``: ``[B, rows, cols]``."""
+    return F.avg_pool2d(foreground_mask(images), size, stride)[:, 0]
+
+
 def random_crops(
-    images: torch.Tensor, size: int, stride: int = 1, generator: torch.Generator | None = None
+    images: torch.Tensor,
+    size: int,
+    stride: int = 1,
+    generator: torch.Generator | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One random ``size`` x ``size`` window of each image ``[B, C, H, W]``, its corner on
     a multiple of ``stride`` (a tokenizer's patch size, so that a crop's tokens fall on
-    the whole image's token grid). Returns ``[B, C, size, size]``."""
+    the whole image's token grid). Corners are uniform, or drawn in proportion to
+    ``weights`` ``[B, rows, cols]`` (one per corner on that grid). Returns
+    ``[B, C, size, size]``."""
     b, _, h, w = images.shape
     if size > min(h, w) or size % stride:
         raise ValueError(f"crop {size} must fit in {h}x{w} images and be a multiple of {stride}")
-    rows = torch.randint(0, (h - size) // stride + 1, (b,), generator=generator) * stride
-    cols = torch.randint(0, (w - size) // stride + 1, (b,), generator=generator) * stride
+    grid_rows, grid_cols = (h - size) // stride + 1, (w - size) // stride + 1
+    if weights is None:
+        rows = torch.randint(0, grid_rows, (b,), generator=generator) * stride
+        cols = torch.randint(0, grid_cols, (b,), generator=generator) * stride
+    else:
+        corner = torch.multinomial(weights.flatten(1).float(), 1, generator=generator)[:, 0]
+        rows, cols = corner // grid_cols * stride, corner % grid_cols * stride
     corners = zip(rows.tolist(), cols.tolist(), strict=True)
     return torch.stack([image[:, r : r + size, c : c + size]
                         for image, (r, c) in zip(images, corners, strict=True)])  # fmt: skip

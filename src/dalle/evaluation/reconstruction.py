@@ -16,10 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from dalle.data.datasets import DataConfig
-
-# A pixel is foreground when a channel differs from the background by more than this
-# (the Shapes World judge's threshold, on 0-255 values).
-FOREGROUND_THRESHOLD = 60
+from dalle.data.images import foreground_mask
 
 
 def reconstruction_metrics(original: torch.Tensor, recon: torch.Tensor) -> dict[str, float]:
@@ -44,10 +41,7 @@ def foreground_tokens(images: torch.Tensor, grid: int) -> torch.Tensor:
     """Which tokens of uint8 images ``[B, 3, H, W]`` cover foreground: bool ``[B, g, g]``.
 
     The background is each image's median colour."""
-    pixels = images.float()
-    background = pixels.flatten(2).median(dim=2).values[..., None, None]  # [B, 3, 1, 1]
-    mask = ((pixels - background).abs().amax(dim=1) > FOREGROUND_THRESHOLD).float()
-    return F.adaptive_max_pool2d(mask[:, None], grid)[:, 0] > 0
+    return F.adaptive_max_pool2d(foreground_mask(images), grid)[:, 0] > 0
 
 
 def tokenizer_metrics(

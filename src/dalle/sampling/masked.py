@@ -3,9 +3,10 @@
 Training corrupts a grid by masking a share ``cos(u pi / 2)`` of its tokens, ``u`` uniform
 per image (:func:`mask_tokens`), as aMUSEd's training script does; sampling is
 diffusers' ``AmusedScheduler``: from a fully masked grid, each step draws every masked
-token and masks again the least confident draws (with Gumbel noise on the confidence,
-annealed from ``temperature[0]`` to ``temperature[1]``), fewer at every step on the
-cosine schedule, until none is left.
+token (at ``temperature``, as the DALL-E sampler's) and masks again the least confident
+draws (with Gumbel noise on the confidence, annealed from ``confidence_noise[0]`` to
+``confidence_noise[1]``: aMUSEd's ``temperature``), fewer at every step on the cosine
+schedule, until none is left.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ def sample_tokens(
     steps: int = 12,
     guidance_scale: float = 3.0,
     generator: Generators = None,
-    temperature: tuple[float, float] = (2.0, 0.0),
+    temperature: float = 1.0,
+    confidence_noise: tuple[float, float] = (2.0, 0.0),
     on_step: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Token grids ``[B, h, w]`` for CLIP image embeddings ``[B, D]`` and captions ``[B, L]``
@@ -65,10 +67,11 @@ def sample_tokens(
 
     c = decoder.config
     scheduler = AmusedScheduler(mask_token_id=c.mask_id)
-    scheduler.set_timesteps(steps, temperature=temperature)
+    scheduler.set_timesteps(steps, temperature=confidence_noise)
     tokens = torch.full((len(text), c.image_size, c.image_size), c.mask_id, device=text.device)
     for i, t in enumerate(scheduler.timesteps):
         logits = guided_prediction(decoder, (tokens,), text, image_embed, guidance_scale)
+        logits = logits / temperature
         tokens = _step(scheduler, logits, int(t), tokens, generator)
         if on_step is not None:
             on_step(i)

@@ -223,6 +223,12 @@ class TokenDecoderTrainConfig(DecoderTrainConfig):
 class TokenDecoderTask(DecoderTask):
     model_class = TokenDecoder
 
+    def __init__(self, config: TokenDecoderTrainConfig, device: torch.device) -> None:
+        if config.image_size:
+            raise ValueError(f"image_size {config.image_size} is a pixel decoder's setting: a "
+                             "token decoder draws its image tokenizer's grid")  # fmt: skip
+        super().__init__(config, device)
+
     def load_image_tokenizer(self) -> Any:
         return load_image_tokenizer(self.config.image_tokenizer, self.device)
 

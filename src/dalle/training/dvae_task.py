@@ -73,6 +73,10 @@ class DVAETrainConfig(RunConfig):
     # Train on random square crops of this side (a multiple of the patch size; 0: whole
     # images), as the FSQ tokenizer can; not in the paper.
     crop: int = 0
+    # Draw each crop's corner in proportion to its window's foreground share (plus a small
+    # floor, so plain windows still occur) instead of uniformly: an update spends less on
+    # windows of background alone. Not in either paper.
+    crop_foreground: bool = False
 
 
 class DVAETask(ImageTokenizerTask):

@@ -31,6 +31,10 @@ class FSQTrainConfig(RunConfig):
     # images). The autoencoder is convolutional: an update on 32x32 crops of 64x64 images
     # costs about a quarter, and the held-out metrics still use whole images.
     crop: int = 0
+    # Draw each crop's corner in proportion to its window's foreground share (plus a small
+    # floor, so plain windows still occur) instead of uniformly: an update spends less on
+    # windows of background alone. Not in either paper.
+    crop_foreground: bool = False
 
 
 class FSQTask(ImageTokenizerTask):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from dalle.data.datasets import Batch, load_images
-from dalle.data.images import make_grid, random_crops
+from dalle.data.images import make_grid, random_crops, window_foreground
 from dalle.evaluation.reconstruction import collapse_message, reconstruct, tokenizer_metrics
 
 log = logging.getLogger(__name__)
@@ -22,6 +22,11 @@ log = logging.getLogger(__name__)
 class ImageTokenizerEvalConfig:
     samples: int = 512  # held-out images for reconstruction metrics
     grid: int = 16  # images in the reconstruction grid (originals above reconstructions)
+
+
+# With ``crop_foreground``, a window of background alone is drawn this many times less
+# often than one of only foreground; Shapes World's 32x32 windows average 19% foreground.
+CROP_WEIGHT_FLOOR = 0.02
 
 
 class ImageTokenizerTask:
@@ -45,9 +50,12 @@ class ImageTokenizerTask:
     def training_images(self, batch: Batch) -> torch.Tensor:
         """The batch's images on the device, ``[B, 3, S, S]`` uint8, as random crops on the
         token grid when ``config.crop`` is set (``S`` = crop, else the image size)."""
-        images = batch.images
-        if self.config.crop:
-            images = random_crops(images, self.config.crop, self.patch)
+        images, size = batch.images, self.config.crop
+        if size:
+            weights = None
+            if self.config.crop_foreground:
+                weights = window_foreground(images, size, self.patch) + CROP_WEIGHT_FLOOR
+            images = random_crops(images, size, self.patch, weights=weights)
         return images.to(self.device, non_blocking=True)
 
     def evaluate(self, step: int, out_dir: Path) -> dict[str, float]:
