@@ -191,6 +191,8 @@ def test_training_on_crops_evaluates_whole_images(preset: str, tmp_path: Path, c
         "crop 5 must be at most data.image_size (16) and a multiple of the patch size (2)"
         in capsys.readouterr().err
     )
+    assert main([*args[:4], str(tmp_path / "bad2"), *args[5:], "crop_foreground=true"]) == 2
+    assert "crop_foreground weighs the corners of crops: it needs crop" in capsys.readouterr().err
 
 
 def test_foreground_crops_spend_updates_on_objects() -> None:

@@ -24,8 +24,9 @@ class ImageTokenizerEvalConfig:
     grid: int = 16  # images in the reconstruction grid (originals above reconstructions)
 
 
-# With ``crop_foreground``, a window of background alone is drawn this many times less
-# often than one of only foreground; Shapes World's 32x32 windows average 19% foreground.
+# With ``crop_foreground`` a window's weight is its foreground share plus this floor: one
+# of background alone is drawn about 50 times less often than one full of objects
+# (Shapes World's 32x32 windows average 19% foreground).
 CROP_WEIGHT_FLOOR = 0.02
 
 
@@ -40,6 +41,8 @@ class ImageTokenizerTask:
             raise ValueError(f"crop {config.crop} must be at most data.image_size "
                              f"({config.data.image_size}) and a multiple of the patch size "
                              f"({self.patch})")  # fmt: skip
+        if config.crop_foreground and not config.crop:
+            raise ValueError("crop_foreground weighs the corners of crops: it needs crop")
         holdout = replace(config.data, subset="holdout")
         self.eval_images, self.eval_captions = load_images(holdout, config.eval.samples)
         if config.init_from_data:
