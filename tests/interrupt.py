@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
 import torch
 
 from dalle.training.checkpoint import seed_everything
@@ -40,3 +41,14 @@ def run_task(
         task.training_loss = stopping_loss
     train(task, config.data, config.loop, config.optim, out, dataclasses.asdict(config))
     return task.model.state_dict()
+
+
+def assert_resumes_exactly(config, make_task, root: Path, stop_at_call: int = 4) -> None:
+    """A run interrupted inside its ``stop_at_call``-th update and resumed ends with
+    exactly the weights of the same run trained straight through."""
+    straight = run_task(config, make_task, root / "straight")
+    with pytest.raises(KeyboardInterrupt):
+        run_task(config, make_task, root / "stopped", stop_at_call=stop_at_call)
+    resumed = run_task(config, make_task, root / "stopped")
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, resumed[name]), name

@@ -149,7 +149,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss(tokenizer_dir: Path, tower:
 def test_train_clip_reports_health_metrics_exports_and_resumes(
     tokenizer_dir: Path, tmp_path: Path, capsys
 ) -> None:
-    from interrupt import run_task
+    from interrupt import assert_resumes_exactly
 
     run = tmp_path / "run"
     args = ["train-clip", "--config", str(CONFIGS / "clip-tiny-cpu.yaml"),
@@ -183,12 +183,7 @@ def test_train_clip_reports_health_metrics_exports_and_resumes(
     overrides = [f"tokenizer={tokenizer_dir}", "loop.steps=6", "loop.checkpoint_every=2",
                  "loop.eval_every=6", "eval.shapes_zero_shot=0", "bpe_dropout=0.2"]  # fmt: skip
     config = CLIP_STAGE.build_config(CONFIGS / "clip-tiny-cpu.yaml", overrides)
-    straight = run_task(config, CLIPTask, tmp_path / "straight")
-    with pytest.raises(KeyboardInterrupt):
-        run_task(config, CLIPTask, tmp_path / "stopped", stop_at_call=4)
-    resumed = run_task(config, CLIPTask, tmp_path / "stopped")
-    for name, tensor in straight.items():
-        assert torch.equal(tensor, resumed[name]), name
+    assert_resumes_exactly(config, CLIPTask, tmp_path)
 
 
 def test_loss_with_hard_negatives_matches_each_image_to_its_own_caption() -> None:

@@ -147,7 +147,7 @@ def test_weight_decay_spares_gains_biases_and_embeddings(stages: dict[str, Path]
 
 
 def test_resume_is_exact_with_bpe_and_caption_dropout(stages: dict[str, Path]) -> None:
-    from interrupt import run_task
+    from interrupt import assert_resumes_exactly
 
     overrides = [
         f"image_tokenizer={stages['vae']}", f"tokenizer={stages['tokenizer']}", "bpe_dropout=0.3",
@@ -156,12 +156,7 @@ def test_resume_is_exact_with_bpe_and_caption_dropout(stages: dict[str, Path]) -
     ]  # fmt: skip
     config = TRANSFORMER.build_config(CONFIGS / "dalle-tiny-cpu.yaml", overrides)
     root = stages["root"] / "resume"
-    straight = run_task(config, DALLETask, root / "straight")
-    with pytest.raises(KeyboardInterrupt):
-        run_task(config, DALLETask, root / "stopped", stop_at_call=4)
-    resumed = run_task(config, DALLETask, root / "stopped")
-    for name, tensor in straight.items():
-        assert torch.equal(tensor, resumed[name]), name
+    assert_resumes_exactly(config, DALLETask, root)
 
 
 def test_train_needs_a_vae_and_tokenizer(tmp_path: Path, capsys) -> None:

@@ -153,17 +153,12 @@ def test_train_prior_exports_a_model_with_its_statistics_and_clip(clip_dir, tmp_
 
 
 def test_prior_training_resumes_exactly(clip_dir, tmp_path) -> None:
-    from interrupt import run_task
+    from interrupt import assert_resumes_exactly
 
     overrides = [f"clip={clip_dir}", "loop.steps=6", "loop.checkpoint_every=2",
                  "loop.eval_every=6", "data.batch_size=4"]  # fmt: skip
     config = PRIOR.build_config(CONFIGS / "prior-tiny-cpu.yaml", overrides)
-    straight = run_task(config, PriorTask, tmp_path / "straight")
-    with pytest.raises(KeyboardInterrupt):
-        run_task(config, PriorTask, tmp_path / "stopped", stop_at_call=4)
-    resumed = run_task(config, PriorTask, tmp_path / "stopped")
-    for name, tensor in straight.items():
-        assert torch.equal(tensor, resumed[name]), name
+    assert_resumes_exactly(config, PriorTask, tmp_path)
 
 
 @pytest.mark.parametrize("prediction", ["sample", "epsilon", "v_prediction"])

@@ -151,18 +151,13 @@ def test_train_decoder_with_a_token_preset_exports_the_model_and_its_tokenizer(t
 
 
 def test_token_decoder_training_resumes_exactly(trained, tmp_path) -> None:
-    from interrupt import run_task
+    from interrupt import assert_resumes_exactly
 
     overrides = [f"clip={trained['clip']}", f"image_tokenizer={trained['fsq']}", "loop.steps=6",
                  "loop.checkpoint_every=2", "loop.eval_every=6", "data.batch_size=4",
                  "eval.grid=2"]  # fmt: skip
     config = TOKEN_DECODER.build_config(CONFIGS / "token-decoder-tiny-cpu.yaml", overrides)
-    straight = run_task(config, TokenDecoderTask, tmp_path / "straight")
-    with pytest.raises(KeyboardInterrupt):
-        run_task(config, TokenDecoderTask, tmp_path / "stopped", stop_at_call=4)
-    resumed = run_task(config, TokenDecoderTask, tmp_path / "stopped")
-    for name, tensor in straight.items():
-        assert torch.equal(tensor, resumed[name]), name
+    assert_resumes_exactly(config, TokenDecoderTask, tmp_path)
 
 
 def test_the_pipeline_draws_tokens_and_manipulates_images(trained) -> None:

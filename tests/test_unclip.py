@@ -103,17 +103,12 @@ def test_train_decoder_exports_the_model_its_clip_and_judged_decodings(trained) 
 
 
 def test_decoder_training_resumes_exactly(trained, tmp_path) -> None:
-    from interrupt import run_task
+    from interrupt import assert_resumes_exactly
 
     overrides = [f"clip={trained['clip']}", "loop.steps=6", "loop.checkpoint_every=2",
                  "loop.eval_every=6", "data.batch_size=4", "eval.grid=2"]  # fmt: skip
     config = DECODER.build_config(CONFIGS / "decoder-tiny-cpu.yaml", overrides)
-    straight = run_task(config, DecoderTask, tmp_path / "straight")
-    with pytest.raises(KeyboardInterrupt):
-        run_task(config, DecoderTask, tmp_path / "stopped", stop_at_call=4)
-    resumed = run_task(config, DecoderTask, tmp_path / "stopped")
-    for name, tensor in straight.items():
-        assert torch.equal(tensor, resumed[name]), name
+    assert_resumes_exactly(config, DecoderTask, tmp_path)
 
 
 def test_text_to_image_and_the_manipulations_from_the_command_line(trained, tmp_path) -> None:

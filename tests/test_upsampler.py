@@ -65,14 +65,9 @@ def test_train_upsampler_exports_and_measures_against_bicubic(tmp_path):
 
 
 def test_upsampler_training_resumes_exactly(tmp_path):
-    from interrupt import run_task
+    from interrupt import assert_resumes_exactly
 
     overrides = ["loop.steps=6", "loop.checkpoint_every=2", "loop.eval_every=6",
                  "data.batch_size=4", "eval.grid=2"]  # fmt: skip
     config = UPSAMPLER.build_config(CONFIGS / "upsampler-tiny-cpu.yaml", overrides)
-    straight = run_task(config, UpsamplerTask, tmp_path / "straight")
-    with pytest.raises(KeyboardInterrupt):
-        run_task(config, UpsamplerTask, tmp_path / "stopped", stop_at_call=4)
-    resumed = run_task(config, UpsamplerTask, tmp_path / "stopped")
-    for name, tensor in straight.items():
-        assert torch.equal(tensor, resumed[name]), name
+    assert_resumes_exactly(config, UpsamplerTask, tmp_path)

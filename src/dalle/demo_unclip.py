@@ -60,6 +60,11 @@ class UnCLIPDemoConfig:
     # its tokens by masked-token diffusion ("tokens"), or pixels ("pixel", the paper's).
     decoder: str = "latent"
     decoder_config: Path | None = None  # None: the demo's config for the decoder's kind
+    candidates: int = 4  # images drawn per prompt; the CLIP keeps the best
+    prior_steps: int = 32  # DDIM steps
+    decoder_steps: int = 25
+    decoder_guidance: float = 3.0
+    batch_size: int = 32
 
     def __post_init__(self) -> None:
         if self.decoder not in DECODER_CONFIGS:
@@ -69,12 +74,6 @@ class UnCLIPDemoConfig:
     @property
     def needs_image_tokenizer(self) -> bool:
         return self.decoder != "pixel"
-
-    candidates: int = 4  # images drawn per prompt; the CLIP keeps the best
-    prior_steps: int = 32  # DDIM steps
-    decoder_steps: int = 25
-    decoder_guidance: float = 3.0
-    batch_size: int = 32
 
 
 SMOKE_PRIOR = dict(width=32, layers=1, heads=2)

@@ -145,8 +145,9 @@ class DecoderCondition:
     def context(
         self, text: torch.Tensor, image_embed: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The attention context ``[B, L + 4, W]``: the caption's encodings, then the 4
-        tokens of the image embedding; and its mask ``[B, L + 4]`` (padding unseen)."""
+        """The attention context ``[B, L + clip_tokens, W]``: the caption's encodings, then
+        the image embedding's tokens; and its mask ``[B, L + clip_tokens]`` (padding
+        unseen)."""
         length = text.shape[1]
         h = self.token_embedding(text) + self.text_positions[:length]
         # Causal, as CLIP's text tower: a caption never reads its padding, and a dropped
