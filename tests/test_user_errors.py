@@ -298,3 +298,22 @@ def test_generate_writes_as_it_goes_and_sigterm_exits_143(made: dict[str, Path],
     assert "Traceback" not in err and "interrupted" in err
     written = sorted(out.glob("*.png"))
     assert len(written) >= 4 and len(written) == len(list(out.glob("*.txt")))
+
+
+def test_a_signal_inside_a_whole_block_waits_for_its_end(tmp_path: Path) -> None:
+    """`write_images` writes each image and its caption as one block: a SIGTERM that lands
+    between the two files is raised only after both exist (CI once saw a .png without its
+    .txt)."""
+    from dalle.interrupts import Interrupted, InterruptGuard, whole
+
+    written = []
+    with InterruptGuard(), pytest.raises(Interrupted) as stopped:
+        with whole():
+            written.append("image")
+            os.kill(os.getpid(), signal.SIGTERM)  # delivered here, raised at the block's end
+            written.append("caption")
+        written.append("next pair")
+    assert written == ["image", "caption"] and stopped.value.exit_code == 143
+    with whole():  # no guard entered: nothing to defer, nothing changes
+        written.append("alone")
+    assert written[-1] == "alone"

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from dalle.data.images import make_grid, to_pil
+from dalle.interrupts import whole
 from dalle.models.dalle_transformer import DALLETransformer
 from dalle.models.image_tokenizer import ImageTokenizer, load_image_tokenizer
 from dalle.sampling.rerank import keep_best
@@ -288,12 +289,14 @@ def bits_per_dimension(log_likelihood: torch.Tensor, dimensions: int) -> torch.T
 def write_images(
     images: torch.Tensor, prompts: list[str], out_dir: Path, first_index: int = 0
 ) -> None:
-    """``NNNN.png`` beside ``NNNN.txt`` holding its prompt, so any judge can check them."""
+    """``NNNN.png`` beside ``NNNN.txt`` holding its prompt, so any judge can check them;
+    Ctrl-C or SIGTERM never leaves an image without its caption."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for offset, (image, prompt) in enumerate(zip(images, prompts, strict=True)):
         stem = out_dir / f"{first_index + offset:04d}"
-        to_pil(image).save(stem.with_suffix(".png"))
-        stem.with_suffix(".txt").write_text(prompt, encoding="utf-8")
+        with whole():
+            to_pil(image).save(stem.with_suffix(".png"))
+            stem.with_suffix(".txt").write_text(prompt, encoding="utf-8")
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int = 8) -> None:
