@@ -10,9 +10,11 @@ loads back exactly.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
+import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,29 +73,26 @@ def bpe_with_dropout(
     symbols: list[str],
     ranks: dict[tuple[str, str], int],
     dropout: float,
-    generator: torch.Generator | None = None,
+    rng: random.Random,
 ) -> list[str]:
     """BPE-dropout (Provilkov et al., 2020) on one pre-tokenised word.
 
     At every step each merge that applies is skipped with probability ``dropout``, and the
     best-ranked of the rest is applied; merging stops when none is left. With
-    ``dropout=0`` this is plain BPE. The coin flips come from torch's generator (the
-    global one by default), so a training run that restores its RNG state at resume draws
-    the same segmentations again; ``tokenizers``' own dropout cannot be seeded.
+    ``dropout=0`` this is plain BPE. The coin flips come from ``rng``, which the caller
+    seeds from torch's generator (see :meth:`TextTokenizer.encode`): Python's generator
+    costs a tenth of a microsecond per flip where a ``torch.rand`` call costs several.
     """
     symbols = list(symbols)
     while len(symbols) > 1:
-        candidates = [
-            (ranks[pair], i) for i, pair in enumerate(itertools.pairwise(symbols)) if pair in ranks
-        ]
-        if not candidates:
+        best: tuple[int, int] | None = None  # (rank, index) of the best merge kept
+        for i, pair in enumerate(itertools.pairwise(symbols)):
+            rank = ranks.get(pair)
+            if rank is not None and (dropout <= 0 or rng.random() >= dropout):
+                best = min(best, (rank, i)) if best else (rank, i)
+        if best is None:
             break
-        if dropout > 0:
-            kept = (torch.rand(len(candidates), generator=generator) >= dropout).tolist()
-            candidates = [c for c, keep in zip(candidates, kept, strict=True) if keep]
-            if not candidates:
-                break
-        _, i = min(candidates)
+        i = best[1]
         symbols[i : i + 2] = [symbols[i] + symbols[i + 1]]
     return symbols
 
@@ -146,6 +145,7 @@ class TextTokenizer:
         self._merge_ranks: dict[tuple[str, str], int] = {m: r for r, m in enumerate(merges)}
         self._vocab: dict[str, int] = tokenizer.get_vocab()
         self._plain: Tokenizer | None = None  # no padding, no truncation: for token_count
+        self._words = functools.lru_cache(maxsize=65536)(self._split_words)
 
     @property
     def vocab_size(self) -> int:
@@ -208,32 +208,38 @@ class TextTokenizer:
     def _encode_with_dropout(
         self, captions: Sequence[str], dropout: float, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor, list[bool]]:
-        """The same layout as the ``tokenizers`` path: ids, [EOT], then [PAD] to length."""
+        """The same layout as the ``tokenizers`` path: ids, [EOT], then [PAD] to length.
+        The batch's coin flips come from one seed drawn from torch's ``generator``, so a
+        run that restores torch's RNG state at resume draws the same segmentations."""
         keep = self.max_length - 1  # room for [EOT]
-        ids = torch.full((len(captions), self.max_length), PAD_ID, dtype=torch.long)
-        lengths, truncated = [], []
-        for row, caption in zip(ids, captions, strict=True):
-            tokens = self._ids_with_dropout(caption, dropout, generator)
+        rng = random.Random(int(torch.randint(0, 2**62, (), generator=generator)))
+        rows, lengths, truncated = [], [], []
+        for caption in captions:
+            tokens = self._ids_with_dropout(caption, dropout, rng)
             if len(tokens) > keep:
                 # Dropout lengthens a segmentation; it must never cut a caption that fits
                 # whole, or training would teach the model to ignore its last words.
-                tokens = self._ids_with_dropout(caption, 0.0, generator)
+                tokens = self._ids_with_dropout(caption, 0.0, rng)
             truncated.append(len(tokens) > keep)
             tokens = [*tokens[:keep], EOT_ID]
-            row[: len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            rows.append(tokens + [PAD_ID] * (self.max_length - len(tokens)))
             lengths.append(len(tokens))
+        ids = torch.tensor(rows, dtype=torch.long).reshape(len(captions), self.max_length)
         return ids, torch.tensor(lengths, dtype=torch.long), truncated
 
-    def _ids_with_dropout(
-        self, caption: str, dropout: float, generator: torch.Generator | None
-    ) -> list[int]:
+    def _ids_with_dropout(self, caption: str, dropout: float, rng: random.Random) -> list[int]:
         """Token ids of one caption (no [EOT], no truncation) under BPE dropout."""
-        normalized = self._tokenizer.normalizer.normalize_str(caption)
         ids: list[int] = []
-        for word, _ in self._tokenizer.pre_tokenizer.pre_tokenize_str(normalized):
-            pieces = bpe_with_dropout(list(word), self._merge_ranks, dropout, generator)
+        for word in self._words(caption):
+            pieces = bpe_with_dropout(list(word), self._merge_ranks, dropout, rng)
             ids += [self._vocab[p] for p in pieces]
         return ids
+
+    def _split_words(self, caption: str) -> tuple[str, ...]:
+        """The caption normalised and split into words (byte-level symbols). Memoised as
+        ``_words``: training captions repeat, and this was most of the dropout path's cost."""
+        normalized = self._tokenizer.normalizer.normalize_str(caption)
+        return tuple(word for word, _ in self._tokenizer.pre_tokenizer.pre_tokenize_str(normalized))
 
     def token_count(self, caption: str) -> int:
         """Tokens of ``caption`` without [EOT] and without truncation: it fits when this
