@@ -10,7 +10,10 @@ in BENCHMARKS.md.
 Training variants, each with every block compiled (``torch.compile``) unless --eager:
 - ``flex``: the paper's row / column / convolutional schedule through FlexAttention with
   block-sparse masks (fully masked blocks are skipped);
+- ``flex64``: FlexAttention with 64x64 tiles (more of a sparse layer's tiles skipped);
 - ``sdpa``: the same masks as dense boolean masks through scaled_dot_product_attention;
+- ``blocked``: each image row's queries against only the keys its mask reaches
+  (:mod:`dalle.models.blocked_attention`, written for CPUs);
 - ``causal``: plain causal attention in every layer (the fused kernel, no mask): what the
   sparse schedule must beat to be worth having.
 
@@ -121,17 +124,19 @@ def build(config: DALLEConfig, device: torch.device, shard: bool, compile_blocks
     return parallelize(model, plan, device)
 
 
-VARIANTS = {  # name -> (attention back-end, every layer full causal)
-    "flex": ("flex", False),
-    "sdpa": ("sdpa", False),
-    "causal": ("sdpa", True),
+VARIANTS = {  # name -> (attention back-end, every layer full causal, FlexAttention block)
+    "flex": ("flex", False, 128),
+    "flex64": ("flex", False, 64),
+    "sdpa": ("sdpa", False, 128),
+    "blocked": ("blocked", False, 128),
+    "causal": ("sdpa", True, 128),
 }
 
 
 def time_training(name: str, sizes: dict, args, device, rank, ceilings: dict) -> dict:
-    backend, causal = VARIANTS[name]
+    backend, causal, block = VARIANTS[name]
     extra = {"attention": ["full"] * sizes["layers"]} if causal else {}
-    config = DALLEConfig(**sizes, **extra, attention_backend=backend)
+    config = DALLEConfig(**sizes, **extra, attention_backend=backend, flex_block_size=block)
     shard = rank.enabled
     model = build(config, device, shard, not args.eager)
     parameters = sum(p.numel() for p in model.parameters())
@@ -157,7 +162,8 @@ def time_training(name: str, sizes: dict, args, device, rank, ceilings: dict) ->
     return entry
 
 
-def time_sampling(sizes: dict, batch: int, graph: bool, device, ceilings: dict) -> dict:
+def time_sampling(sizes: dict, batch: int, graph: bool, compiled: bool, device,
+                  ceilings: dict) -> dict:  # fmt: skip
     """Seconds per batch of ``batch`` images (1,024 tokens each), the second of two runs."""
     config = DALLEConfig(**sizes)
     model = build(config, device, False, False).to(torch.bfloat16).eval()
@@ -166,12 +172,14 @@ def time_sampling(sizes: dict, batch: int, graph: bool, device, ceilings: dict) 
     for _ in range(2):  # the first also warms up (and records the graph)
         _sync(device)
         start = time.perf_counter()
-        sample_image_tokens(model, text, SamplingConfig(), cuda_graph=graph)
+        sample_image_tokens(model, text, SamplingConfig(), cuda_graph=graph,
+                            compile_step=compiled)  # fmt: skip
         _sync(device)
         runs.append(time.perf_counter() - start)
     seconds = runs[-1]
     weight_bytes = 2 * sum(p.numel() for p in model.parameters())
-    entry = {"batch": batch, "cuda_graph": graph, "seconds_per_batch": seconds,
+    entry = {"batch": batch, "cuda_graph": graph, "compiled_step": compiled,
+             "seconds_per_batch": seconds,
              "seconds_first_run": runs[0], "images_per_s": batch / seconds,
              "tokens_per_s": batch * config.image_tokens / seconds,
              "weight_bytes": weight_bytes}  # fmt: skip
@@ -191,7 +199,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--variants", default="flex,sdpa,causal")
     parser.add_argument("--sampling", default="1e,1g,16g,64g",
-                        help="sampling runs: batch, then e (eager) or g (CUDA graph)")  # fmt: skip
+                        help="sampling runs: batch, then e (eager), g (CUDA graph) or c "
+                             "(compiled step in a CUDA graph)")  # fmt: skip
     parser.add_argument("--eager", action="store_true", help="do not compile the blocks")
     parser.add_argument("--smoke", action="store_true", help="a tiny model on CPU")
     parser.add_argument("--out", type=Path, help="append each result as a JSON line")
@@ -230,9 +239,10 @@ def main() -> None:
             torch.cuda.empty_cache()
     if not rank.enabled:
         for run in filter(None, args.sampling.split(",")):
-            batch, graph = int(run[:-1]), run[-1] == "g"
+            batch, graph, compiled = int(run[:-1]), run[-1] in "gc", run[-1] == "c"
             try:
-                record({"sampling": time_sampling(sizes, batch, graph, device, ceilings)})
+                record({"sampling": time_sampling(sizes, batch, graph, compiled, device,
+                                                  ceilings)})  # fmt: skip
             except Exception as error:
                 record({"sampling": {"batch": batch, "cuda_graph": graph,
                                      "error": repr(error)[:2000]}})  # fmt: skip

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Issue 17 on a lent GPU, part 1: correctness of the CUDA-only paths, the smoke demo on the
-# GPU, a one-rank torchrun (NCCL, FSDP2, sharded checkpoint and resume), then training MFU
-# of the ~300M transformer for three attention variants and sampling speed. Each step has
-# its own time limit, so one slow step cannot lose the rest; results go to OUT.
+# Issue 17 on a lent GPU, speed: attention alone per layer kind and back-end, training MFU
+# of the ~300M transformer for five attention variants, and sampling speed (the CUDA-graph
+# step, eager and compiled). Each step has its own time limit, so one slow step cannot lose
+# the rest; results go to OUT. (The first GPU session's version also ran the correctness
+# checks, the smoke demo and a one-rank NCCL torchrun: `python benchmarks/gpu_checks.py`.)
 #   bash benchmarks/gpu_speed.sh OUT
 set -u
 out=${1:?out dir}; mkdir -p "$out"
@@ -13,22 +14,10 @@ step() { local limit=$1 name=$2; shift 2; local t0=$SECONDS
   echo "== $name: exit $rc in $((SECONDS - t0)) s"; tail -n "${TAIL:-4}" "$out/$name.log"; }
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
 $py -c "import torch, dalle; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
-TAIL=5 step 60 checks $py benchmarks/gpu_checks.py
-step 100 demo-smoke $py -m dalle demo --smoke --out /tmp/demo-smoke
-# A one-rank torchrun: NCCL process group, FSDP2 over one rank, sharded checkpoint; then
-# the same run resumed from that checkpoint to twice the updates.
-nccl="torchrun --standalone --nproc-per-node 1 -m dalle train-image-tokenizer \
-  --config src/dalle/configs/fsq-shapes-demo.yaml --out /tmp/nccl loop.checkpoint_every=100 \
-  loop.eval_every=400 loop.log_every=100 eval.samples=64 data.num_workers=2 \
-  loop.schedule_clock=steps loop.max_minutes=30"
-step 90 torchrun-nccl $nccl loop.steps=200
-TAIL=3 step 90 torchrun-nccl-resume $nccl loop.steps=400
-cp /tmp/nccl/metrics.jsonl "$out/torchrun-nccl-metrics.jsonl" 2>/dev/null
-TAIL=3 step 60 torchrun-fsdp-scale torchrun --standalone --nproc-per-node 1 benchmarks/gpu_scale.py \
-  --layers 4 --variants sdpa --sampling "" --out "$out/scale.jsonl"
-for variant in flex sdpa causal; do
-  TAIL=2 step 130 "train-$variant" $py benchmarks/gpu_scale.py --variants $variant --sampling "" \
+TAIL=22 step 150 attention $py benchmarks/gpu_attention.py --out "$out/attention.jsonl"
+for variant in ${VARIANTS:-flex flex64 sdpa blocked causal}; do
+  TAIL=2 step 100 "train-$variant" $py benchmarks/gpu_scale.py --variants $variant --sampling "" \
     --out "$out/scale.jsonl"
 done
-TAIL=5 step 120 sampling $py benchmarks/gpu_scale.py --variants "" --sampling 1e,1g,16g,64g \
-  --out "$out/scale.jsonl"
+TAIL=6 step "${SAMPLING_LIMIT:-220}" sampling $py benchmarks/gpu_scale.py --variants "" \
+  --sampling "${SAMPLING:-1g,1c,64g,64c}" --out "$out/scale.jsonl"

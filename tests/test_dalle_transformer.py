@@ -102,25 +102,41 @@ def test_save_and_load_pretrained(tmp_path: Path) -> None:
     assert loaded.config == model.config
 
 
-def _sdpa_and_flex(device: str) -> tuple[DALLETransformer, DALLETransformer]:
+def _sdpa_and_flex(device: str, block: int = 128) -> tuple[DALLETransformer, DALLETransformer]:
     torch.manual_seed(0)
     base = DALLE_PRESETS["dalle-tiny"]
     fields = {**base.__dict__, "attention": ["row", "column", "full", "conv"]}
     sdpa = DALLETransformer(DALLEConfig(**fields)).to(device)
-    flex = DALLETransformer(DALLEConfig(**{**fields, "attention_backend": "flex"})).to(device)
+    flex_fields = {**fields, "attention_backend": "flex", "flex_block_size": block}
+    flex = DALLETransformer(DALLEConfig(**flex_fields)).to(device)
     flex.load_state_dict(sdpa.state_dict())
     return sdpa, flex
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_flex_attention_back_end_agrees_with_sdpa() -> None:
-    sdpa, flex = _sdpa_and_flex("cpu")
+@pytest.mark.parametrize("block", [128, 16])
+def test_flex_attention_back_end_agrees_with_sdpa(block: int) -> None:
+    """Any block size computes the same attention; a smaller one skips more tiles."""
+    sdpa, flex = _sdpa_and_flex("cpu", block)
     text, image = _batch(sdpa.config, b=2)
     with torch.no_grad():  # FlexAttention has no backward on the CPU
         for a, b in zip(sdpa(text, image), flex(text, image), strict=True):
             assert torch.allclose(a, b, atol=1e-5)
+    # On an 8x8 grid (73 positions), 16-wide tiles let a row layer skip tiles a causal
+    # one computes; 128-wide ones cover the whole sequence in one tile.
+    grid8 = DALLETransformer(DALLEConfig(**{**flex.config.__dict__, "image_grid": 8}))
+    with torch.no_grad():
+        grid8(*_batch(grid8.config, b=1))
+    masks = {k: grid8._block_masks[(k, grid8.config.sequence_length, "cpu")]
+             for k in ("row", "full")}  # fmt: skip
+    visited = {k: int(m.kv_num_blocks.sum() + m.full_kv_num_blocks.sum())
+               for k, m in masks.items()}  # fmt: skip
+    assert tuple(masks["row"].BLOCK_SIZE) == (block, block)
+    assert (visited["row"] < visited["full"]) == (block == 16)
     with pytest.raises(ValueError, match="dropout"):
         DALLEConfig(**{**sdpa.config.__dict__, "attention_backend": "flex", "dropout": 0.1})
+    with pytest.raises(ValueError, match="multiple of 16"):
+        DALLEConfig(**{**sdpa.config.__dict__, "flex_block_size": 24})
 
 
 def test_blocked_attention_back_end_agrees_with_sdpa() -> None:

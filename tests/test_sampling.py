@@ -84,6 +84,28 @@ def test_fixed_shape_steps_give_the_growing_cache_s_logits_and_draws(attention) 
         model(None, image[:, :2], cache=cache, start=torch.tensor(1))
 
 
+def test_compiled_fixed_shape_step_draws_the_eager_step_s_tokens() -> None:
+    """``compile_step`` (torch.compile of the fixed-shape step, before the CUDA graph
+    captures it on a GPU) changes kernels, not draws; it refuses the growing cache."""
+    model = _model(["full", "column", "row", "conv"])
+    text = torch.randint(2, 64, (2, 8))
+    config = SamplingConfig(guidance_scale=3.0)
+    draws = [
+        sample_image_tokens(
+            model,
+            text,
+            config,
+            cuda_graph=True,
+            compile_step=compiled,
+            generator=torch.Generator().manual_seed(5),
+        )
+        for compiled in (False, True)
+    ]
+    assert torch.equal(draws[0], draws[1])
+    with pytest.raises(ValueError, match="needs cuda_graph"):
+        sample_image_tokens(model, text, config, compile_step=True)
+
+
 def test_sampling_is_seeded_and_priming_keeps_the_given_tokens() -> None:
     model = _model()
     text = torch.randint(2, 64, (2, 8))

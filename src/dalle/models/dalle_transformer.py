@@ -63,6 +63,10 @@ class DALLEConfig:
     # (dalle.models.blocked_attention; for CPUs). Both are used for whole-sequence passes;
     # cached sampling steps stay on sdpa.
     attention_backend: str = "sdpa"
+    # FlexAttention's block (queries and keys per tile of the block mask): only tiles that
+    # are wholly masked are skipped, so a smaller block skips more of a sparse layer (a
+    # row layer's band is 33 keys wide) at the cost of smaller matrix tiles.
+    flex_block_size: int = 128
 
     def __post_init__(self) -> None:
         if self.width % self.heads:
@@ -79,6 +83,10 @@ class DALLEConfig:
         if self.attention_backend not in ("sdpa", "flex", "blocked"):
             raise ValueError(
                 f"attention_backend must be sdpa, flex or blocked, not {self.attention_backend!r}"
+            )
+        if self.flex_block_size < 16 or self.flex_block_size % 16:
+            raise ValueError(
+                f"flex_block_size must be a multiple of 16, not {self.flex_block_size}"
             )
         if self.attention_backend == "flex" and self.dropout:
             raise ValueError("the flex attention back-end has no attention dropout; set dropout=0")
@@ -351,7 +359,7 @@ class DALLETransformer(PretrainedMixin, nn.Module, config=DALLEConfig):
 
             self._block_masks[key] = create_block_mask(
                 allowed, B=None, H=None, Q_LEN=dense.shape[0], KV_LEN=dense.shape[1],
-                device=dense.device,
+                device=dense.device, BLOCK_SIZE=c.flex_block_size,
             )  # fmt: skip
         return self._block_masks[key]
 
