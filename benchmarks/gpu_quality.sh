@@ -3,10 +3,16 @@
 # the CLIP, the transformer, sampling settings chosen on validation prompts, best of 32 by
 # CLIP, judged on 200 + 200 held-out prompts), with two runs of the paper's dVAE beside it
 # on the same GPU (logit-Laplace; the same with a floor of 0.2 under its scale), each judged
-# on 1,000 held-out reconstructions per split. Meant to be started detached (setsid), so it
-# outlives one device call: WORK/done appears when it has finished, after it packed the
-# small files (logs, metrics, results, grids, judged samples) into WORK/quality.tar.gz.
+# on 1,000 held-out reconstructions per split; and, once the demo's BPE, image tokenizer and
+# CLIP are finished, the unCLIP demo on them with the transformer's budget for its prior
+# and decoder (7 minutes: `--training-minutes 8.03` scales the CPU demo's 3 + 12 to 1.4 +
+# 5.6), judged on the same first 64 prompts per split. Meant to be started detached
+# (setsid), so it outlives one device call: WORK/done appears when it has finished, after
+# it packed the small files (logs, metrics, results, grids, judged samples) into
+# WORK/quality.tar.gz.
 #   bash benchmarks/gpu_quality.sh WORK [DVAE_MINUTES]
+# A dry run of the script on a CPU, in a minute or two:
+#   DEMO_ARGS=--smoke UNCLIP_ARGS=--smoke JUDGE_COUNT=20 bash benchmarks/gpu_quality.sh WORK 0.1
 set -u
 work=${1:?work dir}; minutes=${2:-11}; mkdir -p "$work"
 export PYTHONUNBUFFERED=1 DALLE_DEBUG=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -18,17 +24,23 @@ dvae() { local name=$1; shift
     loop.eval_every=20000 loop.checkpoint_every=2000 data.num_workers=3 eval.samples=256 "$@" \
     > "$work/dvae-$name.log" 2>&1
   echo "dvae-$name: exit $?" >> "$work/status"
-  $py benchmarks/tokenizer_shapes_judge.py --tokenizer "$work/dvae-$name" --count 1000 \
-    --out "$work/judge-$name" --json "$work/dvae-$name/judge.json" > "$work/judge-$name.log" 2>&1
+  $py benchmarks/tokenizer_shapes_judge.py --tokenizer "$work/dvae-$name" \
+    --count "${JUDGE_COUNT:-1000}" --out "$work/judge-$name" --json "$work/dvae-$name/judge.json" \
+    > "$work/judge-$name.log" 2>&1
   echo "judge-$name: exit $?" >> "$work/status"; }
+unclip() {
+  while [ ! -f "$work/demo/clip/.complete" ] || [ ! -f "$work/demo/image_tokenizer/.complete" ]; do
+    sleep 5; [ -f "$work/demo-ended" ] && return; done
+  timeout "${UNCLIP_LIMIT:-780}" $py -m dalle demo --pipeline unclip --reuse "$work/demo" \
+    ${UNCLIP_ARGS:---training-minutes 8.03} --out "$work/unclip" > "$work/unclip.log" 2>&1
+  echo "unclip: exit $?" >> "$work/status"; }
 dvae laplace objective.likelihood=logit_laplace &
 dvae floor objective.likelihood=logit_laplace objective.min_scale=0.2 &
+unclip &
 t0=$SECONDS
-timeout "${DEMO_LIMIT:-1000}" $py -m dalle demo --profile gpu --out "$work/demo" > "$work/demo.log" 2>&1
-echo "demo: exit $? in $((SECONDS - t0)) s" >> "$work/status"
+timeout "${DEMO_LIMIT:-1000}" $py -m dalle demo ${DEMO_ARGS:---profile gpu} --out "$work/demo" \
+  > "$work/demo.log" 2>&1
+echo "demo: exit $? in $((SECONDS - t0)) s" >> "$work/status"; touch "$work/demo-ended"
 wait
-# Small files only: weights, checkpoints and token shards stay behind.
-(cd "$work" && find . -path ./demo/image_tokens -prune -o -path './judge-*' -prune -o -type f \
-  -size -3M \( -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.png' \
-  -o -name '*.txt' -o -name '*.yaml' \) -print | tar -czf "$work/quality.tar.gz" -T -)
+bash "$(dirname "$0")/gpu_pack.sh" "$work" "$work/quality.tar.gz"
 touch "$work/done"

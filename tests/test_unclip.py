@@ -4,6 +4,7 @@ from the command line."""
 
 from __future__ import annotations
 
+import filecmp
 import json
 import shutil
 from dataclasses import replace
@@ -158,6 +159,15 @@ def test_the_unclip_demo_runs_every_stage_and_judges(tmp_path, capsys) -> None:
     # A second run reuses every finished stage.
     assert main(["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("reusing the finished stage") >= 4
+    # --reuse copies another demo's finished BPE, image tokenizer and CLIP.
+    other = tmp_path / "other"
+    assert main(["demo", "--pipeline", "unclip", "--smoke", "--reuse", str(out),
+                 "--out", str(other)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    for name in ("tokenizer", "image_tokenizer", "clip"):
+        assert f"[demo] {name}: the DALL-E demo's ({out / name})" in printed
+        kept = "tokenizer.json" if name == "tokenizer" else "model.safetensors"
+        assert filecmp.cmp(out / name / kept, other / name / kept, shallow=False)
 
 
 def test_an_upsampler_enlarges_the_pipeline_s_images(trained, tmp_path) -> None:

@@ -480,14 +480,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                              "drop it for --pipeline unclip")  # fmt: skip
         from dalle.demo_unclip import UnCLIPDemoConfig, run_unclip_demo
 
-        unclip = UnCLIPDemoConfig(config, decoder=args.decoder)
+        reuse = args.reuse or (None if args.smoke else Path("outputs/demo"))
+        unclip = UnCLIPDemoConfig(config, reuse=reuse, decoder=args.decoder)
         if args.smoke:
-            unclip.reuse, unclip.candidates, unclip.prior_steps, unclip.decoder_steps = (
-                None,
-                2,
-                2,
-                2,
-            )
+            unclip.candidates, unclip.prior_steps, unclip.decoder_steps = 2, 2, 2
         return run_unclip_demo(Path(args.out or "outputs/demo-unclip"), unclip)
     return run_demo(Path(args.out or "outputs/demo"), config)
 
@@ -767,8 +763,12 @@ def _add_demo_command(commands) -> None:
     demo = commands.add_parser("demo", help="the main job on built-in data")
     demo.add_argument("--pipeline", choices=["dalle", "unclip"], default="dalle",
                       help="DALL-E (default) or DALL-E 2 (unCLIP: prior and decoder, "
-                      "reusing the DALL-E demo's caption BPE and CLIP when outputs/demo has "
-                      "them)")  # fmt: skip
+                      "reusing the DALL-E demo's caption BPE, image tokenizer and CLIP when "
+                      "--reuse has them)")  # fmt: skip
+    demo.add_argument("--reuse", type=Path, metavar="DIR",
+                      help="unclip only: the DALL-E demo folder whose finished caption BPE, "
+                      "image tokenizer and CLIP to copy (default: outputs/demo; none for "
+                      "--smoke)")  # fmt: skip
     demo.add_argument(
         "--out", type=Path, help="default: outputs/demo (outputs/demo-unclip for unclip)"
     )
