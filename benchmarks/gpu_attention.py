@@ -22,6 +22,7 @@ from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
 from dalle.models.attention_masks import mask_function, text_image_mask
 from dalle.models.blocked_attention import BlockedLayout, blocked_attention
+from dalle.models.dalle_transformer import flex_kernel_options
 
 TEXT_POSITIONS, GRID, KERNEL = 257, 32, 11  # start token + 256 caption tokens; 32x32 image
 
@@ -34,7 +35,8 @@ def attention_function(backend: str, kind: str, length: int, device: torch.devic
         mask = create_block_mask(lambda b, h, q, k: rule(q, k), None, None, length, length,
                                  device=device, BLOCK_SIZE=block)  # fmt: skip
         kernel = torch.compile(flex_attention, dynamic=False)
-        return lambda q, k, v: kernel(q, k, v, block_mask=mask)
+        options = flex_kernel_options(block)
+        return lambda q, k, v: kernel(q, k, v, block_mask=mask, kernel_options=options)
     if backend == "dense":
         dense = text_image_mask(kind, TEXT_POSITIONS, GRID, KERNEL)[:length, :length]
         dense = dense.to(device)

@@ -124,6 +124,17 @@ DALLE_PRESETS: dict[str, DALLEConfig] = {
 # fmt: on
 
 
+def flex_kernel_options(block: int) -> dict | None:
+    """Triton tile sizes for a block mask of ``block``-wide tiles: the kernel's tiles must
+    divide the mask's, and its defaults (128 queries x 64 keys forward on Hopper) do not
+    divide 64. None keeps the defaults for 128."""
+    if block >= 128:
+        return None
+    half = block // 2
+    return {"BLOCK_M": block, "BLOCK_N": block, "BLOCK_M1": half, "BLOCK_N1": block,
+            "BLOCK_M2": block, "BLOCK_N2": half}  # fmt: skip
+
+
 @functools.cache
 def flex_attention_kernel(device: torch.device):
     """FlexAttention, compiled where it can skip masked blocks (CUDA), eager elsewhere."""
@@ -183,7 +194,8 @@ class SelfAttention(nn.Module):
             k, v = cache.keys[:, :, : start + n], cache.values[:, :, : start + n]
         dropout = self.dropout if self.training else 0.0
         if isinstance(mask, BlockMask):
-            y = flex_attention_kernel(q.device)(q, k, v, block_mask=mask)
+            options = flex_kernel_options(mask.BLOCK_SIZE[0])
+            y = flex_attention_kernel(q.device)(q, k, v, block_mask=mask, kernel_options=options)
         elif isinstance(mask, BlockedLayout):
             y = blocked_attention(q, k, v, mask, dropout)
         elif mask is CAUSAL:
