@@ -4,6 +4,7 @@
 # can bring back.   bash benchmarks/gpu_pack.sh WORK ARCHIVE
 set -u
 work=${1:?run folder}; archive=$(realpath -m "${2:?archive}")
-cd "$work" && find . -path ./demo/image_tokens -prune -o -path './judge-*' -prune -o -type f \
+# (judge-*/ folders hold a thousand reconstructions each; their judge-*.log files stay.)
+cd "$work" && find . \( -path ./demo/image_tokens -o -type d -path './judge-*' \) -prune -o -type f \
   -size -3M \( -name '*.log' -o -name '*.json' -o -name '*.jsonl' -o -name '*.png' \
   -o -name '*.txt' -o -name '*.yaml' \) -print | tar -czf "$archive" -T -

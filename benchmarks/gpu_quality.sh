@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # Issue 17 on a lent GPU, quality: `dalle demo --profile gpu` (the image tokenizer beside
 # the CLIP, the transformer, sampling settings chosen on validation prompts, best of 32 by
-# CLIP, judged on 200 + 200 held-out prompts), with two runs of the paper's dVAE beside it
-# on the same GPU (logit-Laplace; the same with a floor of 0.2 under its scale), each judged
-# on 1,000 held-out reconstructions per split; and, once the demo's BPE, image tokenizer and
-# CLIP are finished, the unCLIP demo on them with the transformer's budget for its prior
-# and decoder (7 minutes: `--training-minutes 8.03` scales the CPU demo's 3 + 12 to 1.4 +
-# 5.6), judged on the same first 64 prompts per split. Meant to be started detached
-# (setsid), so it outlives one device call: WORK/done appears when it has finished, after
-# it packed the small files (logs, metrics, results, grids, judged samples) into
-# WORK/quality.tar.gz.
+# CLIP, judged on 200 + 200 held-out prompts); beside it on the same GPU, the paper's dVAE
+# (logit-Laplace; DVAE_VARIANTS="name overrides" adds runs), judged on 1,000 held-out
+# reconstructions per split; and, once the demo's BPE, image tokenizer and CLIP are
+# finished, `dalle demo --pipeline unclip --profile gpu` on them (prior and decoder 2 + 5
+# minutes on the clock, the transformer's 7), judged on the same prompts. Meant to be
+# started detached (setsid), so it outlives one device call: WORK/done appears when it
+# has finished, after it packed the small files (logs, metrics, results, grids, judged
+# samples) into WORK/quality.tar.gz.
 #   bash benchmarks/gpu_quality.sh WORK [DVAE_MINUTES]
 # A dry run of the script on a CPU, in a minute or two:
 #   DEMO_ARGS=--smoke UNCLIP_ARGS=--smoke JUDGE_COUNT=20 bash benchmarks/gpu_quality.sh WORK 0.1
@@ -32,10 +31,10 @@ unclip() {
   while [ ! -f "$work/demo/clip/.complete" ] || [ ! -f "$work/demo/image_tokenizer/.complete" ]; do
     sleep 5; [ -f "$work/demo-ended" ] && return; done
   timeout "${UNCLIP_LIMIT:-780}" $py -m dalle demo --pipeline unclip --reuse "$work/demo" \
-    ${UNCLIP_ARGS:---training-minutes 8.03} --out "$work/unclip" > "$work/unclip.log" 2>&1
+    ${UNCLIP_ARGS:---profile gpu} --out "$work/unclip" > "$work/unclip.log" 2>&1
   echo "unclip: exit $?" >> "$work/status"; }
 dvae laplace objective.likelihood=logit_laplace &
-dvae floor objective.likelihood=logit_laplace objective.min_scale=0.2 &
+if [ -n "${DVAE_VARIANTS:-}" ]; then dvae $DVAE_VARIANTS & fi
 unclip &
 t0=$SECONDS
 timeout "${DEMO_LIMIT:-1000}" $py -m dalle demo ${DEMO_ARGS:---profile gpu} --out "$work/demo" \

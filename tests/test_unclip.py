@@ -170,6 +170,26 @@ def test_the_unclip_demo_runs_every_stage_and_judges(tmp_path, capsys) -> None:
         assert filecmp.cmp(out / name / kept, other / name / kept, shallow=False)
 
 
+def test_the_gpu_profile_gives_prior_and_decoder_the_transformer_s_minutes(tmp_path) -> None:
+    """`--profile gpu` for unCLIP: large batches, schedules on the clock, 2 + 5 minutes (the
+    GPU demo transformer's 7), 32 draws per prompt; only the latent decoder is sized."""
+    from dalle.demo import demo_training_minutes, gpu_config, stage_configs
+    from dalle.demo_unclip import _diffusion_configs, gpu_unclip_config
+
+    base = gpu_config()
+    c = gpu_unclip_config(base, None, "latent")
+    configs = {name: settings for name, (_, settings) in _diffusion_configs(c, tmp_path).items()}
+    minutes = sum(settings.loop.max_minutes for settings in configs.values())
+    transformer = stage_configs(base, tmp_path)["dalle"][1]
+    assert minutes == transformer.loop.max_minutes == 7
+    assert demo_training_minutes(base) == 10  # tokenizer beside the CLIP, then 7
+    for settings in configs.values():
+        assert settings.loop.schedule_clock == "time" and settings.data.batch_size == 256
+    assert c.candidates == base.candidates == 32
+    with pytest.raises(ValueError, match="latent decoder only"):
+        gpu_unclip_config(base, None, "tokens")
+
+
 def test_an_upsampler_enlarges_the_pipeline_s_images(trained, tmp_path) -> None:
     """A 32 -> 64 upsampler after the 32-pixel decoder: text to image and variations come
     back at 64 pixels (ranked at the CLIP's 32), from Python and the command line; an

@@ -475,13 +475,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.training_minutes is not None:
         config.training_scale = scale_for_minutes(config, args.training_minutes)
     if args.pipeline == "unclip":
-        if args.profile == "gpu":
-            raise SystemExit("dalle demo: --profile gpu sizes the DALL-E pipeline only; "
-                             "drop it for --pipeline unclip")  # fmt: skip
-        from dalle.demo_unclip import UnCLIPDemoConfig, run_unclip_demo
+        from dalle.demo_unclip import UnCLIPDemoConfig, gpu_unclip_config, run_unclip_demo
 
         reuse = args.reuse or (None if args.smoke else Path("outputs/demo"))
-        unclip = UnCLIPDemoConfig(config, reuse=reuse, decoder=args.decoder)
+        if args.profile == "gpu" and not args.smoke:
+            unclip = gpu_unclip_config(config, reuse, args.decoder)
+        else:
+            unclip = UnCLIPDemoConfig(config, reuse=reuse, decoder=args.decoder)
         if args.smoke:
             unclip.candidates, unclip.prior_steps, unclip.decoder_steps = 2, 2, 2
         return run_unclip_demo(Path(args.out or "outputs/demo-unclip"), unclip)
@@ -780,7 +780,7 @@ def _add_demo_command(commands) -> None:
     demo.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
                       help="stage sizes: cpu (the default, about 17 minutes of training on 2 "
                       "cores) or gpu (larger models and batches for one GPU, "
-                      "configs/*-shapes-gpu.yaml; DALL-E only)")  # fmt: skip
+                      "configs/*-shapes-gpu.yaml)")  # fmt: skip
     demo.add_argument(
         "--smoke", action="store_true", help="a few updates per stage: checks the pipeline only"
     )

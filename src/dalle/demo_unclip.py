@@ -76,6 +76,17 @@ class UnCLIPDemoConfig:
         return self.decoder != "pixel"
 
 
+def gpu_unclip_config(base: DemoConfig, reuse: Path | None, decoder: str) -> UnCLIPDemoConfig:
+    """``dalle demo --pipeline unclip --profile gpu``: the prior and the latent decoder in
+    large batches, 2 + 5 minutes on the clock (the GPU demo transformer's 7), and 32 draws
+    per prompt for the CLIP to choose from, as the DALL-E GPU demo."""
+    if decoder != "latent":
+        raise ValueError(f"--profile gpu sizes the latent decoder only, not {decoder!r}")
+    return UnCLIPDemoConfig(base, reuse=reuse, prior_config=CONFIG_DIR / "prior-shapes-gpu.yaml",
+                            decoder_config=CONFIG_DIR / "decoder-latent-shapes-gpu.yaml",
+                            candidates=32, batch_size=512)  # fmt: skip
+
+
 SMOKE_PRIOR = dict(width=32, layers=1, heads=2)
 SMOKE_DECODERS = {
     "latent": dict(channels=[8, 16], attention=[False, True], head_dim=8, norm_groups=4,
