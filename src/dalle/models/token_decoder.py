@@ -116,14 +116,9 @@ class TokenDecoder(DecoderCondition, PretrainedMixin, nn.Module, config=TokenDec
     def residual_blocks(self) -> list[nn.Module]:
         return [*self.text_blocks.layers, *self.unet.transformer_layers]
 
-    def forward(
-        self,
-        tokens: torch.Tensor,
-        text: torch.Tensor,
-        image_embed: torch.Tensor,
-        drop_text: torch.Tensor | None = None,
-        drop_image: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, text: torch.Tensor, image_embed: torch.Tensor,
+                drop_text: torch.Tensor | None = None,
+                drop_image: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """Logits ``[B, V, h, w]`` over the image vocabulary at every position of
         ``tokens`` ``[B, h, w]`` (``config.mask_id`` where masked), given captions
         ``[B, L]`` and unit-norm CLIP image embeddings ``[B, D]``; ``drop_text`` /

@@ -181,18 +181,11 @@ def sample_image_embeddings(
 
 
 @torch.no_grad()
-def sample_images(
-    decoder: ImageDecoder,
-    text: torch.Tensor,
-    image_embed: torch.Tensor,
-    steps: int = 50,
-    guidance_scale: float = 3.0,
-    generator: Generators = None,
-    eta: float = 0.0,
-    noise: torch.Tensor | None = None,
-    on_step: Callable[[int], None] | None = None,
-    image_tokenizer: FSQTokenizer | None = None,
-) -> torch.Tensor:
+def sample_images(decoder: ImageDecoder, text: torch.Tensor, image_embed: torch.Tensor,
+                  steps: int = 50, guidance_scale: float = 3.0, generator: Generators = None,
+                  eta: float = 0.0, noise: torch.Tensor | None = None,
+                  on_step: Callable[[int], None] | None = None,
+                  image_tokenizer: FSQTokenizer | None = None) -> torch.Tensor:  # fmt: skip
     """uint8 images ``[B, 3, S, S]`` decoded from unit-norm CLIP image embeddings ``[B, D]``
     and captions ``[B, L]``. Guidance mixes the prediction with both conditions and the
     one with neither; ``eta`` > 0 samples stochastically (variations); ``noise`` fixes

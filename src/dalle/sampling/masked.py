@@ -49,17 +49,10 @@ def mask_tokens(
 
 
 @torch.no_grad()
-def sample_tokens(
-    decoder: TokenDecoder,
-    text: torch.Tensor,
-    image_embed: torch.Tensor,
-    steps: int = 12,
-    guidance_scale: float = 3.0,
-    generator: Generators = None,
-    temperature: float = 1.0,
-    confidence_noise: tuple[float, float] = (2.0, 0.0),
-    on_step: Callable[[int], None] | None = None,
-) -> torch.Tensor:
+def sample_tokens(decoder: TokenDecoder, text: torch.Tensor, image_embed: torch.Tensor,
+                  steps: int = 12, guidance_scale: float = 3.0, generator: Generators = None,
+                  temperature: float = 1.0, confidence_noise: tuple[float, float] = (2.0, 0.0),
+                  on_step: Callable[[int], None] | None = None) -> torch.Tensor:  # fmt: skip
     """Token grids ``[B, h, w]`` for CLIP image embeddings ``[B, D]`` and captions ``[B, L]``
     in ``steps`` steps; guidance mixes the logits with both conditions and with neither.
     ``generator``: one, or one per row (each row then depends on its own only)."""
