@@ -8,18 +8,7 @@
 # stages train on the clock (configs/{tokenizer,fsq,dalle,clip}-emoji.yaml).
 set -euo pipefail
 out=${1:?usage: emoji_pipeline.sh OUT}
-data=${EMOJI:-../shared/data/emoji-noto-64/train-000000.tar}
-dalle=${DALLE:-.venv/bin/dalle}
-python=${PYTHON:-.venv/bin/python}
-mkdir -p "$out"
-start=$(date +%s)
-stamp() { echo "$1 $(( $(date +%s) - start ))" >> "$out/stage_seconds.txt"; }
-
-[ -f "$out/tokenizer/tokenizer.json" ] ||
-  "$dalle" tokenizer train --config configs/tokenizer-emoji.yaml --data "$data" --out "$out/tokenizer"
-stamp tokenizer
-"$dalle" train-image-tokenizer --config configs/fsq-emoji.yaml --data "$data" --out "$out/image_tokenizer"
-stamp image_tokenizer
+source "$(dirname "$0")/emoji_stages.sh"  # settings, the caption BPE, the image tokenizer
 [ -f "$out/image_tokens/tokens.json" ] ||
   "$dalle" tokenize-data --tokenizer "$out/image_tokenizer" --data "$data" --out "$out/image_tokens"
 stamp image_tokens

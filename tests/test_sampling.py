@@ -50,6 +50,12 @@ def test_cached_greedy_sampling_matches_the_full_forward(attention) -> None:
     assert torch.equal(image_logits.argmax(dim=-1), tokens)
 
 
+def _seeded_draws(model, text: torch.Tensor, config: SamplingConfig, **options) -> torch.Tensor:
+    """Image tokens drawn with a fixed seed, the sampler's ``options`` varying."""
+    return sample_image_tokens(model, text, config, generator=torch.Generator().manual_seed(3),
+                               **options)  # fmt: skip
+
+
 @pytest.mark.parametrize("attention", [None, ["full", "column", "row", "conv"]])
 def test_fixed_shape_steps_give_the_growing_cache_s_logits_and_draws(attention) -> None:
     """The CUDA-graph step (attention over the whole zero-filled cache through a mask
@@ -59,18 +65,9 @@ def test_fixed_shape_steps_give_the_growing_cache_s_logits_and_draws(attention) 
     text[:, 5:] = PAD_ID
     prime = torch.randint(0, 32, (3, 2))
     for config in (SamplingConfig(), SamplingConfig(guidance_scale=3.0, top_k=8)):
-        draws = [
-            sample_image_tokens(
-                model,
-                text,
-                config,
-                prime=prime,
-                cuda_graph=fixed,
-                generator=torch.Generator().manual_seed(3),
-            )
-            for fixed in (False, True)
-        ]
-        assert torch.equal(draws[0], draws[1])
+        eager, fixed = (_seeded_draws(model, text, config, prime=prime, cuda_graph=graph)
+                        for graph in (False, True))  # fmt: skip
+        assert torch.equal(eager, fixed)
     cache = model.new_cache(3, text.device, torch.float32)
     growing = model.new_cache(3, text.device, torch.float32)
     image = torch.randint(0, 32, (3, 4))
@@ -90,18 +87,9 @@ def test_compiled_fixed_shape_step_draws_the_eager_step_s_tokens() -> None:
     model = _model(["full", "column", "row", "conv"])
     text = torch.randint(2, 64, (2, 8))
     config = SamplingConfig(guidance_scale=3.0)
-    draws = [
-        sample_image_tokens(
-            model,
-            text,
-            config,
-            cuda_graph=True,
-            compile_step=compiled,
-            generator=torch.Generator().manual_seed(5),
-        )
-        for compiled in (False, True)
-    ]
-    assert torch.equal(draws[0], draws[1])
+    eager, compiled = (_seeded_draws(model, text, config, cuda_graph=True, compile_step=c)
+                       for c in (False, True))  # fmt: skip
+    assert torch.equal(eager, compiled)
     with pytest.raises(ValueError, match="needs cuda_graph"):
         sample_image_tokens(model, text, config, compile_step=True)
 
