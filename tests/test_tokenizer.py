@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,17 @@ def test_tokenizer_train_statistics_stream_in_bounded_memory(tmp_path: Path) -> 
     large, printed = peak_mib(60000)
     assert large - small < 300, f"{small:.0f} MiB -> {large:.0f} MiB"
     assert "60000 captions" in printed
+
+
+def test_a_tokenizer_pickles_after_dropout_encoding(tokenizer: TextTokenizer) -> None:
+    """Data-loader workers started by spawn receive the tokenizer pickled."""
+    captions = ["a small pink star to the right of a large green square", "a red star"]
+    tokenizer.encode(captions, dropout=0.2)  # fills the word memo
+    copy = pickle.loads(pickle.dumps(tokenizer))
+    for dropout in (0.0, 0.2):
+        draws = [t.encode(captions, dropout=dropout, generator=torch.Generator().manual_seed(4))
+                 for t in (tokenizer, copy)]  # fmt: skip
+        assert torch.equal(draws[0].ids, draws[1].ids)
 
 
 def test_bpe_dropout_never_cuts_a_caption_that_fits(tokenizer: TextTokenizer) -> None:

@@ -10,7 +10,6 @@ loads back exactly.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -67,6 +66,9 @@ class EncodedText:
     ids: torch.Tensor  # int64 [B, max_length], PAD_ID after the caption's [EOT]
     lengths: torch.Tensor  # int64 [B], tokens before padding, [EOT] included
     truncated: int  # captions in this batch cut to max_length
+
+
+WORD_CACHE_SIZE = 65536  # captions whose word split the dropout path keeps
 
 
 def bpe_with_dropout(
@@ -145,7 +147,9 @@ class TextTokenizer:
         self._merge_ranks: dict[tuple[str, str], int] = {m: r for r, m in enumerate(merges)}
         self._vocab: dict[str, int] = tokenizer.get_vocab()
         self._plain: Tokenizer | None = None  # no padding, no truncation: for token_count
-        self._words = functools.lru_cache(maxsize=65536)(self._split_words)
+        # Caption -> its words, for the dropout path (a plain dict, so the tokenizer
+        # still pickles; emptied when it reaches WORD_CACHE_SIZE captions).
+        self._word_cache: dict[str, tuple[str, ...]] = {}
 
     @property
     def vocab_size(self) -> int:
@@ -235,11 +239,17 @@ class TextTokenizer:
             ids += [self._vocab[p] for p in pieces]
         return ids
 
-    def _split_words(self, caption: str) -> tuple[str, ...]:
-        """The caption normalised and split into words (byte-level symbols). Memoised as
-        ``_words``: training captions repeat, and this was most of the dropout path's cost."""
-        normalized = self._tokenizer.normalizer.normalize_str(caption)
-        return tuple(word for word, _ in self._tokenizer.pre_tokenizer.pre_tokenize_str(normalized))
+    def _words(self, caption: str) -> tuple[str, ...]:
+        """The caption normalised and split into words (byte-level symbols), memoised:
+        training captions repeat, and this was most of the dropout path's cost."""
+        words = self._word_cache.get(caption)
+        if words is None:
+            if len(self._word_cache) >= WORD_CACHE_SIZE:
+                self._word_cache.clear()
+            normalized = self._tokenizer.normalizer.normalize_str(caption)
+            pieces = self._tokenizer.pre_tokenizer.pre_tokenize_str(normalized)
+            words = self._word_cache[caption] = tuple(word for word, _ in pieces)
+        return words
 
     def token_count(self, caption: str) -> int:
         """Tokens of ``caption`` without [EOT] and without truncation: it fits when this
