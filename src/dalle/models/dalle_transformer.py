@@ -65,7 +65,9 @@ class DALLEConfig:
     attention_backend: str = "sdpa"
     # FlexAttention's block (queries and keys per tile of the block mask): only tiles that
     # are wholly masked are skipped, so a smaller block skips more of a sparse layer (a
-    # row layer's band is 33 keys wide) at the cost of smaller matrix tiles.
+    # row layer's band is 33 keys wide) at the cost of smaller matrix tiles. Below 128 on
+    # CUDA it needs a torch newer than 2.11, whose backward finds no valid tile for it
+    # (pytorch/pytorch#176025; BENCHMARKS.md, GPU section).
     flex_block_size: int = 128
 
     def __post_init__(self) -> None:
