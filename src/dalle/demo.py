@@ -201,6 +201,7 @@ def gpu_config() -> DemoConfig:
         encode_workers=8,
         # The tokenizer and the CLIP are small enough to share one GPU, as they share
         # the CPU's cores in the CPU demo.
+        side_by_side=True,
     )
 
 
