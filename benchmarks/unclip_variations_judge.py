@@ -5,7 +5,7 @@ caption) and judge every variation against the source's caption: colours, shapes
 size, position and relation must survive.
 
     python benchmarks/unclip_variations_judge.py --decoder DIR [--count 32] [--num 4]
-        [--steps 25] [--out outputs/variations_judge] [--json out.json]
+        [--steps 25] [--temperature 1] [--out outputs/variations_judge] [--json out.json]
 
 Writes each split's variations as NNNN.png + NNNN.txt (the source's caption) and a grid
 (sources in the first column) under --out.
@@ -52,11 +52,14 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=4, help="variations per source")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps")
     parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--temperature", type=float, default=1.0,
+                        help="token decoders: their draws' temperature")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("outputs/variations_judge"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     pipe = UnCLIP.from_pretrained(args.decoder, precision="bf16")
+    pipe.decoder_temperature = args.temperature
     splits = {"seen": "shapes", "zeroshot": "shapes:zeroshot"}
     results = {name: judge_split(pipe, source, args, args.out / name)
                for name, source in splits.items()}  # fmt: skip

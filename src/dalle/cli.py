@@ -475,13 +475,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.training_minutes is not None:
         config.training_scale = scale_for_minutes(config, args.training_minutes)
     if args.pipeline == "unclip":
-        from dalle.demo_unclip import UnCLIPDemoConfig, gpu_unclip_config, run_unclip_demo
+        from dalle.demo_unclip import cpu_unclip_config, gpu_unclip_config, run_unclip_demo
 
         reuse = args.reuse or (None if args.smoke else Path("outputs/demo"))
         if args.profile == "gpu" and not args.smoke:
             unclip = gpu_unclip_config(config, reuse, args.decoder)
         else:
-            unclip = UnCLIPDemoConfig(config, reuse=reuse, decoder=args.decoder)
+            unclip = cpu_unclip_config(config, reuse, args.decoder)
         if args.smoke:
             unclip.candidates, unclip.prior_steps, unclip.decoder_steps = 2, 2, 2
         return run_unclip_demo(Path(args.out or "outputs/demo-unclip"), unclip)
@@ -773,10 +773,12 @@ def _add_demo_command(commands) -> None:
         "--out", type=Path, help="default: outputs/demo (outputs/demo-unclip for unclip)"
     )
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--decoder", choices=["latent", "tokens", "pixel"], default="latent",
+    demo.add_argument("--decoder", choices=["latent", "tokens", "transformer", "pixel"],
+                      default="latent",
                       help="unclip only: the decoder draws the image tokenizer's codes by "
-                      "Gaussian diffusion (default), its tokens by masked-token diffusion, or "
-                      "pixels, as the paper's")  # fmt: skip
+                      "Gaussian diffusion (default), its tokens by masked-token diffusion or "
+                      "one after another with a transformer, or pixels, as the "
+                      "paper's")  # fmt: skip
     demo.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
                       help="stage sizes: cpu (the default, about 17 minutes of training on 2 "
                       "cores) or gpu (larger models and batches for one GPU, "

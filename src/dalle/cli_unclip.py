@@ -26,6 +26,7 @@ def _pipeline(args: argparse.Namespace, prior: bool):
                                   resolve_device(args.device),
                                   upsampler=args.upsampler)  # fmt: skip
     pipe.upsampler_steps = args.upsampler_steps
+    pipe.decoder_temperature = args.decoder_temperature
     return pipe
 
 
@@ -114,7 +115,12 @@ def _decoder_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--decoder-guidance", type=finite_float, default=3.0,
                         help="the decoder's classifier-free guidance; 1: none")  # fmt: skip
-    parser.add_argument("--decoder-steps", type=positive_int, default=50, help="DDIM steps")
+    parser.add_argument("--decoder-steps", type=positive_int, default=50,
+                        help="DDIM steps (a token decoder's unmasking steps; a transformer "
+                        "decoder draws one token a step)")  # fmt: skip
+    parser.add_argument("--decoder-temperature", type=positive_float, default=1.0,
+                        help="token and transformer decoders: the temperature of their token "
+                        "draws (lower: more conservative)")  # fmt: skip
     parser.add_argument("--upsampler", type=Path,
                         help="a `dalle train-upsampler` folder: enlarge every image")  # fmt: skip
     parser.add_argument("--upsampler-steps", type=positive_int, default=25,

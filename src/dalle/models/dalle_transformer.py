@@ -289,11 +289,22 @@ class DALLETransformer(PretrainedMixin, nn.Module, config=DALLEConfig):
         positions = torch.arange(text.shape[1], device=text.device)
         return torch.where(text == PAD_ID, self.config.text_vocab_size + positions, text)
 
-    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+    def with_image_embed(self, h: torch.Tensor, image_embed: torch.Tensor | None) -> torch.Tensor:
+        """The embedded start token and caption ``[B, L + 1, C]`` as the blocks get them. A
+        subclass conditioned on image embeddings (``TransformerDecoder``) adds them here."""
+        if image_embed is not None:
+            raise ValueError("the DALL-E transformer is conditioned on captions alone: it "
+                             "takes no image embedding")  # fmt: skip
+        return h
+
+    def embed_text(
+        self, text: torch.Tensor, image_embed: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """``[B, L]`` ids (pads already per position) -> ``[B, L + 1, C]``, start token first."""
         start = self.start.expand(text.shape[0], 1, self.config.width)
         h = torch.cat([start, self.text_embedding(text)], dim=1)
-        return h + self.text_position(torch.arange(h.shape[1], device=text.device))
+        h = h + self.text_position(torch.arange(h.shape[1], device=text.device))
+        return self.with_image_embed(h, image_embed)
 
     def embed_image(self, image: torch.Tensor, first: int | torch.Tensor = 0) -> torch.Tensor:
         """``[B, n]`` image tokens at raster indices ``first ..`` -> ``[B, n, C]``."""
@@ -383,6 +394,7 @@ class DALLETransformer(PretrainedMixin, nn.Module, config=DALLEConfig):
         image: torch.Tensor,
         cache: list[LayerCache] | None = None,
         start: int | torch.Tensor = 0,
+        image_embed: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Logits for the next token.
 
@@ -402,9 +414,12 @@ class DALLETransformer(PretrainedMixin, nn.Module, config=DALLEConfig):
         of image token ``start + n``. A 0-d long tensor ``start`` (``n`` must be 1) runs
         the same step with fixed shapes, attending over the whole cache through a mask
         row (for CUDA graphs; :func:`dalle.sampling.sampler.sample_image_tokens`).
+
+        ``image_embed`` ``[B, D]`` goes with the caption, for a model conditioned on image
+        embeddings (:class:`dalle.models.transformer_decoder.TransformerDecoder`).
         """
         if cache is None:
-            return self._teacher_forced(text, image)  # type: ignore[arg-type]
+            return self._teacher_forced(text, image, image_embed)  # type: ignore[arg-type]
         if isinstance(start, torch.Tensor):
             if text is not None or image.shape[1] != 1:
                 raise ValueError("a tensor start is one step: one image token, no caption")
@@ -419,26 +434,30 @@ class DALLETransformer(PretrainedMixin, nn.Module, config=DALLEConfig):
             raise ValueError("a caption begins the sequence: give it with start 0 only")
         parts = [self.embed_image(image, first=start)] if n else []
         if text is not None:
-            parts.insert(0, self.embed_text(self.text_with_position_pads(text)))
+            parts.insert(0, self.embed_text(self.text_with_position_pads(text), image_embed))
+        elif image_embed is not None:
+            raise ValueError("an image embedding goes with the caption, at start 0")
         # Sequence positions: start token 0, caption 1..L, image token i at L + 1 + i.
         position = 0 if text is not None else c.text_len + 1 + start
         h = self.run_blocks(torch.cat(parts, dim=1), position, cache)
         return None, self.image_head(h[:, -1:])
 
     def _teacher_forced(
-        self, text: torch.Tensor, image: torch.Tensor
+        self, text: torch.Tensor, image: torch.Tensor, image_embed: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         c = self.config
         text = self.text_with_position_pads(text)
         # [B, L + n, C]: the last image token is only a target.
         h = self.run_blocks(
-            torch.cat([self.embed_text(text), self.embed_image(image[:, :-1])], dim=1)
+            torch.cat([self.embed_text(text, image_embed), self.embed_image(image[:, :-1])], dim=1)
         )
         return self.text_head(h[:, : c.text_len]), self.image_head(h[:, c.text_len :])
 
-    def loss(self, text: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss(
+        self, text: torch.Tensor, image: torch.Tensor, image_embed: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Weighted cross-entropy; ``image`` must hold the whole ``[B, H*W]`` token map."""
-        text_logits, image_logits = self(text, image)
+        text_logits, image_logits = self(text, image, image_embed=image_embed)
         text_targets = self.text_with_position_pads(text)
         return text_image_loss(text_logits, text_targets, image_logits, image,
                                self.config.text_loss_weight)  # fmt: skip

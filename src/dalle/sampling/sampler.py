@@ -98,6 +98,7 @@ def sample_image_tokens(
     on_token: Callable[[int], None] | None = None,
     cuda_graph: bool = False,
     compile_step: bool = False,
+    image_embed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Samples ``[B, H*W]`` image tokens for captions ``text`` ``[B, L]`` (PAD_ID-padded).
 
@@ -110,6 +111,8 @@ def sample_image_tokens(
     batches; the same draws up to rounding. ``compile_step`` (with ``cuda_graph``): the
     step is compiled (``torch.compile``) before it is captured, which fuses the norms, bias
     adds and residuals into fewer kernels per token; the first call pays the compilation.
+    ``image_embed`` ``[B, D]``: the CLIP image embeddings a ``TransformerDecoder`` draws
+    from (guidance's unconditional rows get zeros, its dropped embedding, beside padding).
     """
     if compile_step and not cuda_graph:
         raise ValueError("compile_step compiles the fixed-shape step: it needs cuda_graph=True")
@@ -118,6 +121,8 @@ def sample_image_tokens(
     guided = config.guidance_scale != 1.0
     rows = torch.cat([text, torch.full_like(text, PAD_ID)]) if guided else text
     both = (lambda t: torch.cat([t, t])) if guided else (lambda t: t)
+    if image_embed is not None and guided:
+        image_embed = torch.cat([image_embed, torch.zeros_like(image_embed)])
     tokens = torch.empty(batch, total, dtype=torch.long, device=text.device)
     primed = 0 if prime is None else prime.shape[1]
     if primed:
@@ -126,7 +131,7 @@ def sample_image_tokens(
         return tokens
     cache = model.new_cache(rows.shape[0], text.device, next(model.parameters()).dtype)
     # The caption and the primed tokens in one call: logits of image token ``primed``.
-    _, logits = model(rows, both(tokens[:, :primed]), cache=cache)
+    _, logits = model(rows, both(tokens[:, :primed]), cache=cache, image_embed=image_embed)
     step_model = FixedShapeStep(model, cache, rows.shape[0], compile_step) if cuda_graph else None
     for j in range(primed, total):
         step = logits[:, -1].float()  # [rows, V]

@@ -29,6 +29,7 @@ from dalle.models.image_tokenizer import (
 from dalle.models.pretrained import model_type
 from dalle.models.prior import DiffusionPrior
 from dalle.models.token_decoder import TokenDecoder
+from dalle.models.transformer_decoder import TransformerDecoder, TransformerDecoderConfig
 from dalle.models.upsampler import Upsampler
 from dalle.precision import autocast_context
 from dalle.sampling.diffusion import (
@@ -40,14 +41,17 @@ from dalle.sampling.diffusion import (
 from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
 from dalle.sampling.masked import sample_tokens
 from dalle.sampling.rerank import keep_best
-from dalle.sampling.sampler import Generators
+from dalle.sampling.sampler import Generators, SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
 from dalle.training.prior_task import CLIP_DIR
 
 # The decoders a `dalle train-decoder` folder may hold, by the model type it records.
-DECODERS: dict[str, type[ImageDecoder | TokenDecoder]] = {
-    cls.__name__: cls for cls in (ImageDecoder, TokenDecoder)
+Decoder = ImageDecoder | TokenDecoder | TransformerDecoder
+DECODERS: dict[str, type[Decoder]] = {
+    cls.__name__: cls for cls in (ImageDecoder, TokenDecoder, TransformerDecoder)
 }
+# Decoders that draw an image tokenizer's tokens (of any kind), not pixels or codes.
+TOKEN_DECODERS = (TokenDecoder, TransformerDecoder)
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
@@ -72,7 +76,7 @@ class UnCLIPOutput:
 @dataclass
 class UnCLIP:
     prior: DiffusionPrior | None  # None: a decoder alone (variations, interpolation)
-    decoder: ImageDecoder | TokenDecoder
+    decoder: Decoder
     clip: CLIP
     tokenizer: TextTokenizer
     device: torch.device
@@ -84,6 +88,9 @@ class UnCLIP:
     # A latent or token decoder's (its folder's image_tokenizer/): turns the codes or the
     # tokens it draws into pixels.
     image_tokenizer: ImageTokenizer | None = None
+    # A token or transformer decoder's: the temperature of its token draws (1: the model's
+    # own distribution; lower is more conservative, as the DALL-E sampler's).
+    decoder_temperature: float = 1.0
 
     @classmethod
     def from_pretrained(
@@ -104,7 +111,8 @@ class UnCLIP:
             raise ValueError(f"{decoder} holds no DALL-E 2 decoder ({', '.join(DECODERS)})")
         codes = decoder / IMAGE_TOKENIZER_DIR
         # A token decoder's tokenizer may be of any kind; a latent decoder's is FSQ.
-        load = load_image_tokenizer if kind is TokenDecoder else load_latent_tokenizer
+        tokens = issubclass(kind, TOKEN_DECODERS)
+        load = load_image_tokenizer if tokens else load_latent_tokenizer
         pipe = cls(
             prior=None if loaded is None else loaded.eval(),
             decoder=kind.from_pretrained(decoder, device=device).eval(),
@@ -112,7 +120,7 @@ class UnCLIP:
             tokenizer=TextTokenizer.load(clip_dir / "tokenizer"),
             device=device,
             precision=precision,
-            image_tokenizer=load(codes, device) if codes.is_dir() or kind is TokenDecoder else None,
+            image_tokenizer=load(codes, device) if codes.is_dir() or tokens else None,
         )  # fmt: skip
         if upsampler is not None:
             pipe.upsampler = Upsampler.from_pretrained(upsampler, device=device).eval()
@@ -129,7 +137,8 @@ class UnCLIP:
     def image_size(self) -> int:
         """The decoder's (and the CLIP's) image size: what inputs are read at."""
         scale = 1 if self.image_tokenizer is None else self.image_tokenizer.downsample
-        return self.decoder.config.image_size * scale
+        c = self.decoder.config  # a transformer decoder's grid is the DALL-E transformer's
+        return (c.image_grid if isinstance(c, TransformerDecoderConfig) else c.image_size) * scale
 
     @property
     def output_size(self) -> int:
@@ -140,12 +149,22 @@ class UnCLIP:
     def draw(self, text: torch.Tensor, embed: torch.Tensor, steps: int, guidance: float,
              generator: Generators, **options: Any) -> torch.Tensor:  # fmt: skip
         """uint8 images decoded from CLIP image embeddings, before upsampling: by
-        ``sample_images`` (with its ``options``), or for a token decoder ``sample_tokens``
-        (always stochastic: ``options`` do not apply)."""
+        ``sample_images`` (with its ``options``), for a token decoder by ``sample_tokens``
+        and for a transformer decoder by ``sample_image_tokens`` (one step per token:
+        ``steps`` does not apply). Token draws are always stochastic: of ``options`` only
+        ``on_step`` applies to them."""
         with self.autocast():
+            on_step = options.get("on_step")
+            if isinstance(self.decoder, TransformerDecoder):
+                sampling = SamplingConfig(self.decoder_temperature, guidance_scale=guidance)
+                tokens = sample_image_tokens(self.decoder, text, sampling, generator=generator,
+                                             on_token=on_step, image_embed=embed)  # fmt: skip
+                grid = self.decoder.config.image_grid
+                return self.image_tokenizer.decode(tokens.view(len(tokens), grid, grid)).cpu()
             if isinstance(self.decoder, TokenDecoder):
                 tokens = sample_tokens(self.decoder, text, embed, steps, guidance, generator,
-                                       on_step=options.get("on_step"))  # fmt: skip
+                                       temperature=self.decoder_temperature,
+                                       on_step=on_step)  # fmt: skip
                 return self.image_tokenizer.decode(tokens).cpu()
             return sample_images(self.decoder, text, embed, steps, guidance, generator,
                                  image_tokenizer=self.image_tokenizer, **options).cpu()  # fmt: skip
@@ -293,7 +312,7 @@ class UnCLIP:
         self, embeds: torch.Tensor, guidance: float, steps: int, generator: torch.Generator | None
     ) -> torch.Tensor:
         c, text = self.decoder.config, self.no_caption(len(embeds))
-        if isinstance(self.decoder, TokenDecoder):  # its randomness: one seed for every image
+        if isinstance(self.decoder, TOKEN_DECODERS):  # their randomness: one seed for every image
             seed = int(torch.randint(2**62, (1,), generator=generator))
             same = [torch.Generator().manual_seed(seed) for _ in embeds]
             drawn = self.draw(text, embeds, steps, guidance, same)

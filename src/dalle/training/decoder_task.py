@@ -29,9 +29,12 @@ from dalle.losses.diffusion import masked_token_loss
 from dalle.models.decoder import DecoderConfig, ImageDecoder
 from dalle.models.image_tokenizer import load_image_tokenizer, load_latent_tokenizer
 from dalle.models.token_decoder import TokenDecoder, TokenDecoderConfig
+from dalle.models.transformer_decoder import TransformerDecoder, TransformerDecoderConfig
 from dalle.sampling.diffusion import noised, prediction_target, sample_images, to_model_range
 from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
 from dalle.sampling.masked import mask_tokens, sample_tokens
+from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
+from dalle.tokenizers.text import PAD_ID
 from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 from dalle.training.prior_task import CLIP_DIR, fit_to_clip, load_frozen_clip
@@ -153,8 +156,10 @@ class DecoderTask:
     def at_decoder_size(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images at the data's size -> the decoder's output size (shrunk by area
         averaging for a smaller pixel decoder)."""
+        if self.image_tokenizer is not None:
+            return images
         factor = images.shape[-1] // self.config.model.image_size
-        if factor == 1 or self.image_tokenizer is not None:
+        if factor == 1:
             return images
         return shrink(images, factor).round().to(torch.uint8)
 
@@ -252,3 +257,57 @@ class TokenDecoderTask(DecoderTask):
         tokens = sample_tokens(self.model, text, embed, e.sample_steps, e.guidance_scale,
                                generator)  # fmt: skip
         return self.image_tokenizer.decode(tokens)
+
+
+# ----------------------------------------------------------------------------- transformer
+
+
+@dataclass
+class TransformerDecoderEvalConfig:
+    samples: int = 256  # held-out pairs for the validation loss
+    grid: int = 16  # held-out images decoded from their embeddings (and judged)
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(guidance_scale=3.0))
+
+
+@dataclass
+class TransformerDecoderTrainConfig(DecoderTrainConfig):
+    """`dalle train-decoder` with a ``transformer-decoder-*`` preset: the decoder draws the
+    image tokenizer's tokens one after another, as the DALL-E transformer does, from the
+    CLIP image embedding and the caption (``models/transformer_decoder.py``). The image
+    tokenizer is required and may be of any kind."""
+
+    preset: str = "transformer-decoder-small"
+    model: TransformerDecoderConfig = field(default_factory=TransformerDecoderConfig)
+    # The DALL-E demo transformer's settings, which train this shape fastest on a CPU.
+    optim: OptimConfig = optim_defaults(lr=3.0e-3, final_lr=3.0e-5, warmup_steps=100,
+                                        betas=[0.9, 0.96], weight_decay=4.5e-2,
+                                        grad_clip=1.0)  # fmt: skip
+    eval: TransformerDecoderEvalConfig = field(default_factory=TransformerDecoderEvalConfig)
+
+
+class TransformerDecoderTask(TokenDecoderTask):
+    model_class = TransformerDecoder
+
+    def drawn_shape(self) -> dict[str, int]:
+        """The token grid's side and vocabulary."""
+        grid = self.image_tokenizer.token_grid(self.config.data.image_size)
+        return {"image_grid": grid, "image_vocab_size": self.image_tokenizer.vocab_size}
+
+    def objective(self, images: Tensor, text: Tensor, embed: Tensor, drop: Dropped,
+                  generator: torch.Generator | None) -> Tensor:  # fmt: skip
+        """The DALL-E transformer's loss (1/8 caption, 7/8 image tokens, by default) given
+        the embeddings; dropped captions become padding and dropped embeddings zeros."""
+        tokens = self.image_tokenizer.encode(images.to(self.device)).flatten(1)  # [B, h*w]
+        drop_text, drop_image = drop
+        if drop_text is not None:
+            text = torch.where(drop_text[:, None], torch.full_like(text, PAD_ID), text)
+            embed = torch.where(drop_image[:, None], torch.zeros_like(embed), embed)
+        return self.model.loss(text, tokens, image_embed=embed)["loss"]
+
+    def draw(
+        self, text: torch.Tensor, embed: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        tokens = sample_image_tokens(self.model, text, self.config.eval.sampling,
+                                     generator=generator, image_embed=embed)  # fmt: skip
+        grid = self.config.model.image_grid
+        return self.image_tokenizer.decode(tokens.view(len(tokens), grid, grid))

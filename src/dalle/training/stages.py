@@ -31,6 +31,7 @@ from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE
 from dalle.models.fsq import FSQ_PRESETS, FSQTokenizer
 from dalle.models.prior import PRIOR_PRESETS, DiffusionPrior
 from dalle.models.token_decoder import TOKEN_DECODER_PRESETS, TokenDecoder
+from dalle.models.transformer_decoder import TRANSFORMER_DECODER_PRESETS, TransformerDecoder
 from dalle.models.upsampler import UPSAMPLER_PRESETS, Upsampler
 from dalle.training.clip_task import CLIPTask, CLIPTrainConfig
 from dalle.training.dalle_task import DALLETask, DALLETrainConfig
@@ -39,6 +40,8 @@ from dalle.training.decoder_task import (
     DecoderTrainConfig,
     TokenDecoderTask,
     TokenDecoderTrainConfig,
+    TransformerDecoderTask,
+    TransformerDecoderTrainConfig,
 )
 from dalle.training.dvae_task import DVAETask, DVAETrainConfig
 from dalle.training.fsq_task import FSQTask, FSQTrainConfig
@@ -114,10 +117,14 @@ DECODER = StageSpec("decoder", DecoderTrainConfig, DECODER_PRESETS, ImageDecoder
 TOKEN_DECODER = StageSpec("token decoder", TokenDecoderTrainConfig, TOKEN_DECODER_PRESETS,
                           TokenDecoder, TokenDecoderTask,
                           inputs=("clip", "image_tokenizer"))  # fmt: skip
+TRANSFORMER_DECODER = StageSpec("transformer decoder", TransformerDecoderTrainConfig,
+                                TRANSFORMER_DECODER_PRESETS, TransformerDecoder,
+                                TransformerDecoderTask,
+                                inputs=("clip", "image_tokenizer"))  # fmt: skip
 UPSAMPLER = StageSpec("upsampler", UpsamplerTrainConfig, UPSAMPLER_PRESETS, Upsampler,
                       UpsamplerTask)  # fmt: skip
 STAGES: tuple[StageSpec, ...] = (DVAE, FSQ, TRANSFORMER, CLIP_STAGE, PRIOR, DECODER,
-                                 TOKEN_DECODER, UPSAMPLER)  # fmt: skip
+                                 TOKEN_DECODER, TRANSFORMER_DECODER, UPSAMPLER)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -162,9 +169,10 @@ TRAIN_COMMANDS: tuple[TrainCommand, ...] = (
                  (PRIOR,)),
     TrainCommand("train-decoder",
                  "DALL-E 2's decoder (CLIP image embedding to image): diffusion of pixels or of "
-                 "an FSQ tokenizer's codes (decoder-* presets), or masked-token diffusion of an "
-                 "image tokenizer's tokens (token-decoder-* presets)",
-                 (DECODER, TOKEN_DECODER)),
+                 "an FSQ tokenizer's codes (decoder-* presets), masked-token diffusion of an "
+                 "image tokenizer's tokens (token-decoder-* presets), or those tokens one "
+                 "after another by a transformer (transformer-decoder-* presets)",
+                 (DECODER, TOKEN_DECODER, TRANSFORMER_DECODER)),
     TrainCommand("train-upsampler", "DALL-E 2's upsampler (an image to one `scale` times larger)",
                  (UPSAMPLER,)),
 )  # fmt: skip
