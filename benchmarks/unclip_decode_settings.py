@@ -31,7 +31,9 @@ TOKEN_SETTINGS = [(3.0, 12, 1.0, True), (3.0, 12, 0.5, True), (1.0, 12, 0.5, Tru
 # without the caption (variations have none).
 TRANSFORMER_SETTINGS = [(3.0, 0, 1.0, True), (1.0, 0, 1.0, True), (2.0, 0, 0.5, True),
                         (3.0, 0, 0.5, True), (5.0, 0, 1.0, True), (3.0, 0, 1.0, False),
-                        (1.0, 0, 1.0, False), (3.0, 0, 0.5, False)]  # fmt: skip
+                        (1.0, 0, 1.0, False), (3.0, 0, 0.5, False), (1.5, 0, 0.5, True),
+                        (1.0, 0, 0.5, True), (2.0, 0, 0.3, True), (1.5, 0, 0.3, True),
+                        (2.0, 0, 0.7, True), (3.0, 0, 0.3, True)]  # fmt: skip
 
 
 def main() -> None:

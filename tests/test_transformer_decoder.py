@@ -170,10 +170,21 @@ def test_the_pipeline_draws_with_the_transformer_and_manipulates_images(trained)
     assert torch.equal(cold[0], cold[1])
 
 
-def test_the_unclip_demo_draws_with_a_transformer_decoder(tmp_path) -> None:
+def test_the_unclip_demo_draws_with_a_transformer_decoder_by_default(tmp_path) -> None:
     out = tmp_path / "demo-unclip"
-    args = ["demo", "--pipeline", "unclip", "--decoder", "transformer", "--smoke", "--out",
-            str(out)]  # fmt: skip
-    assert main(args) == 0
+    assert main(["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]) == 0
     assert TransformerDecoder.from_pretrained(out / "decoder").config.image_grid == 8
     assert len(list((out / "seen").glob("*.png"))) == 4
+
+
+def test_the_demo_samples_a_transformer_decoder_as_the_dalle_demo() -> None:
+    """32 draws per prompt at the DALL-E demo's temperature and guidance, the prior in 8
+    steps; the other decoders keep their own settings."""
+    from dalle.demo import DemoConfig
+    from dalle.demo_unclip import cpu_unclip_config
+
+    c = cpu_unclip_config(DemoConfig(), None, "transformer")
+    assert (c.candidates, c.decoder_temperature, c.decoder_guidance, c.prior_steps) == (
+        32, 0.5, 2.0, 8)  # fmt: skip
+    latent = cpu_unclip_config(DemoConfig(), None, "latent")
+    assert (latent.candidates, latent.decoder_temperature, latent.prior_steps) == (4, 1.0, 32)

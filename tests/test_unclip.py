@@ -150,19 +150,19 @@ def test_a_prior_and_a_decoder_of_different_clips_are_refused(trained, tmp_path)
 
 def test_the_unclip_demo_runs_every_stage_and_judges(tmp_path, capsys) -> None:
     out = tmp_path / "demo-unclip"
-    assert main(["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]) == 0
+    args = ["demo", "--pipeline", "unclip", "--decoder", "latent", "--smoke"]
+    assert main([*args, "--out", str(out)]) == 0
     results = json.loads((out / "results.json").read_text())
     for split in ("seen", "zeroshot"):
         assert results[split]["images"] == 4 and "accuracy_without_reranking" in results[split]
         assert len(list((out / split).glob("*.png"))) == 4
     assert "image_cosine" in results["prior"] and "decoded_judge_pass" in results["decoder"]
     # A second run reuses every finished stage.
-    assert main(["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out)]) == 0
     assert capsys.readouterr().out.count("reusing the finished stage") >= 4
     # --reuse copies another demo's finished BPE, image tokenizer and CLIP.
     other = tmp_path / "other"
-    assert main(["demo", "--pipeline", "unclip", "--smoke", "--reuse", str(out),
-                 "--out", str(other)]) == 0  # fmt: skip
+    assert main([*args, "--reuse", str(out), "--out", str(other)]) == 0
     printed = capsys.readouterr().out
     for name in ("tokenizer", "image_tokenizer", "clip"):
         assert f"[demo] {name}: the DALL-E demo's ({out / name})" in printed

@@ -479,9 +479,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         reuse = args.reuse or (None if args.smoke else Path("outputs/demo"))
         if args.profile == "gpu" and not args.smoke:
-            unclip = gpu_unclip_config(config, reuse, args.decoder)
+            unclip = gpu_unclip_config(config, reuse, args.decoder or "latent")
         else:
-            unclip = cpu_unclip_config(config, reuse, args.decoder)
+            unclip = cpu_unclip_config(config, reuse, args.decoder or "transformer")
         if args.smoke:
             unclip.candidates, unclip.prior_steps, unclip.decoder_steps = 2, 2, 2
         return run_unclip_demo(Path(args.out or "outputs/demo-unclip"), unclip)
@@ -773,11 +773,11 @@ def _add_demo_command(commands) -> None:
         "--out", type=Path, help="default: outputs/demo (outputs/demo-unclip for unclip)"
     )
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--decoder", choices=["latent", "tokens", "transformer", "pixel"],
-                      default="latent",
-                      help="unclip only: the decoder draws the image tokenizer's codes by "
-                      "Gaussian diffusion (default), its tokens by masked-token diffusion or "
-                      "one after another with a transformer, or pixels, as the "
+    demo.add_argument("--decoder", choices=["transformer", "latent", "tokens", "pixel"],
+                      help="unclip only: the decoder draws the image tokenizer's tokens one "
+                      "after another with a transformer (the default on the CPU), its codes by "
+                      "Gaussian diffusion (the default and only choice with --profile gpu), "
+                      "its tokens by masked-token diffusion, or pixels, as the "
                       "paper's")  # fmt: skip
     demo.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
                       help="stage sizes: cpu (the default, about 17 minutes of training on 2 "

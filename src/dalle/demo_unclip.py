@@ -7,11 +7,11 @@ Stages, each reused when a previous run finished it:
    trained here with the DALL-E demo's settings;
 2. the diffusion prior (caption -> CLIP image embedding) on the frozen CLIP;
 3. the decoder (CLIP image embedding and caption -> 64x64 image) on the frozen CLIP: by
-   default a latent one, drawing the image tokenizer's 8x8 code grid, which the
-   tokenizer's decoder turns into pixels; ``decoder="tokens"`` draws the tokenizer's
-   tokens by masked-token diffusion instead, ``decoder="transformer"`` one after another
-   with a transformer, and ``decoder="pixel"`` is the paper's pixel decoder, which on this
-   CPU draws blobs (BENCHMARKS.md);
+   default a transformer drawing the image tokenizer's 8x8 tokens one after another,
+   which the tokenizer's decoder turns into pixels; ``decoder="latent"`` draws the
+   tokenizer's code grid by Gaussian diffusion instead, ``decoder="tokens"`` its tokens
+   by masked-token diffusion, and ``decoder="pixel"`` is the paper's pixel decoder; on
+   this CPU those three draw blobs after 12 minutes (BENCHMARKS.md);
 4. for seen-combination and zero-shot prompts (the DALL-E demo's, so the two systems are
    judged on the same prompts), several images per prompt of which the CLIP keeps the
    best, written as ``NNNN.png`` + ``NNNN.txt`` under ``seen/`` and ``zeroshot/``, with
@@ -60,7 +60,7 @@ class UnCLIPDemoConfig:
     # What the decoder draws: the image tokenizer's codes by Gaussian diffusion ("latent"),
     # its tokens by masked-token diffusion ("tokens") or one after another with a
     # transformer ("transformer"), or pixels ("pixel", the paper's).
-    decoder: str = "latent"
+    decoder: str = "transformer"
     decoder_config: Path | None = None  # None: the demo's config for the decoder's kind
     candidates: int = 4  # images drawn per prompt; the CLIP keeps the best
     prior_steps: int = 32  # DDIM steps
