@@ -170,11 +170,16 @@ def test_the_pipeline_draws_with_the_transformer_and_manipulates_images(trained)
     assert torch.equal(cold[0], cold[1])
 
 
-def test_the_unclip_demo_draws_with_a_transformer_decoder_by_default(tmp_path) -> None:
+def test_the_unclip_demo_draws_with_a_transformer_decoder_by_default(tmp_path, capsys) -> None:
     out = tmp_path / "demo-unclip"
-    assert main(["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]) == 0
+    args = ["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]
+    assert main(args) == 0
     assert TransformerDecoder.from_pretrained(out / "decoder").config.image_grid == 8
     assert len(list((out / "seen").glob("*.png"))) == 4
+    # A folder holding another kind of decoder is refused, not reused in silence.
+    capsys.readouterr()
+    assert main([*args, "--decoder", "latent"]) == 2
+    assert "holds a decoder of another kind (transformer-decoder-small" in capsys.readouterr().err
 
 
 def test_the_demo_samples_a_transformer_decoder_as_the_dalle_demo() -> None:

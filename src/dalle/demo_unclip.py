@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
 from dalle.data.datasets import DataConfig
 from dalle.data.images import make_grid
@@ -91,7 +92,8 @@ def gpu_unclip_config(base: DemoConfig, reuse: Path | None, decoder: str) -> UnC
     per prompt for the CLIP to choose from, as the DALL-E GPU demo."""
     if decoder != "latent":
         raise ValueError(f"--profile gpu sizes the latent decoder only, not {decoder!r}")
-    return UnCLIPDemoConfig(base, reuse=reuse, prior_config=CONFIG_DIR / "prior-shapes-gpu.yaml",
+    return UnCLIPDemoConfig(base, reuse=reuse, decoder=decoder,
+                            prior_config=CONFIG_DIR / "prior-shapes-gpu.yaml",
                             decoder_config=CONFIG_DIR / "decoder-latent-shapes-gpu.yaml",
                             candidates=32, batch_size=512)  # fmt: skip
 
@@ -160,10 +162,26 @@ def _diffusion_configs(c: UnCLIPDemoConfig, out: Path) -> dict[str, tuple[Any, A
     if c.base.smoke:
         prior = _smoke(prior, SMOKE_PRIOR)
         decoder = _smoke(decoder, SMOKE_DECODERS[c.decoder])
+    check_decoder_kind(c, decoder, out / "decoder")
     return {
         "prior": (PRIOR, _seeded(prior, c.base)),
         "decoder": (stage, _seeded(decoder, c.base)),
     }
+
+
+def check_decoder_kind(c: UnCLIPDemoConfig, decoder: Any, folder: Path) -> None:
+    """A decoder folder left by a run of another kind (another ``--decoder``, or an older
+    demo's default) is refused, not reused or resumed in silence."""
+    saved = folder / "train_config.yaml"
+    if not saved.exists():
+        return
+    settings = OmegaConf.load(saved)
+    preset, codes = settings.get("preset"), bool(settings.get("image_tokenizer"))
+    if preset != decoder.preset or codes != bool(decoder.image_tokenizer):
+        kind = "an image tokenizer's" if codes else "pixels"
+        raise ValueError(f"{folder} holds a decoder of another kind ({preset}, drawing {kind}) "
+                         f"than --decoder {c.decoder}: choose a fresh --out, or that "
+                         "decoder")  # fmt: skip
 
 
 def _smoke(config: Any, model: dict) -> Any:
