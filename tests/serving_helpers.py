@@ -45,6 +45,25 @@ def make_tiny_models(root: Path) -> tuple[Path, Path]:
     return model_dir, clip_dir
 
 
+def train_tiny_token_unclip(root: Path, decoder_config: Path) -> dict[str, Path]:
+    """A tiny CLIP and FSQ tokenizer (32-pixel images, 16x16 tokens of 25), a prior, and a
+    decoder of tokens trained on them with ``decoder_config`` (a few updates each)."""
+    from dalle.cli import main
+
+    configs = Path(__file__).parent.parent / "configs"
+    clip = make_tiny_models(root)[1]
+    fsq = root / "fsq"
+    assert main(["train-image-tokenizer", "--preset", "fsq-tiny", "--out", str(fsq),
+                 "data.source=shapes", "data.image_size=32", "data.batch_size=4",
+                 "loop.steps=2", "loop.eval_every=2", "eval.samples=4"]) == 0  # fmt: skip
+    prior, decoder = root / "prior", root / "decoder"
+    assert main(["train-prior", "--config", str(configs / "prior-tiny-cpu.yaml"), "--clip",
+                 str(clip), "--out", str(prior)]) == 0  # fmt: skip
+    assert main(["train-decoder", "--config", str(decoder_config), "--clip", str(clip),
+                 "--out", str(decoder), f"image_tokenizer={fsq}"]) == 0  # fmt: skip
+    return {"root": root, "clip": clip, "fsq": fsq, "prior": prior, "decoder": decoder}
+
+
 def make_tiny_unclip(root: Path, clip_dir: Path) -> tuple[Path, Path]:
     """Untrained tiny DALL-E 2 folders (prior, decoder of 32x32 images) over ``clip_dir``,
     each with a copy of that CLIP as the trained commands export them."""

@@ -17,7 +17,7 @@ from dalle.sampling.masked import mask_tokens, masking_ratio, sample_tokens
 from dalle.sampling.unclip import UnCLIP
 from dalle.training.decoder_task import TokenDecoderTask
 from dalle.training.stages import TOKEN_DECODER
-from serving_helpers import make_tiny_models
+from serving_helpers import train_tiny_token_unclip
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 TINY = TOKEN_DECODER_PRESETS["token-decoder-tiny"]
@@ -126,18 +126,7 @@ def test_a_cold_temperature_draws_the_most_likely_tokens() -> None:
 def trained(tmp_path_factory) -> dict[str, Path]:
     """A tiny CLIP and FSQ tokenizer, a prior, and a token decoder trained on them."""
     root = tmp_path_factory.mktemp("token-decoder")
-    clip = make_tiny_models(root)[1]
-    fsq = root / "fsq"
-    assert main(["train-image-tokenizer", "--preset", "fsq-tiny", "--out", str(fsq),
-                 "data.source=shapes", "data.image_size=32", "data.batch_size=4",
-                 "loop.steps=2", "loop.eval_every=2", "eval.samples=4"]) == 0  # fmt: skip
-    prior, decoder = root / "prior", root / "decoder"
-    assert main(["train-prior", "--config", str(CONFIGS / "prior-tiny-cpu.yaml"), "--clip",
-                 str(clip), "--out", str(prior)]) == 0  # fmt: skip
-    assert main(["train-decoder", "--config", str(CONFIGS / "token-decoder-tiny-cpu.yaml"),
-                 "--clip", str(clip), "--out", str(decoder),
-                 f"image_tokenizer={fsq}"]) == 0  # fmt: skip
-    return {"root": root, "clip": clip, "fsq": fsq, "prior": prior, "decoder": decoder}
+    return train_tiny_token_unclip(root, CONFIGS / "token-decoder-tiny-cpu.yaml")
 
 
 def test_train_decoder_with_a_token_preset_exports_the_model_and_its_tokenizer(trained) -> None:

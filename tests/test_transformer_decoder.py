@@ -18,7 +18,7 @@ from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.sampling.unclip import UnCLIP
 from dalle.training.decoder_task import TransformerDecoderTask
 from dalle.training.stages import TRANSFORMER_DECODER
-from serving_helpers import make_tiny_models
+from serving_helpers import train_tiny_token_unclip
 
 CONFIGS = Path(__file__).parent.parent / "configs"
 TINY = TRANSFORMER_DECODER_PRESETS["transformer-decoder-tiny"]
@@ -113,18 +113,7 @@ def test_guided_sampling_mixes_in_the_dropped_embedding_and_caption() -> None:
 def trained(tmp_path_factory) -> dict[str, Path]:
     """A tiny CLIP and FSQ tokenizer, a prior, and a transformer decoder trained on them."""
     root = tmp_path_factory.mktemp("transformer-decoder")
-    clip = make_tiny_models(root)[1]
-    fsq = root / "fsq"
-    assert main(["train-image-tokenizer", "--preset", "fsq-tiny", "--out", str(fsq),
-                 "data.source=shapes", "data.image_size=32", "data.batch_size=4",
-                 "loop.steps=2", "loop.eval_every=2", "eval.samples=4"]) == 0  # fmt: skip
-    prior, decoder = root / "prior", root / "decoder"
-    assert main(["train-prior", "--config", str(CONFIGS / "prior-tiny-cpu.yaml"), "--clip",
-                 str(clip), "--out", str(prior)]) == 0  # fmt: skip
-    assert main(["train-decoder", "--config", str(CONFIGS / "transformer-decoder-tiny-cpu.yaml"),
-                 "--clip", str(clip), "--out", str(decoder),
-                 f"image_tokenizer={fsq}"]) == 0  # fmt: skip
-    return {"root": root, "clip": clip, "fsq": fsq, "prior": prior, "decoder": decoder}
+    return train_tiny_token_unclip(root, CONFIGS / "transformer-decoder-tiny-cpu.yaml")
 
 
 def test_train_decoder_with_a_transformer_preset_exports_it_and_its_tokenizers(trained) -> None:
