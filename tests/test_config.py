@@ -16,6 +16,7 @@ from dalle.training.stages import (
     PRIOR,
     TOKEN_DECODER,
     TRANSFORMER,
+    TRANSFORMER_DECODER,
     UPSAMPLER,
 )
 
@@ -31,6 +32,9 @@ LOADERS = {
     "prior-": lambda path: PRIOR.build_config(path, ["clip=some/clip"]),
     "decoder-": lambda path: DECODER.build_config(path, ["clip=some/clip"]),
     "token-decoder-": lambda path: TOKEN_DECODER.build_config(
+        path, ["clip=some/clip", "image_tokenizer=some/fsq"]
+    ),
+    "transformer-decoder-": lambda path: TRANSFORMER_DECODER.build_config(
         path, ["clip=some/clip", "image_tokenizer=some/fsq"]
     ),
     "upsampler-": lambda path: UPSAMPLER.build_config(path, []),
