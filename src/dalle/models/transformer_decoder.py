@@ -40,6 +40,11 @@ class TransformerDecoderConfig(DALLEConfig):
             raise ValueError(f"embed_tokens must be in 1..text_len + 1 ({self.text_len + 1}), "
                              f"not {self.embed_tokens}")  # fmt: skip
 
+    @property
+    def image_size(self) -> int:
+        """The side of the grid it draws, under the name every decoder's config uses."""
+        return self.image_grid
+
 
 # fmt: off
 TRANSFORMER_DECODER_PRESETS: dict[str, TransformerDecoderConfig] = {

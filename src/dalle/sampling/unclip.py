@@ -29,7 +29,7 @@ from dalle.models.image_tokenizer import (
 from dalle.models.pretrained import model_type
 from dalle.models.prior import DiffusionPrior
 from dalle.models.token_decoder import TokenDecoder
-from dalle.models.transformer_decoder import TransformerDecoder, TransformerDecoderConfig
+from dalle.models.transformer_decoder import TransformerDecoder
 from dalle.models.upsampler import Upsampler
 from dalle.precision import autocast_context
 from dalle.sampling.diffusion import (
@@ -137,8 +137,7 @@ class UnCLIP:
     def image_size(self) -> int:
         """The decoder's (and the CLIP's) image size: what inputs are read at."""
         scale = 1 if self.image_tokenizer is None else self.image_tokenizer.downsample
-        c = self.decoder.config  # a transformer decoder's grid is the DALL-E transformer's
-        return (c.image_grid if isinstance(c, TransformerDecoderConfig) else c.image_size) * scale
+        return self.decoder.config.image_size * scale
 
     @property
     def output_size(self) -> int:
@@ -159,7 +158,7 @@ class UnCLIP:
                 sampling = SamplingConfig(self.decoder_temperature, guidance_scale=guidance)
                 tokens = sample_image_tokens(self.decoder, text, sampling, generator=generator,
                                              on_token=on_step, image_embed=embed)  # fmt: skip
-                grid = self.decoder.config.image_grid
+                grid = self.decoder.config.image_size
                 return self.image_tokenizer.decode(tokens.view(len(tokens), grid, grid)).cpu()
             if isinstance(self.decoder, TokenDecoder):
                 tokens = sample_tokens(self.decoder, text, embed, steps, guidance, generator,
