@@ -5,13 +5,14 @@
 # (logit-Laplace; DVAE_VARIANTS="name overrides" adds runs), judged on 1,000 held-out
 # reconstructions per split; and, once the demo's BPE, image tokenizer and CLIP are
 # finished, `dalle demo --pipeline unclip --profile gpu` on them (prior and decoder 2 + 5
-# minutes on the clock, the transformer's 7), judged on the same prompts. Meant to be
+# minutes on the clock, the transformer's 7), judged on the same prompts, then variations
+# of 64 held-out scenes per split from its decoder (content kept). Meant to be
 # started detached (setsid), so it outlives one device call: WORK/done appears when it
 # has finished, after it packed the small files (logs, metrics, results, grids, judged
 # samples) into WORK/quality.tar.gz.
 #   bash benchmarks/gpu_quality.sh WORK [DVAE_MINUTES]
 # A dry run of the script on a CPU, in a minute or two:
-#   DEMO_ARGS=--smoke UNCLIP_ARGS=--smoke JUDGE_COUNT=20 bash benchmarks/gpu_quality.sh WORK 0.1
+#   DEMO_ARGS=--smoke UNCLIP_ARGS=--smoke JUDGE_COUNT=20 VARIATION_COUNT=2 bash benchmarks/gpu_quality.sh WORK 0.1
 set -u
 work=${1:?work dir}; minutes=${2:-11}; mkdir -p "$work"
 export PYTHONUNBUFFERED=1 DALLE_DEBUG=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -32,7 +33,12 @@ unclip() {
     sleep 5; [ -f "$work/demo-ended" ] && return; done
   timeout "${UNCLIP_LIMIT:-780}" $py -m dalle demo --pipeline unclip --reuse "$work/demo" \
     ${UNCLIP_ARGS:---profile gpu} --out "$work/unclip" > "$work/unclip.log" 2>&1
-  echo "unclip: exit $?" >> "$work/status"; }
+  echo "unclip: exit $?" >> "$work/status"
+  # Variations of held-out scenes from the unCLIP decoder: content kept, best 4 of 32 by CLIP.
+  $py benchmarks/unclip_variations_judge.py --decoder "$work/unclip/decoder" \
+    --count "${VARIATION_COUNT:-64}" --num 4 --candidates 32 --temperature 0.5 --guidance 2 \
+    --out "$work/variations" --json "$work/variations.json" > "$work/variations.log" 2>&1
+  echo "variations: exit $?" >> "$work/status"; }
 dvae laplace objective.likelihood=logit_laplace &
 if [ -n "${DVAE_VARIANTS:-}" ]; then dvae $DVAE_VARIANTS & fi
 unclip &

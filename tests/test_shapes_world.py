@@ -20,7 +20,12 @@ from dalle.data.shapes_world import (
     sample_scene,
 )
 from dalle.data.writers import write_shapes_world
-from dalle.evaluation.shapes_judge import judge_directory, judge_image, parse_caption
+from dalle.evaluation.shapes_judge import (
+    content_only,
+    judge_directory,
+    judge_image,
+    parse_caption,
+)
 
 
 @pytest.mark.parametrize("canvas", [64, 128])
@@ -167,6 +172,33 @@ def test_judge_rejects_wrong_captions() -> None:
     assert not verdict.passed and verdict.checks["count"] is False
     with pytest.raises(ValueError, match="not a Shapes World caption"):
         judge_image(image, "a red banana")
+
+
+def _distinct_pair(claims) -> bool:
+    a, b = claims.objects if len(claims.objects) == 2 else (None, None)
+    return a is not None and a.color != b.color and a.shape != b.shape
+
+
+def test_content_only_claims_ignore_placement_but_keep_binding() -> None:
+    scene = next(
+        s
+        for i in range(100)
+        if _distinct_pair(parse_caption((s := sample_scene(seed=8, index=i, canvas=64)).caption))
+    )
+    image = render_scene(scene)
+    a, b = parse_caption(scene.caption).objects
+    flipped = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+    words = {"left of": "to the left of", "right of": "to the right of"}
+    words |= {"above": "above", "below": "below"}
+    moved = scene.caption.replace(words[scene.relation], words[flipped[scene.relation]])
+    claims = content_only(parse_caption(moved))
+    assert claims.relation is None and claims.stated == ("count", "color", "shape")
+    assert not judge_image(image, moved).passed and judge_image(image, claims).passed
+    # Colours swapped between the two shapes: binding still counts.
+    swapped = f"a {b.color} {a.shape} above a {a.color} {b.shape}"
+    assert not judge_image(image, content_only(parse_caption(swapped))).passed
+    single = f"a {a.color} {a.shape}"
+    assert judge_image(image, content_only(parse_caption(single))).checks["count"] is False
 
 
 def test_same_seed_gives_identical_bytes(tmp_path) -> None:

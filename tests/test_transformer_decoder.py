@@ -153,6 +153,12 @@ def test_the_pipeline_draws_with_the_transformer_and_manipulates_images(trained)
     assert torch.equal(path[0], path[1]) and torch.equal(path[0], path[2])
     diff = pipe.text_diff(first, "a red circle", "a blue circle", num_images=2)
     assert diff.shape == (2, 3, 32, 32)
+    # Candidates: of 6 draws, the 2 whose CLIP embeddings are closest to the source's.
+    drawn = pipe.variations(first, num_images=6, generator=torch.Generator().manual_seed(2))
+    kept = pipe.variations(first, num_images=2, candidates=6,
+                           generator=torch.Generator().manual_seed(2))  # fmt: skip
+    closeness = (pipe.encode_image(drawn) * pipe.encode_image(first[None])).sum(-1)
+    assert torch.equal(kept, drawn[closeness.argsort(descending=True, stable=True)[:2]])
     pipe.decoder_temperature = 1e-4  # near argmax: the generator no longer matters
     cold = [pipe.variations(first, num_images=1, generator=torch.Generator().manual_seed(s))
             for s in (0, 1)]  # fmt: skip

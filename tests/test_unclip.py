@@ -172,22 +172,37 @@ def test_the_unclip_demo_runs_every_stage_and_judges(tmp_path, capsys) -> None:
 
 def test_the_gpu_profile_gives_prior_and_decoder_the_transformer_s_minutes(tmp_path) -> None:
     """`--profile gpu` for unCLIP: large batches, schedules on the clock, 2 + 5 minutes (the
-    GPU demo transformer's 7), 32 draws per prompt; only the latent decoder is sized."""
+    GPU demo transformer's 7), 32 draws per prompt; the transformer and latent decoders
+    are sized, the transformer at the GPU DALL-E transformer's shape."""
     from dalle.demo import demo_training_minutes, gpu_config, stage_configs
-    from dalle.demo_unclip import _diffusion_configs, gpu_unclip_config
+    from dalle.demo_unclip import gpu_unclip_config
 
     base = gpu_config()
-    c = gpu_unclip_config(base, None, "latent")
-    configs = {name: settings for name, (_, settings) in _diffusion_configs(c, tmp_path).items()}
-    minutes = sum(settings.loop.max_minutes for settings in configs.values())
     transformer = stage_configs(base, tmp_path)["dalle"][1]
-    assert minutes == transformer.loop.max_minutes == 7
     assert demo_training_minutes(base) == 10  # tokenizer beside the CLIP, then 7
-    for settings in configs.values():
-        assert settings.loop.schedule_clock == "time" and settings.data.batch_size == 256
-    assert c.candidates == base.candidates == 32
-    with pytest.raises(ValueError, match="latent decoder only"):
+    for kind in ("transformer", "latent"):
+        c = gpu_unclip_config(base, None, kind)
+        configs = configs_of(c, tmp_path / kind)
+        minutes = sum(settings.loop.max_minutes for settings in configs.values())
+        assert minutes == transformer.loop.max_minutes == 7
+        for settings in configs.values():
+            assert settings.loop.schedule_clock == "time" and settings.data.batch_size == 256
+        assert c.candidates == base.candidates == 32 and c.batch_size == 512
+    decoder = configs_of(gpu_unclip_config(base, None, "transformer"), tmp_path)["decoder"]
+    assert (decoder.model.width, decoder.model.layers) == (
+        transformer.model.width,
+        transformer.model.layers,
+    )
+    assert gpu_unclip_config(base, None, "transformer").decoder_temperature == 0.5
+    with pytest.raises(ValueError, match="sizes the transformer and latent decoders"):
         gpu_unclip_config(base, None, "tokens")
+
+
+def configs_of(c, out: Path) -> dict:
+    """The prior's and the decoder's training settings of an unCLIP demo config."""
+    from dalle.demo_unclip import _diffusion_configs
+
+    return {name: settings for name, (_, settings) in _diffusion_configs(c, out).items()}
 
 
 def test_an_upsampler_enlarges_the_pipeline_s_images(trained, tmp_path) -> None:

@@ -118,7 +118,7 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_judge(args: argparse.Namespace) -> int:
     from dalle.evaluation.shapes_judge import judge_directory
 
-    report = judge_directory(args.directory)
+    report = judge_directory(args.directory, content=args.content_only)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -479,7 +479,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
         reuse = args.reuse or (None if args.smoke else Path("outputs/demo"))
         if args.profile == "gpu" and not args.smoke:
-            unclip = gpu_unclip_config(config, reuse, args.decoder or "latent")
+            unclip = gpu_unclip_config(config, reuse, args.decoder or "transformer")
         else:
             unclip = cpu_unclip_config(config, reuse, args.decoder or "transformer")
         if args.smoke:
@@ -567,6 +567,9 @@ def _add_data_commands(commands) -> None:
     judge = commands.add_parser("judge", help="judge X.png against X.txt (Shapes World)")
     judge.add_argument("directory", type=Path)
     judge.add_argument("--json", action="store_true", help="machine-readable report")
+    judge.add_argument("--content-only", action="store_true",
+                       help="judge count, colours and shapes only, not size, position or "
+                            "relation (what a variation must keep)")  # fmt: skip
     judge.set_defaults(func=cmd_judge)
 
 
@@ -775,10 +778,9 @@ def _add_demo_command(commands) -> None:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--decoder", choices=["transformer", "latent", "tokens", "pixel"],
                       help="unclip only: the decoder draws the image tokenizer's tokens one "
-                      "after another with a transformer (the default on the CPU), its codes by "
-                      "Gaussian diffusion (the default and only choice with --profile gpu), "
-                      "its tokens by masked-token diffusion, or pixels, as the "
-                      "paper's")  # fmt: skip
+                      "after another with a transformer (the default), its codes by "
+                      "Gaussian diffusion (also sized by --profile gpu), its tokens by "
+                      "masked-token diffusion, or pixels, as the paper's")  # fmt: skip
     demo.add_argument("--profile", choices=["cpu", "gpu"], default="cpu",
                       help="stage sizes: cpu (the default, about 17 minutes of training on 2 "
                       "cores) or gpu (larger models and batches for one GPU, "

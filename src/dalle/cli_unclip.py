@@ -81,7 +81,8 @@ def cmd_variations(args: argparse.Namespace) -> int:
     pipe = _pipeline(args, prior=False)
     image = read_image(args.image, pipe.image_size, "image")
     images = pipe.variations(image, args.num, args.caption or "", args.decoder_guidance,
-                             args.decoder_steps, args.eta, _generator(args))  # fmt: skip
+                             args.decoder_steps, args.eta, _generator(args),
+                             candidates=args.candidates)  # fmt: skip
     _write_grid(torch.cat([image[None], images]), args.out, columns=args.num + 1)
     return 0
 
@@ -146,6 +147,9 @@ def add_unclip_commands(commands) -> None:
     variations.add_argument("--caption", help="also condition on this caption")
     variations.add_argument("--eta", type=positive_float, default=1.0,
                             help="DDIM eta: 1 as random as DDPM (default)")  # fmt: skip
+    variations.add_argument("--candidates", type=positive_int,
+                            help="draw this many and keep the --num closest to the image in "
+                            "the CLIP's embedding (default: draw --num, keep all)")  # fmt: skip
     variations.add_argument("--out", type=Path, required=True, help="grid PNG: the image first")
     _decoder_args(variations)
     variations.set_defaults(func=cmd_variations)

@@ -87,17 +87,21 @@ def cpu_unclip_config(base: DemoConfig, reuse: Path | None, decoder: str) -> UnC
 
 
 def gpu_unclip_config(base: DemoConfig, reuse: Path | None, decoder: str) -> UnCLIPDemoConfig:
-    """``dalle demo --pipeline unclip --profile gpu``: the prior and the latent decoder in
-    large batches, 2 + 5 minutes on the clock (the GPU demo transformer's 7), and 32 draws
-    per prompt for the CLIP to choose from, as the DALL-E GPU demo."""
-    if decoder != "latent":
-        raise ValueError(f"--profile gpu sizes the latent decoder only, not {decoder!r}")
+    """``dalle demo --pipeline unclip --profile gpu``: the prior and the decoder (the
+    transformer or the latent one) in large batches, 2 + 5 minutes on the clock (the GPU
+    demo transformer's 7), and 32 draws per prompt for the CLIP to choose from, as the
+    DALL-E GPU demo."""
+    if decoder not in GPU_DECODER_CONFIGS:
+        raise ValueError(f"--profile gpu sizes the {' and '.join(GPU_DECODER_CONFIGS)} "
+                         f"decoders, not {decoder!r}")  # fmt: skip
+    settings = {**DECODER_SAMPLING.get(decoder, {}), "candidates": 32, "batch_size": 512}
     return UnCLIPDemoConfig(base, reuse=reuse, decoder=decoder,
                             prior_config=CONFIG_DIR / "prior-shapes-gpu.yaml",
-                            decoder_config=CONFIG_DIR / "decoder-latent-shapes-gpu.yaml",
-                            candidates=32, batch_size=512)  # fmt: skip
+                            decoder_config=GPU_DECODER_CONFIGS[decoder], **settings)  # fmt: skip
 
 
+GPU_DECODER_CONFIGS = {"transformer": CONFIG_DIR / "transformer-decoder-shapes-gpu.yaml",
+                       "latent": CONFIG_DIR / "decoder-latent-shapes-gpu.yaml"}  # fmt: skip
 SMOKE_PRIOR = dict(width=32, layers=1, heads=2)
 SMOKE_DECODERS = {
     "latent": dict(channels=[8, 16], attention=[False, True], head_dim=8, norm_groups=4,

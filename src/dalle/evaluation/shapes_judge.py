@@ -91,6 +91,13 @@ def parse_caption(caption: str) -> CaptionClaims:
     raise ValueError(f"not a Shapes World caption: {caption!r}")
 
 
+def content_only(claims: CaptionClaims) -> CaptionClaims:
+    """The claims with size, position and relation left out: what an image shows (count,
+    and each object's colour and shape together), not where. A variation of an image may
+    move and resize its objects; this is what it must keep."""
+    return CaptionClaims(tuple(ObjectClaim(o.color, o.shape) for o in claims.objects))
+
+
 # ----------------------------------------------------------------------------- objects
 
 
@@ -289,8 +296,9 @@ def load_rgb(path: Path) -> np.ndarray:
     return np.array(open_rgb(path), dtype=np.uint8)
 
 
-def judge_directory(directory: Path) -> JudgeReport:
-    """Judges every ``X.png`` against ``X.txt`` in ``directory`` (not recursive)."""
+def judge_directory(directory: Path, content: bool = False) -> JudgeReport:
+    """Judges every ``X.png`` against ``X.txt`` in ``directory`` (not recursive); with
+    ``content``, only count, colours and shapes (``content_only``)."""
     report = JudgeReport()
     images = sorted(Path(directory).glob("*.png"))
     if not images:
@@ -300,6 +308,7 @@ def judge_directory(directory: Path) -> JudgeReport:
         try:
             caption = caption_path.read_text(encoding="utf-8").strip()
             claims = parse_caption(caption)
+            claims = content_only(claims) if content else claims
             image = load_rgb(path)
             if image.shape[0] != image.shape[1]:
                 raise ValueError(f"image is not square: {image.shape[1]}x{image.shape[0]}")

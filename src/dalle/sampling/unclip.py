@@ -258,15 +258,28 @@ class UnCLIP:
         steps: int = 50,
         eta: float = 1.0,
         generator: torch.Generator | None = None,
+        candidates: int | None = None,
+        batch_size: int = 64,
     ) -> torch.Tensor:
         """``num_images`` uint8 images that keep what the CLIP sees in ``image`` (uint8
-        ``[3, S, S]``): its embedding decoded with stochastic sampling (``eta`` > 0)."""
-        embed = self.encode_image(image[None]).expand(num_images, -1)
-        text = (
-            self.encode_text([caption] * num_images)[0] if caption else self.no_caption(num_images)
-        )
-        drawn = self.draw(text, embed, steps, decoder_guidance_scale, generator, eta=eta)
-        return self.upsample(drawn, generator)
+        ``[3, S, S]``): its embedding decoded with stochastic sampling (``eta`` > 0). With
+        ``candidates``, that many are drawn and the ``num_images`` whose CLIP image
+        embeddings lie closest to the source's are kept, closest first: re-ranking by the
+        same embedding the decoder was given, so no caption is needed."""
+        total = max(candidates or num_images, num_images)
+        embed = self.encode_image(image[None])  # [1, D]
+        drawn = []
+        for start in range(0, total, batch_size):
+            rows = min(batch_size, total - start)
+            text = (self.encode_text([caption] * rows)[0] if caption
+                    else self.no_caption(rows))  # fmt: skip
+            drawn.append(self.draw(text, embed.expand(rows, -1), steps, decoder_guidance_scale,
+                                   generator, eta=eta))  # fmt: skip
+        images = torch.cat(drawn)  # [total, 3, S, S]
+        if total > num_images:
+            similarity = (self.encode_image(images) * embed).sum(-1).cpu()  # [total]
+            images = keep_best(images, similarity, num_images)[0]
+        return self.upsample(images, generator)
 
     @torch.no_grad()
     def interpolate(
