@@ -5,7 +5,8 @@ number of objects and how many of each (colour, shape) pair it holds, order-free
 variation may move objects). It is tested on held-out scenes of seen pairs; for
 zero-shot pairs a pair classifier cannot name a pair it never saw, so there the probe
 reads count, colours and shapes separately (each object's colour and shape, objects
-ordered along their relation's axis).
+ordered along their relation's axis). ``content_probability``: the probe's mean
+probability of the true content, what drawing from its belief would get right.
 
     python benchmarks/clip_content_probe.py --clip DIR [--train 20000] [--test 1000]
         [--json out.json]
@@ -84,6 +85,15 @@ def predict(net: nn.Module, x: torch.Tensor, classes: list[int]) -> torch.Tensor
     return torch.stack([h.argmax(-1) for h in net(x).split(classes, dim=-1)], dim=-1)
 
 
+@torch.no_grad()
+def true_probability(net: nn.Module, x: torch.Tensor, counts: torch.Tensor) -> float:
+    """The pair probe's mean probability of each scene's true content: how often a
+    decoder that drew content from the probe's belief would draw it right (the probe's
+    answer, ``content``, is its most likely content instead)."""
+    log_p = net(x).view(len(x), PAIRS, 3).log_softmax(-1)  # [N, PAIRS, 3]
+    return log_p.gather(-1, counts[..., None]).sum((1, 2)).exp().mean().item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clip", type=Path, required=True, help="a `dalle train-clip` folder")
@@ -109,6 +119,7 @@ def main() -> None:
         if name != "zeroshot":  # the pair probe has never seen a zero-shot pair
             right = predict(pairs_net, tx, pair_classes) == pair_counts(ts)
             row["content"] = right.all(-1).float().mean().item()
+            row["content_probability"] = true_probability(pairs_net, tx, pair_counts(ts))
         results[name] = row
         print(name, "  ".join(f"{k} {v:.1%}" for k, v in row.items()))
     if args.json:

@@ -64,6 +64,13 @@ def test_the_embedding_goes_into_the_first_embed_tokens_inputs_only() -> None:
     assert changed.tolist() == [True] * 3 + [False] * (TINY.text_len + 1 - 3)
     with pytest.raises(ValueError, match="embed_tokens must be in"):
         replace(TINY, embed_tokens=TINY.text_len + 2)
+    # Through a mapping network, the same inputs and no others.
+    mapped = TransformerDecoder(replace(TINY, embed_tokens=2, embed_hidden=16))
+    h, other = (mapped.embed_text(text, e) for e in (embed, -embed))
+    changed = (h != other).any(dim=-1).any(dim=0)
+    assert changed.tolist() == [True] * 2 + [False] * (TINY.text_len - 1)
+    with pytest.raises(ValueError, match="embed_hidden must be"):
+        replace(TINY, embed_hidden=-1)
 
 
 def test_its_transformer_weights_are_the_dalle_transformer_s_of_the_same_seed() -> None:

@@ -31,11 +31,17 @@ class TransformerDecoderConfig(DALLEConfig):
     # and the first ``embed_tokens - 1`` caption positions (the paper's decoder projects it
     # into 4 context tokens beside the caption's).
     embed_tokens: int = 1
+    # 0: each input's share of the embedding is a linear projection of it; > 0: a
+    # two-layer MLP of this hidden width makes them (a mapping network, as ClipCap's),
+    # so that reading colours and shapes out of the embedding need not wait for attention.
+    embed_hidden: int = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.embed_dim < 1:
             raise ValueError(f"embed_dim must be at least 1, not {self.embed_dim}")
+        if self.embed_hidden < 0:
+            raise ValueError(f"embed_hidden must be 0 (linear) or more, not {self.embed_hidden}")
         if not 1 <= self.embed_tokens <= self.text_len + 1:
             raise ValueError(f"embed_tokens must be in 1..text_len + 1 ({self.text_len + 1}), "
                              f"not {self.embed_tokens}")  # fmt: skip
@@ -72,8 +78,12 @@ class TransformerDecoder(DALLETransformer, config=TransformerDecoderConfig):
 
     def __init__(self, config: TransformerDecoderConfig) -> None:
         super().__init__(config)
-        self.image_embed_projection = nn.Linear(config.embed_dim,
-                                                config.embed_tokens * config.width)  # fmt: skip
+        out = config.embed_tokens * config.width
+        self.image_embed_projection: nn.Module = (
+            nn.Linear(config.embed_dim, out) if not config.embed_hidden
+            else nn.Sequential(nn.Linear(config.embed_dim, config.embed_hidden), nn.GELU(),
+                               nn.Linear(config.embed_hidden, out))
+        )  # fmt: skip
         # Again, now that the projection exists: every weight is drawn from its own seed
         # (dalle.models.init), so the transformer's are the same as the first time.
         self.init_weights()
@@ -88,7 +98,7 @@ class TransformerDecoder(DALLETransformer, config=TransformerDecoderConfig):
         if image_embed.shape != (rows, c.embed_dim):
             raise ValueError(f"image_embed must be [{rows}, {c.embed_dim}], not "
                              f"{list(image_embed.shape)}")  # fmt: skip
-        weight = self.image_embed_projection.weight
-        added = self.image_embed_projection(image_embed.to(weight.dtype))
+        dtype = next(self.image_embed_projection.parameters()).dtype
+        added = self.image_embed_projection(image_embed.to(dtype))
         k = c.embed_tokens
         return torch.cat([h[:, :k] + added.view(rows, k, c.width).to(h.dtype), h[:, k:]], dim=1)
