@@ -46,6 +46,11 @@ def test_data_shapes_then_judge(tmp_path: Path, capsys, fmt: str) -> None:
     assert main(["judge", str(out)]) == 0
     text = capsys.readouterr().out
     assert "judged 24 images: 23 passed" in text and "count" in text
+    # Content only: count, colours and shapes are judged; size and place are not.
+    assert main(["judge", str(out), "--content-only", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] == 23 and report["stated"]["position"] == 0
+    assert report["stated"]["color"] == 24
 
 
 def test_a_closed_pipe_stops_quietly(tmp_path: Path, monkeypatch, capsys) -> None:

@@ -167,6 +167,17 @@ def test_straight_through_sample_is_one_hot_with_the_relaxed_gradient() -> None:
     assert logits.grad is not None and logits.grad.abs().sum() > 0
 
 
+def test_gumbel_samples_follow_the_softmax() -> None:
+    """Gumbel-max: the sample's argmax is distributed as softmax(logits), whatever the
+    temperature (a wrong sign or scale of the noise shifts these frequencies)."""
+    torch.manual_seed(0)
+    logits = torch.tensor([0.0, 1.0, 2.0, -1.0]).view(1, 4, 1, 1).expand(20000, 4, 1, 1)
+    for temperature in (1.0, 0.25):
+        picks = gumbel_softmax(logits, temperature).argmax(dim=1).flatten()
+        frequencies = torch.bincount(picks, minlength=4).float() / len(picks)
+        assert torch.allclose(frequencies, logits[0, :, 0, 0].softmax(0), atol=0.015)
+
+
 def test_decoder_can_start_at_the_background_colour() -> None:
     torch.manual_seed(0)
     model = DiscreteVAE(DVAE_PRESETS["dvae-tiny"])
