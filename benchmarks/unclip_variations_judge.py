@@ -26,6 +26,7 @@ from dalle.data.images import make_grid
 from dalle.evaluation.shapes_judge import judge_directory, pass_rate
 from dalle.sampling.generate import write_images
 from dalle.sampling.unclip import UnCLIP
+from dalle.training.loop import resolve_device
 
 
 def judge_split(pipe: UnCLIP, source: str, args: argparse.Namespace, out: Path) -> dict:
@@ -71,9 +72,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/variations_judge"))
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available()
-                                                         else "cpu")  # fmt: skip
-    pipe = UnCLIP.from_pretrained(args.decoder, device=device, precision="bf16")
+    pipe = UnCLIP.from_pretrained(args.decoder, device=resolve_device(args.device),
+                                  precision="bf16")  # fmt: skip
     pipe.decoder_temperature = args.temperature
     splits = {"seen": "shapes", "zeroshot": "shapes:zeroshot"}
     results = {name: judge_split(pipe, source, args, args.out / name)

@@ -86,6 +86,10 @@ def cpu_unclip_config(base: DemoConfig, reuse: Path | None, decoder: str) -> UnC
     return UnCLIPDemoConfig(base, reuse=reuse, decoder=decoder, **DECODER_SAMPLING.get(decoder, {}))
 
 
+GPU_DECODER_CONFIGS = {"transformer": CONFIG_DIR / "transformer-decoder-shapes-gpu.yaml",
+                       "latent": CONFIG_DIR / "decoder-latent-shapes-gpu.yaml"}  # fmt: skip
+
+
 def gpu_unclip_config(base: DemoConfig, reuse: Path | None, decoder: str) -> UnCLIPDemoConfig:
     """``dalle demo --pipeline unclip --profile gpu``: the prior and the decoder (the
     transformer or the latent one) in large batches, 2 + 5 minutes on the clock (the GPU
@@ -100,8 +104,6 @@ def gpu_unclip_config(base: DemoConfig, reuse: Path | None, decoder: str) -> UnC
                             decoder_config=GPU_DECODER_CONFIGS[decoder], **settings)  # fmt: skip
 
 
-GPU_DECODER_CONFIGS = {"transformer": CONFIG_DIR / "transformer-decoder-shapes-gpu.yaml",
-                       "latent": CONFIG_DIR / "decoder-latent-shapes-gpu.yaml"}  # fmt: skip
 SMOKE_PRIOR = dict(width=32, layers=1, heads=2)
 SMOKE_DECODERS = {
     "latent": dict(channels=[8, 16], attention=[False, True], head_dim=8, norm_groups=4,

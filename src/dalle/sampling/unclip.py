@@ -268,13 +268,12 @@ class UnCLIP:
         same embedding the decoder was given, so no caption is needed."""
         total = max(candidates or num_images, num_images)
         embed = self.encode_image(image[None])  # [1, D]
+        text = self.encode_text([caption])[0] if caption else self.no_caption(1)  # [1, L]
         drawn = []
         for start in range(0, total, batch_size):
             rows = min(batch_size, total - start)
-            text = (self.encode_text([caption] * rows)[0] if caption
-                    else self.no_caption(rows))  # fmt: skip
-            drawn.append(self.draw(text, embed.expand(rows, -1), steps, decoder_guidance_scale,
-                                   generator, eta=eta))  # fmt: skip
+            drawn.append(self.draw(text.expand(rows, -1), embed.expand(rows, -1), steps,
+                                   decoder_guidance_scale, generator, eta=eta))  # fmt: skip
         images = torch.cat(drawn)  # [total, 3, S, S]
         if total > num_images:
             similarity = (self.encode_image(images) * embed).sum(-1).cpu()  # [total]
