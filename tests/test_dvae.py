@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from dalle.losses.dvae import (
     usage_kl,
 )
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE, DVAEConfig, map_pixels, unmap_pixels
-from dalle.training.dvae_task import DVAEObjectiveConfig
+from dalle.training.dvae_task import DVAEObjectiveConfig, objective_schedules
 from dalle.training.schedules import cosine_anneal, warmup_cosine
 
 
@@ -210,6 +211,19 @@ def test_schedules_end_points() -> None:
     assert warmup_cosine(0, 10, 100, 1e-3, 1e-5) == pytest.approx(1e-4)
     assert warmup_cosine(9, 10, 100, 1e-3, 1e-5) == pytest.approx(1e-3)
     assert warmup_cosine(100, 10, 100, 1e-3, 1e-5) == pytest.approx(1e-5)
+
+
+def test_usage_weight_follows_the_kl_warm_up_unless_given_its_own() -> None:
+    o = DVAEObjectiveConfig(kl_warmup_steps=600, usage_weight=1.0, temperature_steps=4000)
+    kl, usage, temperature = objective_schedules(o, 300)
+    assert (kl, usage) == (pytest.approx(3.3), pytest.approx(0.5))
+    assert temperature == cosine_anneal(300, 4000, 1.0, 1 / 16)
+    at_once = replace(o, usage_warmup_steps=0)
+    assert objective_schedules(at_once, 0)[:2] == (0.0, 1.0)  # the KL still warms up
+    assert objective_schedules(replace(o, usage_warmup_steps=100), 50)[1] == pytest.approx(0.5)
+    assert objective_schedules(o, 10**6) == (6.6, 1.0, 1 / 16)
+    with pytest.raises(ValueError, match="usage_warmup_steps"):
+        DVAEObjectiveConfig(usage_warmup_steps=-1)
 
 
 def test_save_and_load_pretrained(tmp_path: Path) -> None:
