@@ -40,9 +40,10 @@ class DVAEObjectiveConfig:
     # (BENCHMARKS.md).
     min_scale: float = 0.0
     # Not in the paper: weight of the KL of each batch's mean posterior to uniform, per
-    # latent like kl_weight (it follows the same warm-up). The paper's per-position KL
-    # keeps codes in use by keeping every posterior uncertain, which also limits what a
-    # token can say; this term asks only that the batch use every code. On Shapes World
+    # latent like kl_weight (on the KL's warm-up unless usage_warmup_steps is set). The
+    # paper's per-position KL keeps codes in use by keeping every posterior uncertain,
+    # which also limits what a token can say; this term asks only that the batch use
+    # every code. On Shapes World
     # after 5 CPU minutes: in place of the KL on the 8x8 grid, level with it; beside it
     # (weight 1) on the 16x16 grid, 81-87% for three seeds of four (45% for the fourth)
     # against 47-81% without, run to run, where without it some runs fell to a few codes
@@ -97,8 +98,8 @@ def objective_schedules(o: DVAEObjectiveConfig, position: float) -> tuple[float,
     usage weight warms up over ``usage_warmup_steps`` (the KL's when None; 0: at once).
     """
     warm = cosine_anneal(position, o.kl_warmup_steps, 0.0, 1.0)
-    usage_steps = o.kl_warmup_steps if o.usage_warmup_steps is None else o.usage_warmup_steps
-    usage_warm = cosine_anneal(position, usage_steps, 0.0, 1.0)  # 0 steps: 1 at once
+    usage_warm = (warm if o.usage_warmup_steps is None
+                  else cosine_anneal(position, o.usage_warmup_steps, 0.0, 1.0))  # fmt: skip
     temperature = cosine_anneal(
         position, o.temperature_steps, o.temperature_start, o.temperature_end
     )
