@@ -115,6 +115,10 @@ def run_training(
         _record(out, config, changes)
     try:
         state = train(task, config.data, config.loop, config.optim, out, run_config)
+        if rank.enabled:
+            # Every rank's last collective done before any tears the group down: a rank that
+            # exits while gloo's threads still serve its peer aborts (SIGABRT) at exit.
+            torch.distributed.barrier()
     finally:
         if rank.enabled:
             torch.distributed.destroy_process_group()
