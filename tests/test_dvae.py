@@ -93,6 +93,32 @@ def test_a_scale_floor_bounds_the_density_but_not_where_it_peaks() -> None:
     assert mus[int(nlls.argmin())].item() == pytest.approx(exact, abs=0.01)
 
 
+def test_a_scale_ceiling_keeps_a_wrong_pixel_costly_and_its_location_pulled() -> None:
+    pixel = torch.full((1, 1, 1, 1), 0.9)
+    location = math.log(0.9 / 0.1) - 4.0  # 4 from the pixel's logit
+
+    def nll(log_b: float, ceiling: float) -> tuple[torch.Tensor, torch.Tensor]:
+        stats = torch.tensor([[[[location]], [[log_b]]]], requires_grad=True)
+        value = logit_laplace_nll(pixel, stats, min_scale=0.2, max_scale=ceiling)
+        value.backward()
+        return value.detach(), stats.grad.flatten()
+
+    # Without a ceiling the best scale is the error itself: the wrong pixel costs about
+    # log 4 + 1 and pulls its location by 1/4.
+    wide, wide_grad = nll(math.log(4.0), 0.0)
+    assert wide_grad[1].item() == pytest.approx(0.0, abs=1e-5)  # the scale is at its best
+    assert wide_grad[0].abs().item() == pytest.approx(0.25, abs=1e-4)
+    # Under a ceiling of 0.5 any wider scale is 0.5: log 0.5 + 8, about 5 nats more, and
+    # a pull of 2.
+    capped, capped_grad = nll(math.log(4.0), 0.5)
+    assert capped.item() == pytest.approx(nll(math.log(0.5), 0.0)[0].item())
+    assert capped.item() > wide.item() + 4
+    assert capped_grad[0].abs().item() == pytest.approx(2.0, abs=1e-4)
+    assert capped_grad[1].item() == 0.0
+    with pytest.raises(ValueError, match="max_scale"):
+        DVAEObjectiveConfig(min_scale=0.2, max_scale=0.1)
+
+
 def test_kl_to_uniform_bounds() -> None:
     assert kl_to_uniform(torch.zeros(2, 16, 3, 3)).abs().max() < 1e-6
     peaked = torch.zeros(1, 16, 1, 1)

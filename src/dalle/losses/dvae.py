@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 
 
-def logit_laplace_nll(x: torch.Tensor, stats: torch.Tensor, min_scale: float = 0.0) -> torch.Tensor:
+def logit_laplace_nll(
+    x: torch.Tensor, stats: torch.Tensor, min_scale: float = 0.0, max_scale: float = 0.0
+) -> torch.Tensor:
     """Negative log density of mapped pixels under a logit-Laplace, per sub-pixel.
 
     Args:
@@ -30,14 +32,19 @@ def logit_laplace_nll(x: torch.Tensor, stats: torch.Tensor, min_scale: float = 0
             the background's scale shrinks without end and its gradients, ``1 / b``, drown
             those of the object pixels. The location, and so the reconstruction, is not
             limited by the floor.
+        max_scale: a ceiling over ``b`` (0: none, the paper). A decoder that cannot yet
+            place an edge can widen the scale there and pay ``log b + |error| / b``, about
+            ``log |error| + 1``, for a pixel it gets wrong; the location's gradient,
+            ``1 / b``, then fades. The ceiling keeps that gradient from fading.
 
     The density on (0, 1) is ``exp(-|logit(x) - mu| / b) / (2 b x (1 - x))``.
     Returns ``[B, C, H, W]``.
     """
     channels = x.shape[1]
     mu, log_b = stats[:, :channels].float(), stats[:, channels:].float()
-    if min_scale > 0:
-        log_b = log_b.clamp(min=math.log(min_scale))
+    if min_scale > 0 or max_scale > 0:
+        log_b = log_b.clamp(min=math.log(min_scale) if min_scale > 0 else None,
+                            max=math.log(max_scale) if max_scale > 0 else None)  # fmt: skip
     x = x.float()
     logit_x = torch.log(x) - torch.log1p(-x)
     return (
@@ -125,20 +132,22 @@ def dvae_loss(
     pixel_std: float = 0.07,
     min_scale: float = 0.0,
     usage_weight: float = 0.0,
+    max_scale: float = 0.0,
 ) -> DVAELoss:
     """The negative ELB, normalised by sub-pixel count as in the paper.
 
     ``loss = (sum NLL + kl_weight * (P / 64) * sum KL) / (C H W)``, averaged over the
     batch, with ``P`` image pixels per latent (64 at the paper's 8x downsampling).
     ``likelihood`` is the paper's ``"logit_laplace"``, or ``"gaussian"`` with a fixed
-    ``pixel_std`` (on mapped pixels); ``min_scale`` floors the logit-Laplace's scale.
+    ``pixel_std`` (on mapped pixels); ``min_scale`` floors the logit-Laplace's scale and
+    ``max_scale`` caps it.
     ``usage_weight`` adds, weighted per latent like the KL, the batch's :func:`usage_kl`
     at every latent position: it keeps all codes in use while leaving each position free
     to be confident (not in the paper).
     """
     batch, channels, height, width = x.shape
     if likelihood == "logit_laplace":
-        nll = logit_laplace_nll(x, stats, min_scale)  # [B, C, H, W]
+        nll = logit_laplace_nll(x, stats, min_scale, max_scale)  # [B, C, H, W]
     elif likelihood == "gaussian":
         nll = gaussian_nll(x, stats, pixel_std)
     else:

@@ -356,10 +356,12 @@ class Checkpointer:
         seed: int,
         ema: torch.nn.Module | None = None,
         scaler: Any = None,  # a BlockGradScaler (fp16), saved beside the weights
+        task: Any = None,  # saved beside the weights when it has state_dict/load_state_dict
     ) -> None:
         self.file = out_dir / CHECKPOINT_FILE
         self.folder = out_dir / SHARDED_CHECKPOINT_DIR
         self.model, self.optimizer, self.ema, self.scaler = model, optimizer, ema, scaler
+        self.task = task if hasattr(task, "state_dict") else None
         self.run_config, self.every, self.seed = run_config, every, seed
         self.use_folder = sharded or sharded_checkpoint_step(self.folder) is not None
         if self.use_folder and ema is not None:
@@ -370,11 +372,18 @@ class Checkpointer:
         return every_or_last(step, self.every, last)
 
     def _extra(self) -> dict[str, Any]:
-        return {"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}
+        extra: dict[str, Any] = {}
+        if self.scaler is not None:
+            extra["grad_scaler"] = self.scaler.state_dict()
+        if self.task is not None:
+            extra["task"] = self.task.state_dict()
+        return extra
 
     def _restore_extra(self, extra: dict[str, Any]) -> None:
         if self.scaler is not None and "grad_scaler" in extra:
             self.scaler.load_state_dict(extra["grad_scaler"])
+        if self.task is not None and "task" in extra:
+            self.task.load_state_dict(extra["task"])
 
     def load(self) -> LoopState | None:
         """Restores the last checkpoint, if any; returns its loop state."""

@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from dalle.data.datasets import Batch
 from dalle.losses.dvae import dvae_loss, gumbel_softmax
 from dalle.models.dvae import DiscreteVAE, DVAEConfig
+from dalle.training import distributed
+from dalle.training.dvae_codes import plan_splits, split_code
 from dalle.training.image_tokenizer_task import ImageTokenizerEvalConfig, ImageTokenizerTask
 from dalle.training.loop import Metrics, OptimConfig, RunConfig, optim_defaults
 from dalle.training.parallelize import build_model
 from dalle.training.schedules import cosine_anneal
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,6 +46,9 @@ class DVAEObjectiveConfig:
     # 6-9 times as often as none after 5 CPU minutes; 0.5 left the encoder uniform
     # (BENCHMARKS.md).
     min_scale: float = 0.0
+    # A ceiling over the scale (0: none, as in the paper); see `logit_laplace_nll`. Not in
+    # the paper.
+    max_scale: float = 0.0
     # Not in the paper: weight of the KL of each batch's mean posterior to uniform, per
     # latent like kl_weight (on the KL's warm-up unless usage_warmup_steps is set). The
     # paper's per-position KL keeps codes in use by keeping every posterior uncertain,
@@ -56,6 +66,10 @@ class DVAEObjectiveConfig:
     # (45% -> 71%) and sank another (86% -> 62%): the same mean over four seeds
     # (BENCHMARKS.md), so the default stays the KL's warm-up.
     usage_warmup_steps: int | None = None
+    # Every this many updates (0: never), split up to ``split_count`` of the codes with the
+    # most reconstruction error into unused ones (see ``dvae_codes``). Not in the paper.
+    split_every: int = 0
+    split_count: int = 8
 
     def __post_init__(self) -> None:
         if self.likelihood not in ("logit_laplace", "gaussian"):
@@ -64,10 +78,16 @@ class DVAEObjectiveConfig:
             )
         if self.pixel_std <= 0:
             raise ValueError("objective.pixel_std must be positive")
-        if self.min_scale < 0 or self.usage_weight < 0:
-            raise ValueError("objective.min_scale and objective.usage_weight must not be negative")
+        if min(self.min_scale, self.max_scale, self.usage_weight) < 0:
+            raise ValueError("objective.min_scale, max_scale and usage_weight must not be "
+                             "negative")  # fmt: skip
+        if 0 < self.max_scale <= self.min_scale:
+            raise ValueError("objective.max_scale must be above objective.min_scale")
         if self.usage_warmup_steps is not None and self.usage_warmup_steps < 0:
             raise ValueError("objective.usage_warmup_steps must not be negative")
+        if self.split_every < 0 or self.split_count < 1:
+            raise ValueError("objective.split_every must not be negative and "
+                             "objective.split_count must be at least 1")  # fmt: skip
 
 
 @dataclass
@@ -108,7 +128,18 @@ def objective_schedules(o: DVAEObjectiveConfig, position: float) -> tuple[float,
 
 class DVAETask(ImageTokenizerTask):
     def __init__(self, config: DVAETrainConfig, device: torch.device) -> None:
+        if config.objective.split_every and distributed.current().enabled:
+            raise ValueError("objective.split_every runs in one process only: each rank "
+                             "would split different codes")  # fmt: skip
         super().__init__(config, build_model(DiscreteVAE, config.model, device), device)
+        # The round of ``split_every`` updates the schedule is in (None: not yet started),
+        # how many positions of this round's batches took each code ([V]), and the
+        # current update's counts and images, added in ``after_update``.
+        self.split_round: int | None = None
+        vocab = config.model.vocab_size
+        self.round_counts = torch.zeros(vocab, dtype=torch.long, device=device)
+        self.update_counts = torch.zeros_like(self.round_counts)
+        self.update_images: torch.Tensor | None = None
 
     def training_loss(self, batch: Batch, position: float) -> tuple[torch.Tensor, Metrics]:
         images = self.training_images(batch)
@@ -122,9 +153,13 @@ class DVAETask(ImageTokenizerTask):
         # Through forward(), which is where sharding gathers weights: [B, 3, H, W] mapped
         # pixels, [B, V, h, w] logits, [B, 6, H, W] decoder stats.
         x, logits, stats = self.model(images, sample)
+        if o.split_every:
+            self.update_counts += torch.bincount(logits.detach().argmax(dim=1).flatten(),
+                                                 minlength=self.update_counts.numel())  # fmt: skip
+            self.update_images = images
         out = dvae_loss(x, stats, logits, kl_weight, likelihood=o.likelihood,
                         pixel_std=o.pixel_std, min_scale=o.min_scale,
-                        usage_weight=usage_weight)  # fmt: skip
+                        usage_weight=usage_weight, max_scale=o.max_scale)  # fmt: skip
         with torch.no_grad():
             relaxed = self.model.stats_to_images(stats)
             mse = ((relaxed - images.float() / 255) ** 2).mean()
@@ -133,3 +168,55 @@ class DVAETask(ImageTokenizerTask):
             "usage_kl": out.usage_kl.detach(),
             "kl_weight": kl_weight, "temperature": temperature, "relaxed_mse": mse,
         }  # fmt: skip
+
+    def after_update(self, position: float) -> None:
+        """Counts the update's codes into the round; at a new round, splits codes."""
+        if not self.config.objective.split_every:
+            return
+        self.round_counts += self.update_counts
+        self.update_counts.zero_()
+        if self.split_due(position) and self.update_images is not None:
+            self.split_codes(self.update_images)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"split_round": self.split_round, "round_counts": self.round_counts.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.split_round = state["split_round"]
+        self.round_counts.copy_(torch.tensor(state["round_counts"]))
+
+    def split_due(self, position: float) -> bool:
+        """Whether ``position`` has entered a new round of ``split_every`` updates (never
+        at a run's first update)."""
+        every = self.config.objective.split_every
+        if not every:
+            return False
+        round_, self.split_round = int(position // every), self.split_round
+        due = self.split_round is not None and round_ > self.split_round
+        self.split_round = round_
+        return due
+
+    @torch.no_grad()
+    def split_codes(self, images: torch.Tensor) -> None:
+        """Splits the codes with the most error on ``images`` (``[B, 3, S, S]`` uint8)
+        into codes no position took in the round's batches, in place, judged by their
+        exact (argmax) reconstruction; then starts the next round's counts."""
+        model, patch = self.model, self.patch
+        with torch.autocast(self.device.type, enabled=False):
+            head = model.encoder.to_logits[1]
+            features = F.relu(model.encoder.blocks(model.images_to_input(images)).float())
+            logits = head(features)  # [B, V, h, w]
+            codes = logits.argmax(dim=1)  # [B, h, w]
+            one_hot = F.one_hot(codes, logits.shape[1]).permute(0, 3, 1, 2).float()
+            decoded = model.stats_to_images(model.decode_stats(one_hot))  # [B, 3, S, S]
+            error = ((decoded - images.float() / 255) ** 2).mean(dim=1, keepdim=True)
+            error = F.avg_pool2d(error, patch).flatten()  # [B*h*w], in codes' order
+        codes = codes.flatten()
+        features = features.permute(0, 2, 3, 1).reshape(codes.numel(), -1)  # [B*h*w, C]
+        unused = self.round_counts == 0
+        pairs = plan_splits(codes, error, unused, self.config.objective.split_count)
+        for source, target in pairs:
+            split_code(head.weight[:, :, 0, 0], head.bias, model.decoder.embed.weight[:, :, 0, 0],
+                       features, codes, error, source, target)  # fmt: skip
+        self.round_counts.zero_()
+        log.info("split %d codes into unused ones", len(pairs))

@@ -152,7 +152,13 @@ Metrics = dict[str, torch.Tensor | float]
 
 
 class Task(Protocol):
-    """What the loop needs from a model family."""
+    """What the loop needs from a model family.
+
+    A task that keeps state of its own from one update to the next may also define
+    ``after_update(position)``, called once the optimizer has stepped, as part of the
+    update (an interrupt lands before or after it, never inside), and should change that
+    state only there; with ``state_dict()`` (JSON-safe values) and
+    ``load_state_dict(state)`` checkpoints keep it, so a resumed run goes on exactly."""
 
     model: nn.Module
 
@@ -335,7 +341,7 @@ class Trainer:
                        if self.precision == "fp16" else None)  # fmt: skip
         self.checkpoints = Checkpointer(out_dir, self.model, self.optimizer, run_config,
                                         loop.checkpoint_every, sharded, loop.seed, self.ema,
-                                        self.scaler)  # fmt: skip
+                                        self.scaler, task)  # fmt: skip
         self.evaluator = Evaluator(
             task,
             self.model,
@@ -471,6 +477,8 @@ class Trainer:
                 self.scaler.update()
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
+            if hasattr(self.task, "after_update"):
+                self.task.after_update(position)
             state.step += 1
             state.samples_seen += samples
             self.boundary = (dataclasses.replace(state), rng_state())
