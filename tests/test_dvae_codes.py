@@ -37,8 +37,8 @@ def test_a_split_shares_the_source_between_two_codes_and_leaves_the_rest_alone()
     source = int(codes.mode().values)
     error = torch.rand(n, generator=generator)
     w0, b0 = weight.clone(), bias.clone()
-    split_code(weight, bias, embedding, features, codes, error, source, target=(source + 1) % vocab)
     target = (source + 1) % vocab
+    split_code(weight, bias, embedding, features, codes, error, source, target, spread=0.0)
     after = features @ weight.T + bias
     others = [k for k in range(vocab) if k not in (source, target)]
     assert torch.equal(after[:, others], before[:, others])
@@ -80,3 +80,24 @@ def test_the_dvae_task_splits_at_each_new_round_into_codes_that_then_decode_alik
     embed = task.model.decoder.embed.weight[:, :, 0, 0].T  # [V, D]
     twins = (torch.cdist(embed, embed) == 0).sum(dim=1) - 1  # other codes alike, per code
     assert int((twins > 0).sum()) >= 2
+
+
+def test_a_split_of_a_tight_code_swings_no_logit_far_from_it():
+    """A code whose positions lie close together (a background's) is split with a slope
+    of at most margin / spread, so positions elsewhere keep their codes."""
+    generator = torch.Generator().manual_seed(1)
+    weight, bias = torch.randn(4, 3, generator=generator), torch.zeros(4)
+    embedding = torch.randn(2, 4, generator=generator)
+    tight = torch.tensor([1.0, 0.0, 0.0]) + 1e-3 * torch.randn(20, 3, generator=generator)
+    far = torch.randn(20, 3, generator=generator)
+    features = torch.cat([tight, far])
+    codes = torch.cat([torch.zeros(20, dtype=torch.long), torch.ones(20, dtype=torch.long)])
+    error = torch.rand(40, generator=generator)
+    before = features @ weight.T + bias
+    split_code(weight, bias, embedding, features, codes, error, 0, 3, spread=1.0)
+    after = features @ weight.T + bias
+    # the two codes' logits move by at most margin * distance / spread (+ log 2)
+    distance = (features - tight.mean(dim=0)).norm(dim=1)
+    moved = (after[:, [0, 3]] - before[:, [0, 0]]).abs().max(dim=1).values
+    assert (moved <= 2.0 * distance + math.log(2) + 1e-4).all()
+    assert moved.max() < 10

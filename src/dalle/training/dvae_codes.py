@@ -54,6 +54,7 @@ def split_code(
     error: torch.Tensor,
     source: int,
     target: int,
+    spread: float,
     margin: float = 2.0,
 ) -> None:
     """Gives ``target`` the half of ``source``'s positions nearest its worst one, in place.
@@ -64,21 +65,26 @@ def split_code(
         embedding: the decoder's first layer, ``[D, V]``: column ``k`` is code k's embedding.
         features: what the encoder's last layer sees at each position, ``[N, C]``.
         codes, error: each position's code and reconstruction error, ``[N]``.
-        margin: the two codes' logits differ by ``2 * margin`` at the worst position and
-            by 0 at the source's mean position.
+        spread: how far features typically lie from one another (e.g. their RMS distance
+            from their mean): the split's slope is at most ``margin / spread``.
+        margin: the two codes' logits differ by up to ``2 * margin`` at the worst position
+            and by 0 at the source's mean position.
 
     Along ``u`` = worst position - mean position of ``source``'s features, target's logit
     becomes ``source + s(h)`` and source's ``source - s(h)``, ``s`` linear in ``h`` and 0
     at the mean; both lose ``log 2`` so together they keep about the mass ``source`` had.
+    ``s(worst) = margin * |u| / max(|u|, spread)``: when a code's positions all lie close
+    together, a slope of ``margin / |u|`` would swing every logit of the two codes far
+    from them (a background code's split once took over objects' positions that way).
     """
     mine = codes == source
     centre = features[mine].mean(dim=0)  # [C]
     worst = features[mine][error[mine].argmax()]  # [C]
     u = worst - centre
-    norm = u.dot(u)
-    if norm <= 0:
+    length = float(u.norm())
+    if length <= 0:
         return  # every position of the source looks the same: nothing to split along
-    step = margin * u / norm  # s(h) = step . (h - centre); s(worst) = margin
+    step = margin * u / (length * max(length, spread))  # s(h) = step . (h - centre)
     shift = step.dot(centre)
     weight[target] = weight[source] + step
     bias[target] = bias[source] - shift - math.log(2)

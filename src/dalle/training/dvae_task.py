@@ -213,10 +213,11 @@ class DVAETask(ImageTokenizerTask):
             error = F.avg_pool2d(error, patch).flatten()  # [B*h*w], in codes' order
         codes = codes.flatten()
         features = features.permute(0, 2, 3, 1).reshape(codes.numel(), -1)  # [B*h*w, C]
+        spread = float((features - features.mean(dim=0)).square().sum(dim=1).mean().sqrt())
         unused = self.round_counts == 0
         pairs = plan_splits(codes, error, unused, self.config.objective.split_count)
         for source, target in pairs:
             split_code(head.weight[:, :, 0, 0], head.bias, model.decoder.embed.weight[:, :, 0, 0],
-                       features, codes, error, source, target)  # fmt: skip
+                       features, codes, error, source, target, spread)  # fmt: skip
         self.round_counts.zero_()
         log.info("split %d codes into unused ones", len(pairs))
