@@ -19,7 +19,12 @@ from dalle.losses.dvae import (
     usage_kl,
 )
 from dalle.models.dvae import DVAE_PRESETS, DiscreteVAE, DVAEConfig, map_pixels, unmap_pixels
-from dalle.training.dvae_task import DVAEObjectiveConfig, objective_schedules
+from dalle.training.dvae_task import (
+    CEILING_START,
+    DVAEObjectiveConfig,
+    objective_schedules,
+    scale_ceiling,
+)
 from dalle.training.schedules import cosine_anneal, warmup_cosine
 
 
@@ -117,6 +122,17 @@ def test_a_scale_ceiling_keeps_a_wrong_pixel_costly_and_its_location_pulled() ->
     assert capped_grad[1].item() == 0.0
     with pytest.raises(ValueError, match="max_scale"):
         DVAEObjectiveConfig(min_scale=0.2, max_scale=0.1)
+
+
+def test_a_scale_ceiling_can_come_down_over_a_warm_up() -> None:
+    at_once = DVAEObjectiveConfig(min_scale=0.2, max_scale=0.3)
+    assert scale_ceiling(at_once, 0) == pytest.approx(0.3)
+    assert scale_ceiling(DVAEObjectiveConfig(), 0) == 0.0  # no ceiling at all
+    warming = replace(at_once, max_scale_warmup_steps=600)
+    ceilings = [scale_ceiling(warming, p) for p in (0, 300, 600, 10**6)]
+    assert ceilings[0] == pytest.approx(CEILING_START)
+    assert ceilings[1] == pytest.approx(math.sqrt(CEILING_START * 0.3))  # log-linear midway
+    assert ceilings[2:] == [pytest.approx(0.3)] * 2
 
 
 def test_kl_to_uniform_bounds() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,9 @@ class DVAEObjectiveConfig:
     # the paper. On the 16x16 Shapes World recipe, 0.5 took the seed that stalled on
     # blocky shapes from 45% to 84% (BENCHMARKS.md).
     max_scale: float = 0.0
+    # Updates over which the ceiling comes down from CEILING_START to max_scale (0: at
+    # once), log-linear on a half cosine. Not in the paper.
+    max_scale_warmup_steps: int = 0
     # Not in the paper: weight of the KL of each batch's mean posterior to uniform, per
     # latent like kl_weight (on the KL's warm-up unless usage_warmup_steps is set). The
     # paper's per-position KL keeps codes in use by keeping every posterior uncertain,
@@ -89,6 +93,8 @@ class DVAEObjectiveConfig:
             raise ValueError("objective.max_scale must be above objective.min_scale")
         if self.usage_warmup_steps is not None and self.usage_warmup_steps < 0:
             raise ValueError("objective.usage_warmup_steps must not be negative")
+        if self.max_scale_warmup_steps < 0:
+            raise ValueError("objective.max_scale_warmup_steps must not be negative")
         if self.split_every < 0 or self.split_count < 1:
             raise ValueError("objective.split_every must not be negative and "
                              "objective.split_count must be at least 1")  # fmt: skip
@@ -113,6 +119,20 @@ class DVAETrainConfig(RunConfig):
     # floor, so plain windows still occur) instead of uniformly: an update spends less on
     # windows of background alone. Not in either paper.
     crop_foreground: bool = False
+
+
+# Where a ceiling that warms up starts: a scale of 10 in logit space is no ceiling at all
+# for pixels mapped into [0.1, 0.9] (their logits span 4.4).
+CEILING_START = 10.0
+
+
+def scale_ceiling(o: DVAEObjectiveConfig, position: float) -> float:
+    """The ceiling over the logit-Laplace's scale at ``position`` updates (0: none)."""
+    if o.max_scale <= 0:
+        return 0.0
+    log_ceiling = cosine_anneal(position, o.max_scale_warmup_steps, math.log(CEILING_START),
+                                math.log(o.max_scale))  # fmt: skip
+    return math.exp(log_ceiling)
 
 
 def objective_schedules(o: DVAEObjectiveConfig, position: float) -> tuple[float, float, float]:
@@ -163,7 +183,8 @@ class DVAETask(ImageTokenizerTask):
             self.update_images = images
         out = dvae_loss(x, stats, logits, kl_weight, likelihood=o.likelihood,
                         pixel_std=o.pixel_std, min_scale=o.min_scale,
-                        usage_weight=usage_weight, max_scale=o.max_scale)  # fmt: skip
+                        usage_weight=usage_weight,
+                        max_scale=scale_ceiling(o, position))  # fmt: skip
         with torch.no_grad():
             relaxed = self.model.stats_to_images(stats)
             mse = ((relaxed - images.float() / 255) ** 2).mean()
