@@ -59,3 +59,16 @@ def test_collapse_is_named_when_foreground_tokens_share_a_few_codes() -> None:
     assert mostly_one["foreground_perplexity"] == pytest.approx(1.72, abs=0.01)
     message = collapse_message(mostly_one, 512)
     assert message is not None and "13 of 512 codes" in message and "as if 1.72" in message
+
+
+def test_a_decoder_that_draws_one_image_for_any_tokens_is_named() -> None:
+    images = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8)
+    tokens = torch.arange(4 * 16).view(4, 4, 4)  # plenty of codes in use
+    alike = images[:1].expand(4, -1, -1, -1)  # one reconstruction for every image
+    dead = tokenizer_metrics(images, alike, tokens, vocab_size=512)
+    assert dead["reconstruction_spread"] == 0.0
+    message = collapse_message(dead, 512)
+    assert message is not None and "decoder ignores the tokens" in message
+    healthy = tokenizer_metrics(images, images, tokens, vocab_size=512)
+    assert healthy["reconstruction_spread"] == pytest.approx(1.0)
+    assert collapse_message(healthy, 512) is None

@@ -44,11 +44,21 @@ def foreground_tokens(images: torch.Tensor, grid: int) -> torch.Tensor:
     return F.adaptive_max_pool2d(foreground_mask(images), grid)[:, 0] > 0
 
 
+def reconstruction_spread(images: torch.Tensor, recon: torch.Tensor) -> float:
+    """How much reconstructions differ from one another, as a share of how much their
+    images do (mean per-pixel std across the batch; 1.0 when the images are all alike).
+    Near 0, the decoder draws one image whatever the tokens say."""
+    spread = [x.float().std(dim=0).mean() if len(x) > 1 else torch.tensor(0.0)
+              for x in (images, recon)]  # fmt: skip
+    return float(spread[1] / spread[0]) if spread[0] > 0 else 1.0
+
+
 def tokenizer_metrics(
     images: torch.Tensor, recon: torch.Tensor, tokens: torch.Tensor, vocab_size: int
 ) -> dict[str, float]:
     """Reconstruction error, and code usage over all tokens and over foreground tokens."""
     metrics = reconstruction_metrics(images, recon)
+    metrics["reconstruction_spread"] = reconstruction_spread(images, recon)
     metrics.update(code_usage(tokens, vocab_size))
     foreground = code_usage(tokens[foreground_tokens(images, tokens.shape[-1])], vocab_size)
     metrics.update({f"foreground_{k}": v for k, v in foreground.items()})
@@ -63,10 +73,20 @@ COLLAPSE_FRACTION = 0.02
 # dVAE whose encoder went uniform used 16 of 512 codes at least once, with a foreground
 # perplexity of 1.03 (BENCHMARKS.md).
 COLLAPSE_PERPLEXITY = 2.0
+# Nor may the decoder draw one image for every set of tokens: a dVAE whose decoder's last
+# ReLU had died decoded every held-out scene to the same background (reconstructions
+# spread 0% as much as the scenes) while its encoder used 37% of the codes (BENCHMARKS.md).
+COLLAPSE_SPREAD = 0.05
 
 
 def collapse_message(metrics: dict[str, float], vocab_size: int) -> str | None:
-    """A one-line warning when ``tokenizer_metrics`` show collapsed codes, else None."""
+    """A one-line warning when ``tokenizer_metrics`` show collapsed codes or a decoder that
+    ignores them, else None."""
+    spread = metrics.get("reconstruction_spread", 1.0)
+    if spread < COLLAPSE_SPREAD:
+        return (f"image tokenizer collapsed: its decoder ignores the tokens (reconstructions "
+                f"differ {spread:.1%} as much as the images do; at least "
+                f"{COLLAPSE_SPREAD:.0%} expected)")  # fmt: skip
     used, perplexity = metrics["foreground_codes_used"], metrics["foreground_perplexity"]
     if used >= COLLAPSE_FRACTION and perplexity >= COLLAPSE_PERPLEXITY:
         return None
