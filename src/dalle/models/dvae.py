@@ -114,11 +114,20 @@ class DVAEEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mapped pixels ``[B, 3, H, W]`` -> token logits ``[B, V, H/d, W/d]`` (fp32)."""
-        h = self.blocks(x)
+        features = self.features(x)
         # As in openai/DALL-E, the logits are computed in fp32 even under mixed precision:
         # they feed a softmax over thousands of codes and the KL term.
-        with fp32_island(h.device):
-            return self.to_logits(h.float())
+        with fp32_island(features.device):
+            return self.head(features)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the last layer reads: ``[B, C, H/d, W/d]`` in fp32, after the ReLU."""
+        return F.relu(self.blocks(x).float())
+
+    @property
+    def head(self) -> nn.Conv2d:
+        """The last layer, features -> logits: row k of its 1x1 kernel and bias is code k."""
+        return self.to_logits[1]
 
 
 class DVAEDecoder(nn.Module):

@@ -218,7 +218,7 @@ class DVAETask(ImageTokenizerTask):
         every = self.config.objective.split_every
         if not every:
             return False
-        round_, self.split_round = int(position // every), self.split_round
+        round_ = int(position // every)
         due = self.split_round is not None and round_ > self.split_round
         self.split_round = round_
         return due
@@ -230,8 +230,8 @@ class DVAETask(ImageTokenizerTask):
         exact (argmax) reconstruction; then starts the next round's counts."""
         model, patch = self.model, self.patch
         with torch.autocast(self.device.type, enabled=False):
-            head = model.encoder.to_logits[1]
-            features = F.relu(model.encoder.blocks(model.images_to_input(images)).float())
+            head = model.encoder.head
+            features = model.encoder.features(model.images_to_input(images))  # [B, C, h, w]
             logits = head(features)  # [B, V, h, w]
             codes = logits.argmax(dim=1)  # [B, h, w]
             one_hot = F.one_hot(codes, logits.shape[1]).permute(0, 3, 1, 2).float()
