@@ -95,6 +95,34 @@ def test_presets_give_their_grids_and_vocabularies() -> None:
         assert model.token_grid(size) == grid and model.vocab_size == vocab
 
 
+def _tail(layers: torch.nn.Sequential) -> torch.nn.Sequential:
+    """The decoder's layers after its last residual block, up to its output's SiLU."""
+    last = max(i for i, m in enumerate(layers) if type(m).__name__ == "_ResidualBlock")
+    return layers[last + 1 : -2]
+
+
+@pytest.mark.parametrize("active", [False, True])
+def test_decoder_activation_makes_the_upsampling_layers_nonlinear(active: bool) -> None:
+    config = replace(FSQ_PRESETS["fsq-64-8x8"], hidden_width=8, decoder_activation=active)
+    tail = _tail(FSQTokenizer(config).decoder.layers).double()
+    width = next(m for m in tail if isinstance(m, torch.nn.Conv2d)).in_channels
+    a, b = torch.randn(2, 1, width, 4, 4, dtype=torch.float64)
+    additive = torch.allclose(tail(a + b) - tail(b), tail(a) - tail(torch.zeros_like(a)))
+    assert additive != active  # without it, two convolutions compose into one linear map
+
+
+def test_configs_saved_before_decoder_activation_load_without_it(tmp_path: Path) -> None:
+    model = FSQTokenizer(FSQ_PRESETS["fsq-tiny"])
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    saved["config"].pop("decoder_activation")
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    loaded = load_image_tokenizer(tmp_path)
+    assert not loaded.config.decoder_activation
+    images = torch.randint(0, 256, (1, 3, 8, 8), dtype=torch.uint8)
+    assert torch.equal(loaded.decode(loaded.encode(images)), model.decode(model.encode(images)))
+
+
 def test_tokenizer_interface_and_reconstruction_loss() -> None:
     model = FSQTokenizer(FSQ_PRESETS["fsq-tiny"])
     assert isinstance(model, ImageTokenizer)

@@ -88,6 +88,10 @@ class FSQConfig:
     # 200 updates on some seeds: every latent saturated the bound, all positions took
     # one code and no gradient came back (BENCHMARKS.md).
     norm: bool = True
+    # A SiLU after each of the decoder's upsampling convolutions. Without it the decoder's
+    # layers after its last residual block compose into one linear map up to the output's
+    # single SiLU. Off for configs saved before it existed (their layer indices differ).
+    decoder_activation: bool = False
 
     def __post_init__(self) -> None:
         if len(self.levels) < 1 or min(self.levels) < 2:
@@ -170,6 +174,8 @@ class FSQDecoder(nn.Module):
             if i + 1 < len(widths):  # double the resolution
                 layers += [nn.Upsample(scale_factor=2, mode="nearest"),
                            nn.Conv2d(width, widths[i + 1], 3, padding=1)]  # fmt: skip
+                if config.decoder_activation and i + 2 < len(widths):  # the last has one
+                    layers.append(nn.SiLU())
         layers += [nn.SiLU(), nn.Conv2d(widths[-1], config.channels, 3, padding=1)]
         self.layers = nn.Sequential(*layers)
 
