@@ -304,3 +304,36 @@ def test_a_few_steps_lower_the_loss() -> None:
         loss_now().backward()
         optimizer.step()
     assert loss_now().item() < first - 0.5
+
+
+def test_the_edge_term_adds_the_mean_reconstructions_gradient_difference() -> None:
+    from dalle.data.datasets import Batch, ShapesWorldStream
+    from dalle.losses.reconstruction import gradient_difference
+    from dalle.training.dvae_task import DVAETask, DVAETrainConfig
+
+    def task_with(weight: float) -> DVAETask:
+        objective = DVAEObjectiveConfig(gradient_weight=weight)
+        config = DVAETrainConfig(preset="dvae-tiny", model=DVAE_PRESETS["dvae-tiny"],
+                                 objective=objective)  # fmt: skip
+        config.data = replace(config.data, image_size=32, batch_size=4)
+        return DVAETask(config, torch.device("cpu"))
+
+    stream = ShapesWorldStream(32, count=4)
+    images = torch.stack([s["image"] for _, s in zip(range(4), stream, strict=False)])
+    batch = Batch(images=images, captions=["x"] * 4, keys=[str(i) for i in range(4)], skipped=[])
+    plain, edged = task_with(0.0), task_with(2.0)
+    edged.model.load_state_dict(plain.model.state_dict())
+    torch.manual_seed(0)  # the same Gumbel draw for both
+    loss, _ = plain.training_loss(batch, 10.0)
+    torch.manual_seed(0)
+    with_edges, _ = edged.training_loss(batch, 10.0)
+    torch.manual_seed(0)
+    temperature = objective_schedules(DVAEObjectiveConfig(), 10.0)[2]
+    _, _, stats = plain.model(images, lambda logits: gumbel_softmax(logits, temperature))
+    edges = gradient_difference(plain.model.stats_to_images(stats), images.float() / 255)
+    assert edges > 0
+    torch.testing.assert_close(with_edges, loss + 2.0 * edges)
+    with_edges.backward()  # the term reaches the decoder
+    assert edged.model.decoder.blocks[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="gradient_weight"):
+        DVAEObjectiveConfig(gradient_weight=-1.0)

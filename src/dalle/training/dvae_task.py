@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from dalle.data.datasets import Batch
 from dalle.losses.dvae import dvae_loss, gumbel_softmax
+from dalle.losses.reconstruction import gradient_difference
 from dalle.models.dvae import DiscreteVAE, DVAEConfig
 from dalle.training import distributed
 from dalle.training.dvae_codes import plan_splits, split_code
@@ -56,6 +57,14 @@ class DVAEObjectiveConfig:
     # once), log-linear on a half cosine. Not in the paper. With 0.3 over 600 updates no
     # seed died, and four seeds landed where 0.5 at once does (BENCHMARKS.md).
     max_scale_warmup_steps: int = 0
+    # Not in the paper: weight of the squared error of the mean reconstruction's
+    # neighbouring-pixel differences (`gradient_difference`, the FSQ tokenizer's edge term)
+    # beside the likelihood, per sub-pixel (0: off). The likelihood's pull on a pixel's
+    # location does not grow with how far an edge is misplaced; this term asks for the
+    # edges themselves, such as a small cross's arms. On the 16x16 Shapes World recipe,
+    # weight 4 took four seeds from 79-93% (mean 86%) to 89-96% (mean 92%) after 5 CPU
+    # minutes (BENCHMARKS.md).
+    gradient_weight: float = 0.0
     # Not in the paper: weight of the KL of each batch's mean posterior to uniform, per
     # latent like kl_weight (on the KL's warm-up unless usage_warmup_steps is set). The
     # paper's per-position KL keeps codes in use by keeping every posterior uncertain,
@@ -88,9 +97,9 @@ class DVAEObjectiveConfig:
             )
         if self.pixel_std <= 0:
             raise ValueError("objective.pixel_std must be positive")
-        if min(self.min_scale, self.max_scale, self.usage_weight) < 0:
-            raise ValueError("objective.min_scale, max_scale and usage_weight must not be "
-                             "negative")  # fmt: skip
+        if min(self.min_scale, self.max_scale, self.usage_weight, self.gradient_weight) < 0:
+            raise ValueError("objective.min_scale, max_scale, usage_weight and "
+                             "gradient_weight must not be negative")  # fmt: skip
         if 0 < self.max_scale <= self.min_scale:
             raise ValueError("objective.max_scale must be above objective.min_scale")
         if self.usage_warmup_steps is not None and self.usage_warmup_steps < 0:
@@ -187,11 +196,15 @@ class DVAETask(ImageTokenizerTask):
                         pixel_std=o.pixel_std, min_scale=o.min_scale,
                         usage_weight=usage_weight,
                         max_scale=scale_ceiling(o, position))  # fmt: skip
-        with torch.no_grad():
-            relaxed = self.model.stats_to_images(stats)
-            mse = ((relaxed - images.float() / 255) ** 2).mean()
-        return out.loss, {
-            "loss": out.loss.detach(), "nll": out.nll.detach(), "kl": out.kl.detach(),
+        target = images.float() / 255
+        with torch.set_grad_enabled(o.gradient_weight > 0):
+            relaxed = self.model.stats_to_images(stats)  # [B, 3, H, W] in [0, 1]
+        loss = out.loss
+        if o.gradient_weight:
+            loss = loss + o.gradient_weight * gradient_difference(relaxed, target)
+        mse = ((relaxed.detach() - target) ** 2).mean()
+        return loss, {
+            "loss": loss.detach(), "nll": out.nll.detach(), "kl": out.kl.detach(),
             "usage_kl": out.usage_kl.detach(),
             "kl_weight": kl_weight, "temperature": temperature, "relaxed_mse": mse,
         }  # fmt: skip
