@@ -61,9 +61,9 @@ class DVAEObjectiveConfig:
     # neighbouring-pixel differences (`gradient_difference`, the FSQ tokenizer's edge term)
     # beside the likelihood, per sub-pixel (0: off). The likelihood's pull on a pixel's
     # location does not grow with how far an edge is misplaced; this term asks for the
-    # edges themselves, such as a small cross's arms. On the 16x16 Shapes World recipe,
-    # weight 4 took four seeds from 79-93% (mean 86%) to 89-96% (mean 92%) after 5 CPU
-    # minutes (BENCHMARKS.md).
+    # edges themselves, such as a small cross's arms. On the 16x16 Shapes World recipe
+    # after 5 CPU minutes, four seeds went from 79-93% (mean 86%) to 89-96% (mean 92%)
+    # with weight 4 and 90-96% (mean 94%) with 8 (BENCHMARKS.md).
     gradient_weight: float = 0.0
     # Not in the paper: weight of the KL of each batch's mean posterior to uniform, per
     # latent like kl_weight (on the KL's warm-up unless usage_warmup_steps is set). The
