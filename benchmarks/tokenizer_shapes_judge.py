@@ -3,6 +3,7 @@ scenes (the holdout subset: never trained on) of the seen-pair split and of the 
 split through their tokens, and judge each against its own caption.
 
     python benchmarks/tokenizer_shapes_judge.py --tokenizer DIR [--count 1000] [--json out.json]
+        [--refine-steps N] [--refine-precision bf16]
 
 The same as `dalle reconstruct --tokenizer DIR --data shapes --subset holdout --out-dir D`
 followed by `dalle judge D`, for both splits.
@@ -30,9 +31,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("outputs/tokenizer_judge"))
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--refine-steps", type=int, help="steps of encoding by search")
+    parser.add_argument("--refine-precision", help="of the search's decoder passes")
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = load_image_tokenizer(args.tokenizer, device)
+    tokenizer = load_image_tokenizer(
+        args.tokenizer, device, args.refine_steps, args.refine_precision
+    )
     results = {}
     for name, source in (("seen", "shapes"), ("zeroshot", "shapes:zeroshot")):
         data = DataConfig(source=source, image_size=args.size, subset="holdout")

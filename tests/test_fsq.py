@@ -158,11 +158,16 @@ def test_train_export_load_and_reconstruct(tmp_path: Path, capsys) -> None:
     assert json.loads(capsys.readouterr().out)["images"] == 6
     assert len(list(out.glob("*.png"))) == 6 and len(list(out.glob("*.txt"))) == 6
     assert main(["judge", str(out)]) == 0  # any judge can score what reconstruct wrote
+    assert main(["reconstruct", "--tokenizer", str(run), "--data", "shapes", "--count", "2",
+                 "--size", "16", "--out-dir", str(tmp_path / "refined"),
+                 "--refine-steps", "2"]) == 0  # fmt: skip
     # The dVAE opens through the same loader.
     vae = tmp_path / "vae"
     assert main(["train-vae", "--config", str(CONFIGS / "dvae-tiny-cpu.yaml"), "--out", str(vae),
                  "loop.steps=1", "eval.samples=4", "eval.grid=2"]) == 0  # fmt: skip
     assert type(load_image_tokenizer(vae)).__name__ == "DiscreteVAE"
+    searching = load_image_tokenizer(vae, refine_steps=2, refine_precision="bf16").config
+    assert (searching.refine_steps, searching.refine_precision) == (2, "bf16")
     with pytest.raises(ValueError, match="not an image tokenizer"):
         clip_like = tmp_path / "other"
         clip_like.mkdir()

@@ -37,6 +37,16 @@ def test_tokenize_data_then_train_on_the_shards(tmp_path: Path, capsys) -> None:
     images = load_samples(DataConfig(source="shapes", image_size=32, count=96), 96)
     assert read.keys == images.keys and read.captions == images.captions
     assert torch.equal(read.tokens, load_image_tokenizer(fsq).encode(images.images))
+    assert meta["refine_steps"] == 0
+    # Encoding by search, asked for on the command line, is what the shards hold and say.
+    refined = tmp_path / "refined"
+    assert main(["tokenize-data", "--tokenizer", str(fsq), "--data", "shapes", "--count", "8",
+                 "--size", "32", "--out", str(refined), "--refine-steps", "2",
+                 "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["refine_steps"] == 2
+    read = load_samples(DataConfig(source=str(refined / "tokens-000000.tar"), image_size=32), 8)
+    refiner = load_image_tokenizer(fsq, refine_steps=2)
+    assert torch.equal(read.tokens, refiner.encode(images.images[:8]))
 
     tok = tmp_path / "tok"
     assert main(["tokenizer", "train", "--config", str(CONFIGS / "tokenizer-shapes.yaml"),

@@ -33,6 +33,7 @@ from dalle.config import load_config
 from dalle.data.datasets import DataConfig
 from dalle.data.images import DEFAULT_MAX_PIXELS
 from dalle.interrupts import InterruptGuard
+from dalle.precision import PRECISIONS
 
 if TYPE_CHECKING:
     from dalle.sampling.sampler import SamplingConfig
@@ -136,7 +137,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from dalle.training.loop import resolve_device
 
     check_output_dir(args.out_dir, "--out-dir")
-    tokenizer = load_image_tokenizer(args.tokenizer, resolve_device(args.device))
+    device = resolve_device(args.device)
+    tokenizer = load_image_tokenizer(args.tokenizer, device, args.refine_steps,
+                                     args.refine_precision)  # fmt: skip
     data = DataConfig(source=args.data, image_size=args.size, subset=args.subset, shuffle=False)
     metrics = reconstruct_to_folder(tokenizer, data, args.count, args.out_dir)
     if args.json:
@@ -155,7 +158,9 @@ def cmd_tokenize_data(args: argparse.Namespace) -> int:
     from dalle.training.loop import resolve_device
 
     check_output_dir(args.out, "--out")
-    tokenizer = load_image_tokenizer(args.tokenizer, resolve_device(args.device))
+    device = resolve_device(args.device)
+    tokenizer = load_image_tokenizer(args.tokenizer, device, args.refine_steps,
+                                     args.refine_precision)  # fmt: skip
     data = DataConfig(source=args.data, image_size=args.size, subset=args.subset,
                       count=args.count, num_workers=args.workers)  # fmt: skip
     start = time.perf_counter()
@@ -573,6 +578,16 @@ def _add_data_commands(commands) -> None:
     judge.set_defaults(func=cmd_judge)
 
 
+def _add_refine_arguments(parser: argparse.ArgumentParser) -> None:
+    """How an image tokenizer's encoding searches past its encoder's guess."""
+    parser.add_argument("--refine-steps", type=non_negative_int,
+                        help="steps of encoding by search past the encoder's guess "
+                             "(default: the tokenizer's own, usually 0)")  # fmt: skip
+    parser.add_argument("--refine-precision", choices=PRECISIONS,
+                        help="precision of the search's decoder passes (default: the "
+                             "tokenizer's own, usually auto: bf16 on CUDA, else fp32)")  # fmt: skip
+
+
 def _add_image_tokenizer_commands(commands) -> None:
     """An image tokenizer over a data set: reconstructions, and token shards."""
     recon = commands.add_parser(
@@ -585,6 +600,7 @@ def _add_image_tokenizer_commands(commands) -> None:
     recon.add_argument("--size", type=positive_int, default=64, help="image side in pixels")
     recon.add_argument("--out-dir", type=Path, required=True)
     recon.add_argument("--device", default="auto")
+    _add_refine_arguments(recon)
     recon.add_argument("--json", action="store_true")
     recon.set_defaults(func=cmd_reconstruct)
 
@@ -600,6 +616,7 @@ def _add_image_tokenizer_commands(commands) -> None:
     tokenize.add_argument("--shard-size", type=positive_int, default=10_000)
     tokenize.add_argument("--workers", type=non_negative_int, default=0)
     tokenize.add_argument("--device", default="auto")
+    _add_refine_arguments(tokenize)
     tokenize.add_argument("--json", action="store_true")
     tokenize.set_defaults(func=cmd_tokenize_data)
 

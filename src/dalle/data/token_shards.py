@@ -65,6 +65,8 @@ def write_token_shards(
     meta = {
         "image_tokenizer_hash": tokenizer_hash,
         "image_tokenizer_type": type(image_tokenizer).__name__,
+        # Steps of encoding by search past the encoder's guess (0: none).
+        "refine_steps": getattr(image_tokenizer.config, "refine_steps", 0),
         "vocab_size": image_tokenizer.vocab_size,
         "token_grid": grid,
         "image_size": data.image_size,

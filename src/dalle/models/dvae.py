@@ -27,8 +27,9 @@ from torch import nn
 
 from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
+from dalle.models.refinement import refine_codes
 from dalle.models.token_grid import TokenGridMixin
-from dalle.precision import fp32_island
+from dalle.precision import PRECISIONS, fp32_island
 
 
 @dataclass
@@ -42,12 +43,24 @@ class DVAEConfig:
     decoder_input_width: int = 128  # width the one-hot token map is projected to
     channels: int = 3
     logit_laplace_eps: float = 0.1  # pixel mapping margin, see map_pixels
+    # Encoding by search (models/refinement.py, not in the paper): after the encoder's
+    # argmax, `refine_steps` Adam steps on each image's token logits lower the squared error
+    # of its mean reconstruction (through a straight-through softmax); 0: the argmax alone.
+    refine_steps: int = 0
+    refine_lr: float = 0.05
+    refine_precision: str = "auto"  # of the search's decoder passes: fp32, bf16, auto
 
     def __post_init__(self) -> None:
         if self.group_count < 1 or self.blocks_per_group < 1 or self.hidden_width % 4:
             raise ValueError(
                 "need group_count >= 1, blocks_per_group >= 1 and hidden_width divisible by 4"
             )
+        if self.refine_steps < 0 or self.refine_lr <= 0:
+            raise ValueError(f"refine_steps must be >= 0 and refine_lr > 0, not "
+                             f"{self.refine_steps} and {self.refine_lr}")  # fmt: skip
+        if self.refine_precision not in PRECISIONS:
+            raise ValueError(f"unknown refine_precision {self.refine_precision!r}; use one "
+                             f"of {', '.join(PRECISIONS)}")  # fmt: skip
 
     @property
     def downsample(self) -> int:
@@ -226,8 +239,28 @@ class DiscreteVAE(TokenGridMixin, PretrainedMixin, nn.Module, config=DVAEConfig)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` -> tokens ``[B, h, w]`` (argmax, no Gumbel noise)."""
+        """Images ``[B, 3, H, W]`` -> tokens ``[B, h, w]`` (argmax, no Gumbel noise; then
+        refined if the config asks for ``refine_steps``)."""
+        if self.config.refine_steps:
+            return self.refined_tokens(images, self.config.refine_steps)
         return self.logits(images).argmax(dim=1)
+
+    @torch.no_grad()
+    def refined_tokens(self, images: torch.Tensor, steps: int) -> torch.Tensor:
+        """Tokens ``[B, h, w]`` after ``steps`` steps of encoding by search
+        (:func:`refine_codes`) from the encoder's argmax."""
+        dtype = next(self.decoder.parameters()).dtype
+
+        def render(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            soft = logits.softmax(dim=1)  # [B, V, h, w]
+            tokens = logits.argmax(dim=1)  # [B, h, w]
+            hard = F.one_hot(tokens, self.config.vocab_size).permute(0, 3, 1, 2)
+            one_hot = hard + soft - soft.detach()  # straight-through
+            return tokens, self.stats_to_images(self.decode_stats(one_hot.to(dtype)))
+
+        target = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        lr, precision = self.config.refine_lr, self.config.refine_precision
+        return refine_codes(self.logits(images), render, target, steps, lr, precision)
 
     def decode_stats(self, z: torch.Tensor) -> torch.Tensor:
         """Token distributions ``[B, V, h, w]`` -> logit-Laplace stats ``[B, 6, H, W]``."""

@@ -18,7 +18,9 @@ from torch import nn
 
 from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
+from dalle.models.refinement import refine_codes
 from dalle.models.token_grid import TokenGridMixin
+from dalle.precision import PRECISIONS
 
 # The paper's levels for a target vocabulary size (Table 1).
 FSQ_LEVELS: dict[int, list[int]] = {
@@ -66,6 +68,11 @@ def indices_to_codes(indices: torch.Tensor, levels: torch.Tensor) -> torch.Tenso
     return (digits - half).float() / half
 
 
+def _unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0, 1] images -> float [0, 1]."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
 def _radix(levels: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), dim=0)
 
@@ -92,10 +99,24 @@ class FSQConfig:
     # layers after its last residual block compose into one linear map up to the output's
     # single SiLU. Off for configs saved before it existed (their layer indices differ).
     decoder_activation: bool = False
+    # Encoding by search (models/refinement.py): after the encoder's guess, `refine_steps`
+    # Adam steps on each image's latents lower the squared error of its own reconstruction
+    # (through the rounding's straight-through gradient); each image keeps the codes of its
+    # best step. Costs one decoder pass and its backward per step; 0 encodes with the
+    # encoder alone. Training never refines.
+    refine_steps: int = 0
+    refine_lr: float = 0.05
+    refine_precision: str = "auto"  # of the search's decoder passes: fp32, bf16, auto
 
     def __post_init__(self) -> None:
         if len(self.levels) < 1 or min(self.levels) < 2:
             raise ValueError(f"FSQ levels must be integers >= 2, not {self.levels}")
+        if self.refine_steps < 0 or self.refine_lr <= 0:
+            raise ValueError(f"refine_steps must be >= 0 and refine_lr > 0, not "
+                             f"{self.refine_steps} and {self.refine_lr}")  # fmt: skip
+        if self.refine_precision not in PRECISIONS:
+            raise ValueError(f"unknown refine_precision {self.refine_precision!r}; use one "
+                             f"of {', '.join(PRECISIONS)}")  # fmt: skip
         if self.downsample < 1 or self.downsample & (self.downsample - 1):
             raise ValueError(f"downsample must be a power of 2, not {self.downsample}")
 
@@ -222,16 +243,37 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module, config=FSQConfig)
         return self.decoder(codes), codes
 
     def quantized(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        return self._quantize(self.latents(images))
+
+    def latents(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] images ``[B, 3, H, W]`` -> unbounded latents ``[B, d, h, w]``."""
+        x = _unit_pixels(images)
         # Channels-last activations: oneDNN's convolutions run ~1.4x faster on CPU.
         x = x.contiguous(memory_format=torch.channels_last)
-        z = self.encoder(2 * x - 1).float()  # [B, d, h, w]
-        return quantize(z.movedim(1, -1), self.levels).movedim(-1, 1)
+        return self.encoder(2 * x - 1).float()
+
+    def _quantize(self, latents: torch.Tensor) -> torch.Tensor:
+        return quantize(latents.movedim(1, -1), self.levels).movedim(-1, 1)
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images ``[B, 3, H, W]`` -> tokens ``[B, h, w]``."""
-        return codes_to_indices(self.quantized(images).movedim(1, -1), self.levels)
+        """uint8 images ``[B, 3, H, W]`` -> tokens ``[B, h, w]`` (refined if the config
+        asks for ``refine_steps``)."""
+        return codes_to_indices(self.codes(images).movedim(1, -1), self.levels)
+
+    @torch.no_grad()
+    def refined_codes(self, images: torch.Tensor, steps: int) -> torch.Tensor:
+        """The codes ``[B, d, h, w]`` of uint8 images after ``steps`` steps of encoding by
+        search (:func:`refine_codes`) from the encoder's guess."""
+        dtype = next(self.decoder.parameters()).dtype
+
+        def render(latents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            codes = self._quantize(latents)
+            return codes, torch.sigmoid(self.decoder(codes.to(dtype)).float())
+
+        target = _unit_pixels(images)
+        lr, precision = self.config.refine_lr, self.config.refine_precision
+        return refine_codes(self.latents(images), render, target, steps, lr, precision)
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -244,6 +286,8 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module, config=FSQConfig)
     def codes(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images ``[B, 3, H, W]`` -> their codes ``[B, d, h, w]``, each channel one
         of its ``levels`` values in [-1, 1]."""
+        if self.config.refine_steps:
+            return self.refined_codes(images, self.config.refine_steps)
         return self.quantized(images)
 
     @torch.no_grad()

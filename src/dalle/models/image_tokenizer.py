@@ -8,6 +8,7 @@ kind is a model class with these members, added to :data:`IMAGE_TOKENIZERS`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -43,15 +44,26 @@ class ImageTokenizer(Protocol):
         ...
 
 
-def load_image_tokenizer(directory: str | Path, device: str | torch.device = "cpu"):
+def load_image_tokenizer(
+    directory: str | Path,
+    device: str | torch.device = "cpu",
+    refine_steps: int | None = None,
+    refine_precision: str | None = None,
+):
     """The image tokenizer saved in ``directory``, whatever its kind, in eval mode and
-    without gradients."""
+    without gradients. ``refine_steps`` and ``refine_precision`` override how many steps
+    its encoding searches past its encoder's guess, and in what precision (its config's;
+    models/refinement.py)."""
     kind = model_type(directory, "an image tokenizer")
     if kind not in IMAGE_TOKENIZERS:
         raise ValueError(
             f"{directory} holds a {kind}, not an image tokenizer ({', '.join(IMAGE_TOKENIZERS)})"
         )
     model = IMAGE_TOKENIZERS[kind].from_pretrained(directory, device=device)
+    overrides = {"refine_steps": refine_steps, "refine_precision": refine_precision}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if overrides:
+        model.config = replace(model.config, **overrides)  # validates them
     return model.requires_grad_(False)
 
 
