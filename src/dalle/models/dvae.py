@@ -27,9 +27,9 @@ from torch import nn
 
 from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
-from dalle.models.refinement import refine_codes
+from dalle.models.refinement import check_refine_settings, refine_codes
 from dalle.models.token_grid import TokenGridMixin
-from dalle.precision import PRECISIONS, fp32_island
+from dalle.precision import fp32_island
 
 
 @dataclass
@@ -55,12 +55,7 @@ class DVAEConfig:
             raise ValueError(
                 "need group_count >= 1, blocks_per_group >= 1 and hidden_width divisible by 4"
             )
-        if self.refine_steps < 0 or self.refine_lr <= 0:
-            raise ValueError(f"refine_steps must be >= 0 and refine_lr > 0, not "
-                             f"{self.refine_steps} and {self.refine_lr}")  # fmt: skip
-        if self.refine_precision not in PRECISIONS:
-            raise ValueError(f"unknown refine_precision {self.refine_precision!r}; use one "
-                             f"of {', '.join(PRECISIONS)}")  # fmt: skip
+        check_refine_settings(self.refine_steps, self.refine_lr, self.refine_precision)
 
     @property
     def downsample(self) -> int:

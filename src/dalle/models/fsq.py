@@ -18,9 +18,8 @@ from torch import nn
 
 from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
-from dalle.models.refinement import refine_codes
+from dalle.models.refinement import check_refine_settings, refine_codes
 from dalle.models.token_grid import TokenGridMixin
-from dalle.precision import PRECISIONS
 
 # The paper's levels for a target vocabulary size (Table 1).
 FSQ_LEVELS: dict[int, list[int]] = {
@@ -111,12 +110,7 @@ class FSQConfig:
     def __post_init__(self) -> None:
         if len(self.levels) < 1 or min(self.levels) < 2:
             raise ValueError(f"FSQ levels must be integers >= 2, not {self.levels}")
-        if self.refine_steps < 0 or self.refine_lr <= 0:
-            raise ValueError(f"refine_steps must be >= 0 and refine_lr > 0, not "
-                             f"{self.refine_steps} and {self.refine_lr}")  # fmt: skip
-        if self.refine_precision not in PRECISIONS:
-            raise ValueError(f"unknown refine_precision {self.refine_precision!r}; use one "
-                             f"of {', '.join(PRECISIONS)}")  # fmt: skip
+        check_refine_settings(self.refine_steps, self.refine_lr, self.refine_precision)
         if self.downsample < 1 or self.downsample & (self.downsample - 1):
             raise ValueError(f"downsample must be a power of 2, not {self.downsample}")
 

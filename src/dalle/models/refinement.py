@@ -14,12 +14,22 @@ from collections.abc import Callable
 
 import torch
 
-from dalle.precision import autocast_context
+from dalle.precision import PRECISIONS, autocast_context
 
 # latents -> (codes, pixels): the discrete codes the latents stand for, in whatever form
 # the tokenizer keeps them, and the decoder's [0, 1] pixels ``[B, C, H, W]`` for them,
 # differentiable in the latents (through a straight-through estimator).
 Render = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def check_refine_settings(steps: int, lr: float, precision: str) -> None:
+    """A model config's ``refine_steps``, ``refine_lr`` and ``refine_precision``: a
+    ValueError naming the one that cannot work."""
+    if steps < 0 or lr <= 0:
+        raise ValueError(f"refine_steps must be >= 0 and refine_lr > 0, not {steps} and {lr}")
+    if precision not in PRECISIONS:
+        choices = ", ".join(PRECISIONS)
+        raise ValueError(f"unknown refine_precision {precision!r}; use one of {choices}")
 
 
 @torch.no_grad()
