@@ -122,6 +122,11 @@ def load_image(
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
+def unit_pixels(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0-255), or floats already in [0, 1] -> float [0, 1], same shape."""
+    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
+
+
 def to_pil(image: torch.Tensor | np.ndarray) -> Image.Image:
     """uint8 ``[3, H, W]`` tensor or ``[H, W, 3]`` array to a PIL image."""
     if isinstance(image, torch.Tensor):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle.data.images import unit_pixels
 from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
 from dalle.tokenizers.text import EOT_ID
@@ -279,7 +280,7 @@ class CLIP(PretrainedMixin, nn.Module, config=CLIPConfig):
         return F.normalize(self.text_projection(pooled), dim=-1)
 
     def _image_features(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        x = unit_pixels(images)
         x = ((x - self.pixel_mean) / self.pixel_std).to(self.logit_scale.dtype)
         if self.config.image_encoder == "resnet":
             return F.normalize(self.image_resnet(x), dim=-1)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dalle.data.images import unit_pixels
 from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
 from dalle.models.refinement import check_refine_settings, refine_codes
@@ -225,7 +226,7 @@ class DiscreteVAE(TokenGridMixin, PretrainedMixin, nn.Module, config=DVAEConfig)
 
     def images_to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[B, 3, H, W]`` (or floats in [0, 1]) -> mapped float pixels."""
-        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        x = unit_pixels(images)
         return map_pixels(x, self.config.logit_laplace_eps)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
@@ -253,7 +254,7 @@ class DiscreteVAE(TokenGridMixin, PretrainedMixin, nn.Module, config=DVAEConfig)
             one_hot = hard + soft - soft.detach()  # straight-through
             return tokens, self.stats_to_images(self.decode_stats(one_hot.to(dtype)))
 
-        target = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        target = unit_pixels(images)
         lr, precision = self.config.refine_lr, self.config.refine_precision
         return refine_codes(self.logits(images), render, target, steps, lr, precision)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from dalle.data.images import unit_pixels
 from dalle.models import init
 from dalle.models.pretrained import PretrainedMixin
 from dalle.models.refinement import check_refine_settings, refine_codes
@@ -67,11 +68,6 @@ def indices_to_codes(indices: torch.Tensor, levels: torch.Tensor) -> torch.Tenso
     return (digits - half).float() / half
 
 
-def _unit_pixels(images: torch.Tensor) -> torch.Tensor:
-    """uint8 or [0, 1] images -> float [0, 1]."""
-    return images.float() / 255 if images.dtype == torch.uint8 else images.float()
-
-
 def _radix(levels: torch.Tensor) -> torch.Tensor:
     return torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), dim=0)
 
@@ -110,9 +106,9 @@ class FSQConfig:
     def __post_init__(self) -> None:
         if len(self.levels) < 1 or min(self.levels) < 2:
             raise ValueError(f"FSQ levels must be integers >= 2, not {self.levels}")
-        check_refine_settings(self.refine_steps, self.refine_lr, self.refine_precision)
         if self.downsample < 1 or self.downsample & (self.downsample - 1):
             raise ValueError(f"downsample must be a power of 2, not {self.downsample}")
+        check_refine_settings(self.refine_steps, self.refine_lr, self.refine_precision)
 
     @property
     def vocab_size(self) -> int:
@@ -241,7 +237,7 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module, config=FSQConfig)
 
     def latents(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images ``[B, 3, H, W]`` -> unbounded latents ``[B, d, h, w]``."""
-        x = _unit_pixels(images)
+        x = unit_pixels(images)
         # Channels-last activations: oneDNN's convolutions run ~1.4x faster on CPU.
         x = x.contiguous(memory_format=torch.channels_last)
         return self.encoder(2 * x - 1).float()
@@ -265,7 +261,7 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module, config=FSQConfig)
             codes = self._quantize(latents)
             return codes, torch.sigmoid(self.decoder(codes.to(dtype)).float())
 
-        target = _unit_pixels(images)
+        target = unit_pixels(images)
         lr, precision = self.config.refine_lr, self.config.refine_precision
         return refine_codes(self.latents(images), render, target, steps, lr, precision)
 
@@ -279,7 +275,8 @@ class FSQTokenizer(TokenGridMixin, PretrainedMixin, nn.Module, config=FSQConfig)
     @torch.no_grad()
     def codes(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images ``[B, 3, H, W]`` -> their codes ``[B, d, h, w]``, each channel one
-        of its ``levels`` values in [-1, 1]."""
+        of its ``levels`` values in [-1, 1] (refined if the config asks for
+        ``refine_steps``)."""
         if self.config.refine_steps:
             return self.refined_codes(images, self.config.refine_steps)
         return self.quantized(images)
