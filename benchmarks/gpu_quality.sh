@@ -6,7 +6,8 @@
 # reconstructions per split; and, once the demo's BPE, image tokenizer and CLIP are
 # finished, `dalle demo --pipeline unclip --profile gpu` on them (prior and decoder 2 + 5
 # minutes on the clock, the transformer's 7), judged on the same prompts, then variations
-# of 64 held-out scenes per split from its decoder (content kept). Meant to be
+# of 64 held-out scenes per split from its decoder (content kept), without a caption and
+# with the caption the decoder reads from each source. Meant to be
 # started detached (setsid), so it outlives one device call: WORK/done appears when it
 # has finished, after it packed the small files (logs, metrics, results, grids, judged
 # samples) into WORK/quality.tar.gz.
@@ -38,7 +39,13 @@ unclip() {
   $py benchmarks/unclip_variations_judge.py --decoder "$work/unclip/decoder" \
     --count "${VARIATION_COUNT:-64}" --num 4 --candidates 32 --temperature 0.5 --guidance 2 \
     --out "$work/variations" --json "$work/variations.json" > "$work/variations.log" 2>&1
-  echo "variations: exit $?" >> "$work/status"; }
+  echo "variations: exit $?" >> "$work/status"
+  # The same, the decoder given the caption it reads from each source as well.
+  $py benchmarks/unclip_variations_judge.py --decoder "$work/unclip/decoder" \
+    --count "${VARIATION_COUNT:-64}" --num 4 --candidates 32 --temperature 0.5 --guidance 2 \
+    --caption describe --out "$work/variations-described" \
+    --json "$work/variations-described.json" > "$work/variations-described.log" 2>&1
+  echo "variations, caption read: exit $?" >> "$work/status"; }
 dvae laplace objective.likelihood=logit_laplace &
 if [ -n "${DVAE_VARIANTS:-}" ]; then dvae $DVAE_VARIANTS & fi
 unclip &

@@ -6,8 +6,9 @@ caption) and judge every variation against the source's caption twice: for its c
 keep) and strictly (size, position and relation must survive too).
 
     python benchmarks/unclip_variations_judge.py --decoder DIR [--count 32] [--num 4]
-        [--steps 25] [--temperature 1] [--candidates N] [--out outputs/variations_judge]
-        [--json out.json]
+        [--steps 25] [--temperature 1] [--candidates N] [--caption none|describe|true]
+        [--reader auto|decoder|clip]
+        [--out outputs/variations_judge] [--json out.json]
 
 Writes each split's variations as NNNN.png + NNNN.txt (the source's caption) and a grid
 (sources in the first column) under --out.
@@ -17,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
 
-from dalle.data.datasets import DataConfig, load_images
+from dalle.data.datasets import DataConfig, iter_captions, load_images
 from dalle.data.images import make_grid
 from dalle.evaluation.shapes_judge import judge_directory, pass_rate
 from dalle.sampling.generate import write_images
@@ -29,20 +31,48 @@ from dalle.sampling.unclip import UnCLIP
 from dalle.training.loop import resolve_device
 
 
+def describe_sources(
+    pipe: UnCLIP, images: torch.Tensor, args: argparse.Namespace, out: Path
+) -> list[str]:
+    """Each source's caption as ``args.reader`` reads it, starting from captions of the
+    seen-pair training split (so never from a zero-shot pair's caption)."""
+    known = list(iter_captions(DataConfig(source="shapes", subset="train"), args.describe_count))
+    started = time.perf_counter()
+    described = pipe.describe(images, known, reader=args.reader)
+    print(f"{out.name}: {pipe.reader(args.reader)} read {len(images)} captions from "
+          f"{len(set(known))} known ones in {time.perf_counter() - started:.1f} s")  # fmt: skip
+    return described
+
+
+def judge_described(images: torch.Tensor, described: list[str], out: Path) -> dict:
+    """Does each source show what its read caption says (count, colours and shapes)?"""
+    folder = out.with_name(f"{out.name}_described")
+    write_images(images, described, folder)
+    report = judge_directory(folder, content=True)
+    print(f"sources against the captions read from them: {report.summary()}")
+    return {k: v for k, v in report.to_json().items() if k != "failures"}
+
+
 def judge_split(pipe: UnCLIP, source: str, args: argparse.Namespace, out: Path) -> dict:
     data = DataConfig(source=source, image_size=pipe.image_size, subset="holdout")
     images, captions = load_images(data, args.count)
+    given, result = [""] * len(images), {}
+    if args.caption == "true":
+        given = list(captions)
+    elif args.caption == "describe":
+        given = describe_sources(pipe, images, args, out)
+        result["described"] = judge_described(images, given, out)
     generator = torch.Generator().manual_seed(args.seed)
-    drawn = [pipe.variations(image, args.num, steps=args.steps, generator=generator,
+    drawn = [pipe.variations(image, args.num, caption, steps=args.steps, generator=generator,
                              decoder_guidance_scale=args.guidance, candidates=args.candidates)
-             for image in images]  # fmt: skip
+             for image, caption in zip(images, given, strict=True)]  # fmt: skip
     variations = torch.cat(drawn)  # [count * num, 3, S, S], a source's variations together
     write_images(variations, [c for c in captions for _ in range(args.num)], out)
     rows = [torch.cat([image[None], v]) for image, v in zip(images[:8], drawn[:8], strict=True)]
     make_grid(torch.cat(rows), columns=args.num + 1).save(out.with_name(f"{out.name}_grid.png"))
     content = judge_directory(out, content=True)
     report = judge_directory(out)
-    result = {k: v for k, v in report.to_json().items() if k != "failures"}
+    result |= {k: v for k, v in report.to_json().items() if k != "failures"}
     result["content"] = {k: v for k, v in content.to_json().items() if k != "failures"}
     result["sources_pass"] = pass_rate(images, captions)
     print(f"{out.name}: sources pass {result['sources_pass']:.1%}")
@@ -67,6 +97,17 @@ def main() -> None:
         type=int,
         help="draw this many per source, keep the --num closest in CLIP space",
     )
+    parser.add_argument(
+        "--caption",
+        choices=("none", "describe", "true"),
+        default="none",
+        help="the decoder's caption: none (the paper's variations), one read from the "
+        "source (UnCLIP.describe), or the source's own (an upper bound)",
+    )
+    parser.add_argument("--reader", choices=("auto", "decoder", "clip"), default="auto",
+                        help="--caption describe: who reads the caption")  # fmt: skip
+    parser.add_argument("--describe-count", type=int, default=5000,
+                        help="known captions (seen-pair training split) to read from")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("outputs/variations_judge"))

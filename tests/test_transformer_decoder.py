@@ -172,6 +172,23 @@ def test_the_pipeline_draws_with_the_transformer_and_manipulates_images(trained)
     assert torch.equal(cold[0], cold[1])
 
 
+def test_the_decoder_reads_a_caption_it_finds_likelier_than_every_known_one(trained) -> None:
+    pipe = UnCLIP.from_pretrained(trained["decoder"])
+    known = ["a red circle", "a blue circle", "a blue square", "a red circle in the top left"]
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    assert pipe.reader() == "decoder"
+    read = pipe.describe(images, known, shortlist=len(known))
+    tokens, embeds = pipe.image_tokenizer.encode(images).flatten(1), pipe.encode_image(images)
+    for row, caption in enumerate(read):
+        fits = pipe.caption_log_likelihood(tokens[row], embeds[row], [caption, *known])
+        assert torch.isfinite(fits).all() and (fits < 0).all()
+        assert fits[0] >= fits[1:].max() - 1e-4  # the search never ends below its start
+    by_clip = pipe.describe(images, known, reader="clip")
+    assert all(set(c.split()) <= {w for k in known for w in k.split()} for c in by_clip)
+    with pytest.raises(ValueError, match="reader must be"):
+        pipe.describe(images, known, reader="judge")
+
+
 def test_the_unclip_demo_draws_with_a_transformer_decoder_by_default(tmp_path, capsys) -> None:
     out = tmp_path / "demo-unclip"
     args = ["demo", "--pipeline", "unclip", "--smoke", "--out", str(out)]

@@ -74,13 +74,39 @@ def cmd_unclip(args: argparse.Namespace) -> int:
     return 0
 
 
+def known_captions(source: str, count: int) -> list[str]:
+    """Captions to read an image's caption from: a ``.txt`` file's lines, or the first
+    ``count`` training-subset captions of a data source (Shapes World, a folder, shards)."""
+    from dalle.data.datasets import DataConfig, iter_captions
+
+    path = Path(source)
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise ValueError(f"--describe: no caption file {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        captions = [line.strip() for line in lines if line.strip()]
+    else:
+        captions = list(iter_captions(DataConfig(source=source, subset="train"), count))
+    if not captions:
+        raise ValueError(f"--describe: no captions in {source}")
+    return captions
+
+
 def cmd_variations(args: argparse.Namespace) -> int:
     import torch
 
     check_output_file(args.out, "--out")
+    if args.describe and args.caption:
+        raise ValueError("give --caption or --describe, not both")
     pipe = _pipeline(args, prior=False)
     image = read_image(args.image, pipe.image_size, "image")
-    images = pipe.variations(image, args.num, args.caption or "", args.decoder_guidance,
+    caption = args.caption or ""
+    if args.describe:
+        known = known_captions(args.describe, args.describe_count)
+        caption = pipe.describe(image[None], known)[0]
+        reader = {"clip": "the CLIP", "decoder": "the decoder"}[pipe.reader()]
+        print(f"{reader} reads the image as: {caption}")
+    images = pipe.variations(image, args.num, caption, args.decoder_guidance,
                              args.decoder_steps, args.eta, _generator(args),
                              candidates=args.candidates)  # fmt: skip
     _write_grid(torch.cat([image[None], images]), args.out, columns=args.num + 1)
@@ -145,6 +171,13 @@ def add_unclip_commands(commands) -> None:
     variations.add_argument("image", type=Path)
     variations.add_argument("--num", type=positive_int, default=8)
     variations.add_argument("--caption", help="also condition on this caption")
+    variations.add_argument("--describe", metavar="CAPTIONS",
+                            help="also condition on a caption read from the image (by a "
+                            "transformer decoder's likelihood, else the CLIP), searched from "
+                            "these known captions: a .txt file, one a line, or a data "
+                            "source's training captions (shapes, a folder, shards)")  # fmt: skip
+    variations.add_argument("--describe-count", type=positive_int, default=5000,
+                            help="how many of a source's captions --describe reads")  # fmt: skip
     variations.add_argument("--eta", type=positive_float, default=1.0,
                             help="DDIM eta: 1 as random as DDPM (default)")  # fmt: skip
     variations.add_argument("--candidates", type=positive_int,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from dalle.models.token_decoder import TokenDecoder
 from dalle.models.transformer_decoder import TransformerDecoder
 from dalle.models.upsampler import Upsampler
 from dalle.precision import autocast_context
+from dalle.sampling.describe import Slots, improve_caption
 from dalle.sampling.diffusion import (
     sample_image_embeddings,
     sample_images,
@@ -186,6 +188,72 @@ class UnCLIP:
         text = self.tokenizer.encode(prompts).ids.to(self.device)
         return text, self.clip.encode_text(text).float()
 
+    @torch.no_grad()
+    def clip_fit(self, embed: torch.Tensor, captions: list[str]) -> torch.Tensor:
+        """The CLIP's cosine of each caption with a unit-norm image embedding ``[D]``, ``[N]``."""
+        return (self.encode_text(captions)[1] @ embed).cpu()
+
+    @torch.no_grad()
+    def caption_log_likelihood(self, tokens: torch.Tensor, embed: torch.Tensor,
+                               captions: list[str]) -> torch.Tensor:  # fmt: skip
+        """A transformer decoder's ``log p(tokens | caption, embed)`` in nats for each
+        caption, ``[N]``: how well each explains an image's tokens ``[T]`` given its CLIP
+        image embedding ``[D]``."""
+        text = self.tokenizer.encode(captions).ids.to(self.device)
+        rows = len(captions)
+        with self.autocast():
+            _, logits = self.decoder(text, tokens.expand(rows, -1),
+                                     image_embed=embed.expand(rows, -1))  # fmt: skip
+        log_probs = logits.float().log_softmax(dim=-1)  # [N, T, V]
+        return log_probs.gather(-1, tokens.expand(rows, -1)[..., None]).sum(dim=(1, 2)).cpu()
+
+    def reader(self, choice: str = "auto") -> str:
+        """Who reads captions (``describe``): "decoder" (its likelihood; a transformer
+        decoder only), "clip", or "auto": the decoder where it can, else the CLIP."""
+        density = isinstance(self.decoder, TransformerDecoder)
+        if choice == "auto":
+            return "decoder" if density else "clip"
+        if choice not in ("decoder", "clip"):
+            raise ValueError(f"reader must be auto, decoder or clip, not {choice!r}")
+        if choice == "decoder" and not density:
+            raise ValueError("only a transformer decoder can read captions (it has a likelihood)")
+        return choice
+
+    @torch.no_grad()
+    def describe(self, images: torch.Tensor, known: Sequence[str], reader: str = "auto",
+                 shortlist: int = 64, passes: int = 3) -> list[str]:  # fmt: skip
+        """A caption for each uint8 image ``[B, 3, S, S]``: the ``known`` caption (a
+        training set's, say) that fits it best, then improved word by word, each word
+        swapped for those that fill its slot in the known captions (``sampling.describe``).
+        Fit is the CLIP's cosine, or a transformer decoder's likelihood of the image's
+        tokens given the caption and the image's embedding (``reader``; "auto": the
+        decoder's where it has one). The decoder starts from the ``shortlist`` known
+        captions the CLIP ranks first. On Shapes World the decoder reads the content far
+        better: the CLIP barely binds colours to shapes (BENCHMARKS.md)."""
+        known, reader = list(dict.fromkeys(known)), self.reader(reader)
+        if not known:
+            raise ValueError("reading a caption needs at least one known caption to start from")
+        images = images.to(self.device)
+        embeds = self.encode_image(images)  # [B, D]
+        known_embeds = torch.cat([self.encode_text(known[i : i + 1024])[1]
+                                  for i in range(0, len(known), 1024)])  # fmt: skip
+        tokens = (self.image_tokenizer.encode(images).flatten(1) if reader == "decoder"
+                  else None)  # [B, T]  # fmt: skip
+        slots, captions = Slots.learn(known), []
+        for row, embed in enumerate(embeds):
+            ranked = known_embeds @ embed  # [N]: the CLIP's fit of each known caption
+            if reader == "clip":
+                score = partial(self.clip_fit, embed)
+                start = [known[int(ranked.argmax())]]
+            else:
+                score = partial(self.caption_log_likelihood, tokens[row], embed)
+                start = [known[i] for i in ranked.argsort(descending=True)[:shortlist]]
+            fits = score(start)
+            best = int(fits.argmax())
+            caption, _ = improve_caption(score, start[best], float(fits[best]), slots, passes)
+            captions.append(caption)
+        return captions
+
     def no_caption(self, rows: int) -> torch.Tensor:
         """``rows`` captions of padding only: the decoder's dropped caption."""
         return torch.full((rows, self.tokenizer.max_length), PAD_ID, device=self.device)
@@ -260,14 +328,20 @@ class UnCLIP:
         generator: torch.Generator | None = None,
         candidates: int | None = None,
         batch_size: int = 64,
+        describe: Sequence[str] | None = None,
     ) -> torch.Tensor:
         """``num_images`` uint8 images that keep what the CLIP sees in ``image`` (uint8
-        ``[3, S, S]``): its embedding decoded with stochastic sampling (``eta`` > 0). With
+        ``[3, S, S]``): its embedding decoded with stochastic sampling (``eta`` > 0), with
+        ``caption`` too if given. ``describe`` (known captions, a training set's) and no
+        ``caption``: the caption read from the image (``describe``) is given to the decoder
+        as well, so the variations still come from the image alone. With
         ``candidates``, that many are drawn and the ``num_images`` whose CLIP image
         embeddings lie closest to the source's are kept, closest first: re-ranking by the
         same embedding the decoder was given, so no caption is needed."""
         total = max(candidates or num_images, num_images)
         embed = self.encode_image(image[None])  # [1, D]
+        if describe is not None and not caption:
+            caption = self.describe(image[None], describe)[0]
         text = self.encode_text([caption])[0] if caption else self.no_caption(1)  # [1, L]
         drawn = []
         for start in range(0, total, batch_size):
