@@ -1,15 +1,15 @@
-"""Reading a caption from an image's CLIP embedding, by search over the words of known
-captions.
+"""Reading a caption from an image, by search over the words of known captions.
 
-A CLIP scores how well a caption fits an image (the cosine of their embeddings), so the
-caption it scores highest is its reading of the image. The search starts from the best
-of a set of known captions (a training set's) and swaps one word at a time for another
-that may stand in its place (``Slots``), keeping a swap whenever it raises the score,
-until a pass over the words changes nothing. The start holds what the known captions
-share with the image; the swaps reach combinations no known caption states (an orange
-star when only yellow stars and orange squares were seen). unCLIP's variations can give
-the decoder this caption beside the embedding (``UnCLIP.variations(..., describe=...)``):
-both come from the image alone.
+A scorer says how well a caption fits an image: a CLIP's cosine of their embeddings, or
+a density model's likelihood of the image given the caption (``UnCLIP.describe`` has
+both). The caption it scores highest is its reading of the image. The search starts
+from the best of a set of known captions (a training set's) and swaps one word at a time
+for another that may stand in its place (``Slots``), keeping a swap whenever it raises
+the score, until a pass over the words changes nothing. The start holds what the known
+captions share with the image; the swaps reach combinations no known caption states (an
+orange star when only yellow stars and orange squares were seen). unCLIP's variations
+can give the decoder this caption beside the embedding (``UnCLIP.variations(...,
+describe=...)``).
 """
 
 from __future__ import annotations

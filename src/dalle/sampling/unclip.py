@@ -237,8 +237,8 @@ class UnCLIP:
         embeds = self.encode_image(images)  # [B, D]
         known_embeds = torch.cat([self.encode_text(known[i : i + 1024])[1]
                                   for i in range(0, len(known), 1024)])  # fmt: skip
-        tokens = (self.image_tokenizer.encode(images).flatten(1) if reader == "decoder"
-                  else None)  # [B, T]  # fmt: skip
+        if reader == "decoder":
+            tokens = self.image_tokenizer.encode(images).flatten(1)  # [B, T]
         slots, captions = Slots.learn(known), []
         for row, embed in enumerate(embeds):
             ranked = known_embeds @ embed  # [N]: the CLIP's fit of each known caption
