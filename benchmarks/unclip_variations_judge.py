@@ -25,18 +25,21 @@ import torch
 
 from dalle.data.datasets import DataConfig, iter_captions, load_images
 from dalle.data.images import make_grid
-from dalle.evaluation.shapes_judge import judge_directory, pass_rate
+from dalle.evaluation.shapes_judge import JudgeReport, judge_directory, pass_rate
 from dalle.sampling.generate import write_images
 from dalle.sampling.unclip import UnCLIP
 from dalle.training.loop import resolve_device
 
 
+def summary(report: JudgeReport) -> dict:
+    """A judge report's figures, without its list of failures."""
+    return {k: v for k, v in report.to_json().items() if k != "failures"}
+
+
 def describe_sources(
-    pipe: UnCLIP, images: torch.Tensor, args: argparse.Namespace, out: Path
+    pipe: UnCLIP, images: torch.Tensor, known: list[str], args: argparse.Namespace, out: Path
 ) -> list[str]:
-    """Each source's caption as ``args.reader`` reads it, starting from captions of the
-    seen-pair training split (so never from a zero-shot pair's caption)."""
-    known = list(iter_captions(DataConfig(source="shapes", subset="train"), args.describe_count))
+    """Each source's caption as ``args.reader`` reads it, starting from ``known``."""
     started = time.perf_counter()
     described = pipe.describe(images, known, reader=args.reader)
     print(f"{out.name}: {pipe.reader(args.reader)} read {len(images)} captions from "
@@ -50,17 +53,19 @@ def judge_described(images: torch.Tensor, described: list[str], out: Path) -> di
     write_images(images, described, folder)
     report = judge_directory(folder, content=True)
     print(f"sources against the captions read from them: {report.summary()}")
-    return {k: v for k, v in report.to_json().items() if k != "failures"}
+    return summary(report)
 
 
-def judge_split(pipe: UnCLIP, source: str, args: argparse.Namespace, out: Path) -> dict:
+def judge_split(
+    pipe: UnCLIP, source: str, known: list[str], args: argparse.Namespace, out: Path
+) -> dict:
     data = DataConfig(source=source, image_size=pipe.image_size, subset="holdout")
     images, captions = load_images(data, args.count)
     given, result = [""] * len(images), {}
     if args.caption == "true":
         given = list(captions)
     elif args.caption == "describe":
-        given = describe_sources(pipe, images, args, out)
+        given = describe_sources(pipe, images, known, args, out)
         result["described"] = judge_described(images, given, out)
     generator = torch.Generator().manual_seed(args.seed)
     drawn = [pipe.variations(image, args.num, caption, steps=args.steps, generator=generator,
@@ -72,8 +77,8 @@ def judge_split(pipe: UnCLIP, source: str, args: argparse.Namespace, out: Path) 
     make_grid(torch.cat(rows), columns=args.num + 1).save(out.with_name(f"{out.name}_grid.png"))
     content = judge_directory(out, content=True)
     report = judge_directory(out)
-    result |= {k: v for k, v in report.to_json().items() if k != "failures"}
-    result["content"] = {k: v for k, v in content.to_json().items() if k != "failures"}
+    result |= summary(report)
+    result["content"] = summary(content)
     result["sources_pass"] = pass_rate(images, captions)
     print(f"{out.name}: sources pass {result['sources_pass']:.1%}")
     print(f"content kept (count, colours, shapes): {content.summary()}")
@@ -117,7 +122,11 @@ def main() -> None:
                                   precision="bf16")  # fmt: skip
     pipe.decoder_temperature = args.temperature
     splits = {"seen": "shapes", "zeroshot": "shapes:zeroshot"}
-    results = {name: judge_split(pipe, source, args, args.out / name)
+    # Known captions to read from: the seen-pair training split's, so never a zero-shot
+    # pair's caption.
+    known = (list(iter_captions(DataConfig(source="shapes", subset="train"), args.describe_count))
+             if args.caption == "describe" else [])  # fmt: skip
+    results = {name: judge_split(pipe, source, known, args, args.out / name)
                for name, source in splits.items()}  # fmt: skip
     results["settings"] = {k: str(v) for k, v in vars(args).items()}
     if args.json:

@@ -277,8 +277,14 @@ class TextToImage:
             text = torch.full_like(text, PAD_ID)
         tokens = self.image_tokenizer.encode(images.to(self.device)).flatten(1)  # [B, H*W]
         _, image_logits = self.model(text, tokens)
-        log_probs = image_logits.float().log_softmax(dim=-1)
-        return log_probs.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=1).cpu()
+        return token_log_likelihood(image_logits, tokens)
+
+
+def token_log_likelihood(image_logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``sum_j log p(token_j | ...)`` in nats per row, ``[B]`` on the CPU, from teacher-forced
+    logits ``[B, T, V]`` whose row ``j`` predicts ``tokens[:, j]`` (``[B, T]``)."""
+    log_probs = image_logits.float().log_softmax(dim=-1)
+    return log_probs.gather(-1, tokens[..., None]).squeeze(-1).sum(dim=1).cpu()
 
 
 def bits_per_dimension(log_likelihood: torch.Tensor, dimensions: int) -> torch.Tensor:

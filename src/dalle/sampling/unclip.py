@@ -40,7 +40,7 @@ from dalle.sampling.diffusion import (
     to_model_range,
     upsample_images,
 )
-from dalle.sampling.generate import IMAGE_TOKENIZER_DIR
+from dalle.sampling.generate import IMAGE_TOKENIZER_DIR, token_log_likelihood
 from dalle.sampling.masked import sample_tokens
 from dalle.sampling.rerank import keep_best
 from dalle.sampling.sampler import Generators, SamplingConfig, sample_image_tokens
@@ -200,12 +200,10 @@ class UnCLIP:
         caption, ``[N]``: how well each explains an image's tokens ``[T]`` given its CLIP
         image embedding ``[D]``."""
         text = self.tokenizer.encode(captions).ids.to(self.device)
-        rows = len(captions)
+        tokens = tokens.expand(len(captions), -1)  # [N, T]
         with self.autocast():
-            _, logits = self.decoder(text, tokens.expand(rows, -1),
-                                     image_embed=embed.expand(rows, -1))  # fmt: skip
-        log_probs = logits.float().log_softmax(dim=-1)  # [N, T, V]
-        return log_probs.gather(-1, tokens.expand(rows, -1)[..., None]).sum(dim=(1, 2)).cpu()
+            _, logits = self.decoder(text, tokens, image_embed=embed.expand(len(captions), -1))
+        return token_log_likelihood(logits, tokens)
 
     def reader(self, choice: str = "auto") -> str:
         """Who reads captions (``describe``): "decoder" (its likelihood; a transformer
