@@ -7,7 +7,7 @@ keep) and strictly (size, position and relation must survive too).
 
     python benchmarks/unclip_variations_judge.py --decoder DIR [--count 32] [--num 4]
         [--steps 25] [--temperature 1] [--candidates N] [--caption none|describe|true]
-        [--reader auto|decoder|clip]
+        [--reader auto|decoder|clip] [--rank auto|clip|clip+likelihood] [--start N]
         [--out outputs/variations_judge] [--json out.json]
 
 Writes each split's variations as NNNN.png + NNNN.txt (the source's caption) and a grid
@@ -27,7 +27,7 @@ from dalle.data.datasets import DataConfig, iter_captions, load_images
 from dalle.data.images import make_grid
 from dalle.evaluation.shapes_judge import JudgeReport, judge_directory, pass_rate
 from dalle.sampling.generate import write_images
-from dalle.sampling.unclip import UnCLIP
+from dalle.sampling.unclip import KnownCaptions, UnCLIP
 from dalle.training.loop import resolve_device
 
 
@@ -37,13 +37,13 @@ def summary(report: JudgeReport) -> dict:
 
 
 def describe_sources(
-    pipe: UnCLIP, images: torch.Tensor, known: list[str], args: argparse.Namespace, out: Path
+    pipe: UnCLIP, images: torch.Tensor, known: KnownCaptions, args: argparse.Namespace, out: Path
 ) -> list[str]:
     """Each source's caption as ``args.reader`` reads it, starting from ``known``."""
     started = time.perf_counter()
     described = pipe.describe(images, known, reader=args.reader)
     print(f"{out.name}: {pipe.reader(args.reader)} read {len(images)} captions from "
-          f"{len(set(known))} known ones in {time.perf_counter() - started:.1f} s")  # fmt: skip
+          f"{len(known.captions)} known ones in {time.perf_counter() - started:.1f} s")  # fmt: skip
     return described
 
 
@@ -57,19 +57,21 @@ def judge_described(images: torch.Tensor, described: list[str], out: Path) -> di
 
 
 def judge_split(
-    pipe: UnCLIP, source: str, known: list[str], args: argparse.Namespace, out: Path
+    pipe: UnCLIP, source: str, known: KnownCaptions | None, args: argparse.Namespace, out: Path
 ) -> dict:
-    data = DataConfig(source=source, image_size=pipe.image_size, subset="holdout")
+    data = DataConfig(source=source, image_size=pipe.image_size, subset="holdout",
+                      start=args.start)  # fmt: skip
     images, captions = load_images(data, args.count)
     given, result = [""] * len(images), {}
     if args.caption == "true":
         given = list(captions)
-    elif args.caption == "describe":
+    elif known is not None:
         given = describe_sources(pipe, images, known, args, out)
         result["described"] = judge_described(images, given, out)
     generator = torch.Generator().manual_seed(args.seed)
     drawn = [pipe.variations(image, args.num, caption, steps=args.steps, generator=generator,
-                             decoder_guidance_scale=args.guidance, candidates=args.candidates)
+                             decoder_guidance_scale=args.guidance, candidates=args.candidates,
+                             rank=args.rank)
              for image, caption in zip(images, given, strict=True)]  # fmt: skip
     variations = torch.cat(drawn)  # [count * num, 3, S, S], a source's variations together
     write_images(variations, [c for c in captions for _ in range(args.num)], out)
@@ -100,8 +102,10 @@ def main() -> None:
     parser.add_argument(
         "--candidates",
         type=int,
-        help="draw this many per source, keep the --num closest in CLIP space",
+        help="draw this many per source, keep the --num that --rank ranks first",
     )
+    parser.add_argument("--rank", choices=("auto", "clip", "clip+likelihood"), default="auto",
+                        help="--candidates: how draws are ranked (variation_scores)")  # fmt: skip
     parser.add_argument(
         "--caption",
         choices=("none", "describe", "true"),
@@ -113,6 +117,8 @@ def main() -> None:
                         help="--caption describe: who reads the caption")  # fmt: skip
     parser.add_argument("--describe-count", type=int, default=5000,
                         help="known captions (seen-pair training split) to read from")  # fmt: skip
+    parser.add_argument("--start", type=int, default=0,
+                        help="the first held-out scene of each split to judge")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("outputs/variations_judge"))
@@ -124,8 +130,10 @@ def main() -> None:
     splits = {"seen": "shapes", "zeroshot": "shapes:zeroshot"}
     # Known captions to read from: the seen-pair training split's, so never a zero-shot
     # pair's caption.
-    known = (list(iter_captions(DataConfig(source="shapes", subset="train"), args.describe_count))
-             if args.caption == "describe" else [])  # fmt: skip
+    known = None
+    if args.caption == "describe":
+        train = DataConfig(source="shapes", subset="train")
+        known = pipe.known_captions(list(iter_captions(train, args.describe_count)))
     results = {name: judge_split(pipe, source, known, args, args.out / name)
                for name, source in splits.items()}  # fmt: skip
     results["settings"] = {k: str(v) for k, v in vars(args).items()}

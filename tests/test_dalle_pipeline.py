@@ -248,6 +248,19 @@ def test_keep_best_orders_by_score() -> None:
     )
 
 
+def test_standardise_puts_scores_on_one_scale() -> None:
+    from dalle.sampling.rerank import standardise
+
+    scores = torch.tensor([3.0, -1.0, 7.0, 2.0])
+    z = standardise(scores)
+    assert float(z.mean()) == pytest.approx(0, abs=1e-6)
+    assert float(z.std()) == pytest.approx(1)
+    assert torch.allclose(standardise(100 * scores - 5), z)  # only the order and gaps count
+    assert torch.equal(z.argsort(), scores.argsort())
+    assert torch.equal(standardise(torch.full((3,), 2.0)), torch.zeros(3))
+    assert torch.equal(standardise(torch.tensor([4.0])), torch.zeros(1))
+
+
 @torch.no_grad()
 def _cached_log_likelihood(model, text: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``sum_j log p(token_j | caption, tokens before j)``, token by token with a cache."""

@@ -93,6 +93,12 @@ def test_the_pipeline_reads_a_caption_the_clip_rates_above_every_known_one(train
         assert set(described[i].split()) <= {word for c in KNOWN for word in c.split()}
     with pytest.raises(ValueError, match="at least one known caption"):
         pipe.describe(images, [])
+    # Known captions prepared once read the same as the list itself.
+    known = pipe.known_captions([*KNOWN, KNOWN[0]])
+    assert known.captions == list(KNOWN) and known.embeds.shape == (len(KNOWN), embeds.shape[1])
+    assert pipe.describe(images, known) == described
+    with pytest.raises(ValueError, match="only a transformer decoder"):
+        pipe.variations(images[0], num_images=1, candidates=2, rank="clip+likelihood")
     drawn = pipe.variations(images[0], num_images=2, steps=2, describe=KNOWN)
     assert drawn.shape == (2, 3, pipe.image_size, pipe.image_size)
 

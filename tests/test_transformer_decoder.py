@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from dalle.cli import main
 from dalle.models.dalle_transformer import DALLETransformer
 from dalle.models.transformer_decoder import TRANSFORMER_DECODER_PRESETS, TransformerDecoder
+from dalle.sampling.rerank import standardise
 from dalle.sampling.sampler import SamplingConfig, sample_image_tokens
 from dalle.sampling.unclip import UnCLIP
 from dalle.training.decoder_task import TransformerDecoderTask
@@ -160,12 +161,26 @@ def test_the_pipeline_draws_with_the_transformer_and_manipulates_images(trained)
     assert torch.equal(path[0], path[1]) and torch.equal(path[0], path[2])
     diff = pipe.text_diff(first, "a red circle", "a blue circle", num_images=2)
     assert diff.shape == (2, 3, 32, 32)
-    # Candidates: of 6 draws, the 2 whose CLIP embeddings are closest to the source's.
+    # Candidates, ranked by the CLIP: of 6 draws, the 2 whose CLIP embeddings are closest
+    # to the source's.
     drawn = pipe.variations(first, num_images=6, generator=torch.Generator().manual_seed(2))
+    kept = pipe.variations(first, num_images=2, candidates=6, rank="clip",
+                           generator=torch.Generator().manual_seed(2))  # fmt: skip
+    embeds = pipe.encode_image(drawn)
+    closeness = (embeds * pipe.encode_image(first[None])).sum(-1)
+    assert torch.equal(kept, drawn[closeness.argsort(descending=True, stable=True)[:2]])
+    # By default also by the decoder's likelihood of each draw given its own embedding
+    # (no caption here), each standardised: the two added.
+    tokens = pipe.image_tokenizer.encode(drawn).flatten(1)
+    likelihood = pipe.image_log_likelihood(pipe.no_caption(6), tokens, embeds)
+    assert torch.allclose(likelihood[:1], pipe.caption_log_likelihood(tokens[0], embeds[0], [""]),
+                          rtol=1e-3)  # fmt: skip
+    both = standardise(closeness) + standardise(likelihood)
     kept = pipe.variations(first, num_images=2, candidates=6,
                            generator=torch.Generator().manual_seed(2))  # fmt: skip
-    closeness = (pipe.encode_image(drawn) * pipe.encode_image(first[None])).sum(-1)
-    assert torch.equal(kept, drawn[closeness.argsort(descending=True, stable=True)[:2]])
+    assert torch.equal(kept, drawn[both.argsort(descending=True, stable=True)[:2]])
+    with pytest.raises(ValueError, match="rank must be"):
+        pipe.variations(first, num_images=2, candidates=6, rank="judge")
     pipe.decoder_temperature = 1e-4  # near argmax: the generator no longer matters
     cold = [pipe.variations(first, num_images=1, generator=torch.Generator().manual_seed(s))
             for s in (0, 1)]  # fmt: skip

@@ -108,7 +108,7 @@ def cmd_variations(args: argparse.Namespace) -> int:
         print(f"{reader} reads the image as: {caption}")
     images = pipe.variations(image, args.num, caption, args.decoder_guidance,
                              args.decoder_steps, args.eta, _generator(args),
-                             candidates=args.candidates)  # fmt: skip
+                             candidates=args.candidates, rank=args.rank)  # fmt: skip
     _write_grid(torch.cat([image[None], images]), args.out, columns=args.num + 1)
     return 0
 
@@ -181,8 +181,13 @@ def add_unclip_commands(commands) -> None:
     variations.add_argument("--eta", type=positive_float, default=1.0,
                             help="DDIM eta: 1 as random as DDPM (default)")  # fmt: skip
     variations.add_argument("--candidates", type=positive_int,
-                            help="draw this many and keep the --num closest to the image in "
-                            "the CLIP's embedding (default: draw --num, keep all)")  # fmt: skip
+                            help="draw this many and keep the --num that --rank ranks first "
+                            "(default: draw --num, keep all)")  # fmt: skip
+    variations.add_argument("--rank", choices=("auto", "clip", "clip+likelihood"),
+                            default="auto",
+                            help="--candidates: rank by closeness to the image in the CLIP's "
+                            "embedding, or by that and a transformer decoder's likelihood of "
+                            "each draw (auto: the latter where the decoder has one)")  # fmt: skip
     variations.add_argument("--out", type=Path, required=True, help="grid PNG: the image first")
     _decoder_args(variations)
     variations.set_defaults(func=cmd_variations)

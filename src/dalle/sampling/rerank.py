@@ -82,3 +82,12 @@ def keep_best(
     """The ``keep`` highest-scoring images, best first, and their scores."""
     order = torch.argsort(scores, descending=True, stable=True)[:keep]
     return images[order], scores[order]
+
+
+def standardise(scores: torch.Tensor) -> torch.Tensor:
+    """Scores ``[N]`` shifted and scaled to mean 0 and standard deviation 1 (all 0 where
+    they are all equal), so that scores on different scales can be added."""
+    scores = scores.float()
+    spread = scores.std() if len(scores) > 1 else scores.new_zeros(())
+    centred = scores - scores.mean()
+    return centred / spread if spread > 0 else torch.zeros_like(centred)

@@ -42,7 +42,7 @@ from dalle.sampling.diffusion import (
 )
 from dalle.sampling.generate import IMAGE_TOKENIZER_DIR, token_log_likelihood
 from dalle.sampling.masked import sample_tokens
-from dalle.sampling.rerank import keep_best
+from dalle.sampling.rerank import keep_best, standardise
 from dalle.sampling.sampler import Generators, SamplingConfig, sample_image_tokens
 from dalle.tokenizers.text import PAD_ID, TextTokenizer
 from dalle.training.prior_task import CLIP_DIR
@@ -54,6 +54,16 @@ DECODERS: dict[str, type[Decoder]] = {
 }
 # Decoders that draw an image tokenizer's tokens (of any kind), not pixels or codes.
 TOKEN_DECODERS = (TokenDecoder, TransformerDecoder)
+
+
+@dataclass
+class KnownCaptions:
+    """Captions to read an image's caption from (``UnCLIP.describe``), with what the
+    search needs of them, worked out once (``UnCLIP.known_captions``)."""
+
+    captions: list[str]  # without repeats
+    embeds: torch.Tensor  # [N, D] their unit-norm CLIP text embeddings
+    slots: Slots  # which of their words may stand in for which
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
@@ -200,55 +210,90 @@ class UnCLIP:
         caption, ``[N]``: how well each explains an image's tokens ``[T]`` given its CLIP
         image embedding ``[D]``."""
         text = self.tokenizer.encode(captions).ids.to(self.device)
-        tokens = tokens.expand(len(captions), -1)  # [N, T]
+        rows = len(captions)
+        return self.image_log_likelihood(text, tokens.expand(rows, -1), embed.expand(rows, -1))
+
+    @torch.no_grad()
+    def image_log_likelihood(self, text: torch.Tensor, tokens: torch.Tensor,
+                             embeds: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """A transformer decoder's ``log p(tokens | text, embed)`` in nats, row by row:
+        caption ids ``[N, L]``, image tokens ``[N, T]``, CLIP image embeddings ``[N, D]``;
+        ``[N]`` on the CPU."""
         with self.autocast():
-            _, logits = self.decoder(text, tokens, image_embed=embed.expand(len(captions), -1))
-        return token_log_likelihood(logits, tokens)
+            _, logits = self.decoder(text, tokens.to(self.device), image_embed=embeds)
+        return token_log_likelihood(logits, tokens.to(self.device))
 
     def reader(self, choice: str = "auto") -> str:
         """Who reads captions (``describe``): "decoder" (its likelihood; a transformer
         decoder only), "clip", or "auto": the decoder where it can, else the CLIP."""
+        return self._choose("reader", choice, ("decoder", "clip"))
+
+    def ranking(self, choice: str = "auto") -> str:
+        """How variations are ranked (``variation_scores``): "clip+likelihood" (a
+        transformer decoder only), "clip", or "auto": the first where it can, else the
+        CLIP alone."""
+        return self._choose("rank", choice, ("clip+likelihood", "clip"))
+
+    def _choose(self, what: str, choice: str, options: tuple[str, str]) -> str:
+        """``options[0]`` needs the decoder's likelihood, ``options[1]`` does not."""
         density = isinstance(self.decoder, TransformerDecoder)
         if choice == "auto":
-            return "decoder" if density else "clip"
-        if choice not in ("decoder", "clip"):
-            raise ValueError(f"reader must be auto, decoder or clip, not {choice!r}")
-        if choice == "decoder" and not density:
-            raise ValueError("only a transformer decoder can read captions (it has a likelihood)")
+            return options[0] if density else options[1]
+        if choice not in options:
+            raise ValueError(f"{what} must be auto, {' or '.join(options)}, not {choice!r}")
+        if choice == options[0] and not density:
+            raise ValueError(f"only a transformer decoder has a likelihood ({what} {choice})")
         return choice
 
     @torch.no_grad()
-    def describe(self, images: torch.Tensor, known: Sequence[str], reader: str = "auto",
-                 shortlist: int = 64, passes: int = 3) -> list[str]:  # fmt: skip
+    def known_captions(self, captions: Sequence[str]) -> KnownCaptions:
+        """``captions`` (a training set's, say) made ready to read images' captions from
+        (``describe``), once for many images."""
+        captions = list(dict.fromkeys(captions))
+        if not captions:
+            raise ValueError("reading a caption needs at least one known caption to start from")
+        embeds = torch.cat([self.encode_text(captions[i : i + 1024])[1]
+                            for i in range(0, len(captions), 1024)])  # fmt: skip
+        return KnownCaptions(captions, embeds, Slots.learn(captions))
+
+    @torch.no_grad()
+    def describe(
+        self,
+        images: torch.Tensor,
+        known: Sequence[str] | KnownCaptions,
+        reader: str = "auto",
+        shortlist: int = 64,
+        passes: int = 3,
+    ) -> list[str]:
         """A caption for each uint8 image ``[B, 3, S, S]``: the ``known`` caption (a
-        training set's, say) that fits it best, then improved word by word, each word
-        swapped for those that fill its slot in the known captions (``sampling.describe``).
+        training set's, say; ``known_captions`` prepares them once for many calls) that
+        fits it best, then improved word by word, each word swapped for those that fill
+        its slot in the known captions (``sampling.describe``).
         Fit is the CLIP's cosine, or a transformer decoder's likelihood of the image's
         tokens given the caption and the image's embedding (``reader``; "auto": the
         decoder's where it has one). The decoder starts from the ``shortlist`` known
         captions the CLIP ranks first. On Shapes World the decoder reads the content far
         better: the CLIP barely binds colours to shapes (BENCHMARKS.md)."""
-        known, reader = list(dict.fromkeys(known)), self.reader(reader)
-        if not known:
-            raise ValueError("reading a caption needs at least one known caption to start from")
+        reader = self.reader(reader)
+        if not isinstance(known, KnownCaptions):
+            known = self.known_captions(known)
         images = images.to(self.device)
         embeds = self.encode_image(images)  # [B, D]
-        known_embeds = torch.cat([self.encode_text(known[i : i + 1024])[1]
-                                  for i in range(0, len(known), 1024)])  # fmt: skip
         if reader == "decoder":
             tokens = self.image_tokenizer.encode(images).flatten(1)  # [B, T]
-        slots, captions = Slots.learn(known), []
+        captions = []
         for row, embed in enumerate(embeds):
-            ranked = known_embeds @ embed  # [N]: the CLIP's fit of each known caption
+            ranked = known.embeds @ embed  # [N]: the CLIP's fit of each known caption
             if reader == "clip":
                 score = partial(self.clip_fit, embed)
-                start = [known[int(ranked.argmax())]]
+                start = [known.captions[int(ranked.argmax())]]
             else:
                 score = partial(self.caption_log_likelihood, tokens[row], embed)
-                start = [known[i] for i in ranked.argsort(descending=True)[:shortlist]]
+                start = [known.captions[i] for i in ranked.argsort(descending=True)[:shortlist]]
             fits = score(start)
             best = int(fits.argmax())
-            caption, _ = improve_caption(score, start[best], float(fits[best]), slots, passes)
+            caption, _ = improve_caption(score, start[best], float(fits[best]), known.slots,
+                                         passes)  # fmt: skip
             captions.append(caption)
         return captions
 
@@ -326,17 +371,17 @@ class UnCLIP:
         generator: torch.Generator | None = None,
         candidates: int | None = None,
         batch_size: int = 64,
-        describe: Sequence[str] | None = None,
+        describe: Sequence[str] | KnownCaptions | None = None,
+        rank: str = "auto",
     ) -> torch.Tensor:
         """``num_images`` uint8 images that keep what the CLIP sees in ``image`` (uint8
         ``[3, S, S]``): its embedding decoded with stochastic sampling (``eta`` > 0), with
         ``caption`` too if given. ``describe`` (known captions, a training set's) and no
         ``caption``: the caption read from the image (``describe``) is given to the decoder
         as well, so the variations still come from the image alone. With
-        ``candidates``, that many are drawn and the ``num_images`` whose CLIP image
-        embeddings lie closest to the source's are kept, closest first: re-ranking by the
-        same embedding the decoder was given, so no caption is needed."""
-        total = max(candidates or num_images, num_images)
+        ``candidates``, that many are drawn and the ``num_images`` that
+        ``variation_scores`` ranks first (by ``rank``) are kept, best first."""
+        total, rank = max(candidates or num_images, num_images), self.ranking(rank)
         embed = self.encode_image(image[None])  # [1, D]
         if describe is not None and not caption:
             caption = self.describe(image[None], describe)[0]
@@ -348,9 +393,33 @@ class UnCLIP:
                                    decoder_guidance_scale, generator, eta=eta))  # fmt: skip
         images = torch.cat(drawn)  # [total, 3, S, S]
         if total > num_images:
-            similarity = (self.encode_image(images) * embed).sum(-1).cpu()  # [total]
-            images = keep_best(images, similarity, num_images)[0]
+            scores = self.variation_scores(images, embed, text, rank, batch_size)
+            images = keep_best(images, scores, num_images)[0]
         return self.upsample(images, generator)
+
+    @torch.no_grad()
+    def variation_scores(self, images: torch.Tensor, embed: torch.Tensor, text: torch.Tensor,
+                         rank: str = "auto", batch_size: int = 64) -> torch.Tensor:  # fmt: skip
+        """How well each of a source's variations (uint8 ``[N, 3, S, S]``) keeps it, higher
+        better, ``[N]``. "clip": the cosine of their CLIP image embeddings with the
+        source's (``embed``, ``[1, D]``), the embedding the decoder was given.
+        "clip+likelihood": that cosine plus a transformer decoder's ``log p(variation's
+        tokens | text, its own embedding)``, each standardised over the ``N``; ``text``
+        (``[1, L]``) is the caption the variations were drawn with. The likelihood marks
+        draws that are typical of what the decoder draws for that caption; malformed shapes
+        are not. On Shapes World it keeps the content more often (BENCHMARKS.md)."""
+        embeds = self.encode_image(images)  # [N, D]
+        similarity = (embeds * embed).sum(-1).cpu()  # [N]
+        if self.ranking(rank) == "clip":
+            return similarity
+        likelihood = []
+        for start in range(0, len(images), batch_size):
+            part = images[start : start + batch_size].to(self.device)
+            tokens = self.image_tokenizer.encode(part).flatten(1)  # [n, T]
+            rows = embeds[start : start + batch_size]
+            likelihood.append(self.image_log_likelihood(text.expand(len(part), -1), tokens, rows))
+        likelihood = torch.cat(likelihood)  # [N]
+        return standardise(similarity) + standardise(likelihood)
 
     @torch.no_grad()
     def interpolate(
