@@ -169,16 +169,21 @@ def test_the_pipeline_draws_with_the_transformer_and_manipulates_images(trained)
     embeds = pipe.encode_image(drawn)
     closeness = (embeds * pipe.encode_image(first[None])).sum(-1)
     assert torch.equal(kept, drawn[closeness.argsort(descending=True, stable=True)[:2]])
-    # By default also by the decoder's likelihood of each draw given its own embedding
-    # (no caption here), each standardised: the two added.
+    # Without a caption "auto" ranks by the CLIP alone too.
+    auto = pipe.variations(first, num_images=2, candidates=6,
+                           generator=torch.Generator().manual_seed(2))  # fmt: skip
+    assert torch.equal(kept, auto)
+    # "clip+likelihood": also by the decoder's likelihood of each draw given the caption
+    # (none here) and its own embedding, each standardised: the two added.
     tokens = pipe.image_tokenizer.encode(drawn).flatten(1)
     likelihood = pipe.image_log_likelihood(pipe.no_caption(6), tokens, embeds)
     assert torch.allclose(likelihood[:1], pipe.caption_log_likelihood(tokens[0], embeds[0], [""]),
                           rtol=1e-3)  # fmt: skip
     both = standardise(closeness) + standardise(likelihood)
-    kept = pipe.variations(first, num_images=2, candidates=6,
+    kept = pipe.variations(first, num_images=2, candidates=6, rank="clip+likelihood",
                            generator=torch.Generator().manual_seed(2))  # fmt: skip
     assert torch.equal(kept, drawn[both.argsort(descending=True, stable=True)[:2]])
+    assert pipe.ranking() == "clip+likelihood" and pipe.ranking(caption=False) == "clip"
     with pytest.raises(ValueError, match="rank must be"):
         pipe.variations(first, num_images=2, candidates=6, rank="judge")
     pipe.decoder_temperature = 1e-4  # near argmax: the generator no longer matters

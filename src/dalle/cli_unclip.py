@@ -187,7 +187,8 @@ def add_unclip_commands(commands) -> None:
                             default="auto",
                             help="--candidates: rank by closeness to the image in the CLIP's "
                             "embedding, or by that and a transformer decoder's likelihood of "
-                            "each draw (auto: the latter where the decoder has one)")  # fmt: skip
+                            "each draw (auto: the latter where the decoder has one and "
+                            "there is a caption, --caption or --describe)")  # fmt: skip
     variations.add_argument("--out", type=Path, required=True, help="grid PNG: the image first")
     _decoder_args(variations)
     variations.set_defaults(func=cmd_variations)

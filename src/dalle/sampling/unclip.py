@@ -228,10 +228,14 @@ class UnCLIP:
         decoder only), "clip", or "auto": the decoder where it can, else the CLIP."""
         return self._choose("reader", choice, ("decoder", "clip"))
 
-    def ranking(self, choice: str = "auto") -> str:
+    def ranking(self, choice: str = "auto", caption: bool = True) -> str:
         """How variations are ranked (``variation_scores``): "clip+likelihood" (a
-        transformer decoder only), "clip", or "auto": the first where it can, else the
-        CLIP alone."""
+        transformer decoder only), "clip", or "auto": the first where it can and the
+        variations have a ``caption``, else the CLIP alone. Without a caption the
+        likelihood says how typical a draw is of any image, not of the source's content,
+        and ranking by it kept no more (BENCHMARKS.md)."""
+        if choice == "auto" and not caption:
+            return "clip"
         return self._choose("rank", choice, ("clip+likelihood", "clip"))
 
     def _choose(self, what: str, choice: str, options: tuple[str, str]) -> str:
@@ -380,11 +384,14 @@ class UnCLIP:
         ``caption``: the caption read from the image (``describe``) is given to the decoder
         as well, so the variations still come from the image alone. With
         ``candidates``, that many are drawn and the ``num_images`` that
-        ``variation_scores`` ranks first (by ``rank``) are kept, best first."""
-        total, rank = max(candidates or num_images, num_images), self.ranking(rank)
+        ``variation_scores`` ranks first (by ``rank``; "auto": the CLIP and a transformer
+        decoder's likelihood where there is a caption, else the CLIP) are kept, best
+        first."""
+        total = max(candidates or num_images, num_images)
         embed = self.encode_image(image[None])  # [1, D]
         if describe is not None and not caption:
             caption = self.describe(image[None], describe)[0]
+        rank = self.ranking(rank, caption=bool(caption))
         text = self.encode_text([caption])[0] if caption else self.no_caption(1)  # [1, L]
         drawn = []
         for start in range(0, total, batch_size):
@@ -407,10 +414,11 @@ class UnCLIP:
         tokens | text, its own embedding)``, each standardised over the ``N``; ``text``
         (``[1, L]``) is the caption the variations were drawn with. The likelihood marks
         draws that are typical of what the decoder draws for that caption; malformed shapes
-        are not. On Shapes World it keeps the content more often (BENCHMARKS.md)."""
+        are not. On Shapes World, with a caption read from the source, it keeps the content
+        more often (BENCHMARKS.md). "auto": ``ranking``."""
         embeds = self.encode_image(images)  # [N, D]
         similarity = (embeds * embed).sum(-1).cpu()  # [N]
-        if self.ranking(rank) == "clip":
+        if self.ranking(rank, caption=bool((text != PAD_ID).any())) == "clip":
             return similarity
         likelihood = []
         for start in range(0, len(images), batch_size):
