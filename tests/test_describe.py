@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from dalle.cli import main
-from dalle.sampling.describe import Slots, improve_caption, swaps
+from dalle.sampling.describe import Slots, best_per_template, improve_caption, swaps
 from dalle.sampling.unclip import UnCLIP
 
 # "a yellow circle" is in none of them: a zero-shot pair of this tiny grammar.
@@ -47,6 +47,22 @@ def test_slots_learn_kinds_of_words_and_where_each_may_stand() -> None:
     assert slots.words("a green circle", 2) == []  # beside an unknown word
     assert swaps("a red circle", 1, ["red", "blue", "yellow"]) == ["a blue circle",
                                                                 "a yellow circle"]  # fmt: skip
+
+
+def test_starts_are_the_best_caption_of_each_of_the_best_templates() -> None:
+    slots = Slots.learn(KNOWN)
+    one, two = slots.template("a red circle"), slots.template(KNOWN[4])
+    assert slots.template("a yellow square") == one != two
+    assert slots.template("a green circle") == (one[0], "green", one[2])  # unknown: itself
+    captions = ["a red circle", KNOWN[4], "a blue square", "a red circle in the top left"]
+    scores = torch.tensor([1.0, 5.0, 3.0, 0.0])
+    assert best_per_template(captions, scores, slots, 2) == [1, 2]  # not 0: 2 is its best
+    assert best_per_template(captions, scores, slots, 9) == [1, 2, 3]
+    # Swaps search within a template: from the two-object start alone, the search could
+    # never reach the one-object caption that scores best.
+    score, _ = _matching_words("a yellow circle")
+    caption, _ = improve_caption(score, KNOWN[4], 0.0, slots)
+    assert slots.template(caption) == two
 
 
 def test_the_search_reaches_a_combination_no_known_caption_states() -> None:

@@ -81,6 +81,11 @@ class Slots:
                 fillers[tuple(kind[w] for w in _neighbours(parts, i))].add(word)
         return cls(kind, {key: sorted(words) for key, words in sorted(fillers.items())})
 
+    def template(self, caption: str) -> tuple[str, ...]:
+        """The kinds of ``caption``'s words in order (a word no known caption uses stands
+        for itself): what no swap changes, so swaps search one template's captions."""
+        return tuple(self.kind.get(word, word) for word in caption.split())
+
     def words(self, caption: str, position: int) -> list[str]:
         """The words that may stand at word ``position`` of ``caption`` (none for a word
         beside one the known captions never use)."""
@@ -122,3 +127,16 @@ def improve_caption(
         if not changed:
             break
     return caption, current
+
+
+def best_per_template(
+    captions: Sequence[str], scores: torch.Tensor, slots: Slots, count: int
+) -> list[int]:
+    """Indices of the best-scoring caption of each of the ``count`` templates
+    (``Slots.template``) whose best scores highest, best first. Swaps never leave a
+    template, so a search from one start cannot change the caption's structure (how many
+    objects, whether it names a place); starts from several templates can."""
+    best: dict[tuple[str, ...], int] = {}
+    for index in scores.argsort(descending=True, stable=True).tolist():
+        best.setdefault(slots.template(captions[index]), index)
+    return list(best.values())[:count]

@@ -33,7 +33,7 @@ from dalle.models.token_decoder import TokenDecoder
 from dalle.models.transformer_decoder import TransformerDecoder
 from dalle.models.upsampler import Upsampler
 from dalle.precision import autocast_context
-from dalle.sampling.describe import Slots, improve_caption
+from dalle.sampling.describe import Slots, best_per_template, improve_caption
 from dalle.sampling.diffusion import (
     sample_image_embeddings,
     sample_images,
@@ -268,6 +268,7 @@ class UnCLIP:
         reader: str = "auto",
         shortlist: int = 64,
         passes: int = 3,
+        templates: int = 4,
     ) -> list[str]:
         """A caption for each uint8 image ``[B, 3, S, S]``: the ``known`` caption (a
         training set's, say; ``known_captions`` prepares them once for many calls) that
@@ -276,8 +277,12 @@ class UnCLIP:
         Fit is the CLIP's cosine, or a transformer decoder's likelihood of the image's
         tokens given the caption and the image's embedding (``reader``; "auto": the
         decoder's where it has one). The decoder starts from the ``shortlist`` known
-        captions the CLIP ranks first. On Shapes World the decoder reads the content far
-        better: the CLIP barely binds colours to shapes (BENCHMARKS.md)."""
+        captions the CLIP ranks first. The search runs from the best start of each of the
+        ``templates`` best templates (the word kinds in order, ``Slots.template``: swaps
+        keep them) and keeps the best caption found; one template cannot turn "a orange
+        star below a orange star" into "a orange star". On Shapes World the decoder reads
+        the content far better than the CLIP, which barely binds colours to shapes
+        (BENCHMARKS.md)."""
         reader = self.reader(reader)
         if not isinstance(known, KnownCaptions):
             known = self.known_captions(known)
@@ -295,10 +300,9 @@ class UnCLIP:
                 score = partial(self.caption_log_likelihood, tokens[row], embed)
                 start = [known.captions[i] for i in ranked.argsort(descending=True)[:shortlist]]
             fits = score(start)
-            best = int(fits.argmax())
-            caption, _ = improve_caption(score, start[best], float(fits[best]), known.slots,
-                                         passes)  # fmt: skip
-            captions.append(caption)
+            found = [improve_caption(score, start[i], float(fits[i]), known.slots, passes)
+                     for i in best_per_template(start, fits, known.slots, templates)]  # fmt: skip
+            captions.append(max(found, key=lambda pair: pair[1])[0])
         return captions
 
     def no_caption(self, rows: int) -> torch.Tensor:
