@@ -16,7 +16,7 @@ Then it reports, per ranking, how many of the ``--num`` it keeps pass, beside a 
 on the same draws.
 
     python benchmarks/unclip_variation_ranking.py --decoder DIR [--count 128] [--start 0]
-        [--candidates 32] [--num 4] [--json out.json]
+        [--candidates 32] [--num 4] [--templates 4] [--json out.json]
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def judge_split(pipe: UnCLIP, source: str, known: KnownCaptions, args: argparse.
     data = DataConfig(source=source, image_size=pipe.image_size, subset="holdout",
                       start=args.start)  # fmt: skip
     images, captions = load_images(data, args.count)
-    read = pipe.describe(images, known)
+    read = pipe.describe(images, known, templates=args.templates)
     generator = torch.Generator().manual_seed(args.seed)
     kept = dict.fromkeys([*RANKINGS, "random", "oracle"], 0)
     started = time.perf_counter()
@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--temperature", type=float, default=0.5)
     parser.add_argument("--describe-count", type=int, default=5000)
+    parser.add_argument("--templates", type=int, default=4,
+                        help="caption templates the reading searches (describe)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", type=Path)
