@@ -40,7 +40,8 @@ unclip() {
     --count "${VARIATION_COUNT:-64}" --num 4 --candidates 32 --temperature 0.5 --guidance 2 \
     --out "$work/variations" --json "$work/variations.json" > "$work/variations.log" 2>&1
   echo "variations: exit $?" >> "$work/status"
-  # The same, the decoder given the caption it reads from each source as well.
+  # The same, the decoder given the caption it reads from each source as well (ranked by
+  # the CLIP and the decoder's likelihood: UnCLIP.variation_scores).
   $py benchmarks/unclip_variations_judge.py --decoder "$work/unclip/decoder" \
     --count "${VARIATION_COUNT:-64}" --num 4 --candidates 32 --temperature 0.5 --guidance 2 \
     --caption describe --out "$work/variations-described" \
