@@ -12,6 +12,11 @@
 # has finished, after it packed the small files (logs, metrics, results, grids, judged
 # samples) into WORK/quality.tar.gz.
 #   bash benchmarks/gpu_quality.sh WORK [DVAE_MINUTES]
+# DVAE=0 leaves out the dVAE, UNCLIP=0 the unCLIP demo and its variations. With 15 minutes
+# of device time in all (a machine's start included), one call of under 10 minutes is what
+# there is: then run the DALL-E demo alone, its training scaled to fit, in the foreground:
+#   DVAE=0 UNCLIP=0 DEMO_ARGS="--profile gpu --training-minutes 5.5" DEMO_LIMIT=540 \
+#     bash benchmarks/gpu_quality.sh WORK
 # A dry run of the script on a CPU, in a minute or two:
 #   DEMO_ARGS=--smoke UNCLIP_ARGS=--smoke JUDGE_COUNT=20 VARIATION_COUNT=2 bash benchmarks/gpu_quality.sh WORK 0.1
 set -u
@@ -47,9 +52,11 @@ unclip() {
     --caption describe --out "$work/variations-described" \
     --json "$work/variations-described.json" > "$work/variations-described.log" 2>&1
   echo "variations, caption read: exit $?" >> "$work/status"; }
-dvae laplace objective.likelihood=logit_laplace &
-if [ -n "${DVAE_VARIANTS:-}" ]; then dvae $DVAE_VARIANTS & fi
-unclip &
+if [ "${DVAE:-1}" != 0 ]; then
+  dvae laplace objective.likelihood=logit_laplace &
+  if [ -n "${DVAE_VARIANTS:-}" ]; then dvae $DVAE_VARIANTS & fi
+fi
+if [ "${UNCLIP:-1}" != 0 ]; then unclip & fi
 t0=$SECONDS
 timeout "${DEMO_LIMIT:-1000}" $py -m dalle demo ${DEMO_ARGS:---profile gpu} --out "$work/demo" \
   > "$work/demo.log" 2>&1
