@@ -87,7 +87,6 @@ def keep_best(
 def standardise(scores: torch.Tensor) -> torch.Tensor:
     """Scores ``[N]`` shifted and scaled to mean 0 and standard deviation 1 (all 0 where
     they are all equal), so that scores on different scales can be added."""
-    scores = scores.float()
-    spread = scores.std() if len(scores) > 1 else scores.new_zeros(())
-    centred = scores - scores.mean()
+    centred = scores.float() - scores.float().mean()
+    spread = centred.std() if len(scores) > 1 else 0.0
     return centred / spread if spread > 0 else torch.zeros_like(centred)

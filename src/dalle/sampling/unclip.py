@@ -219,9 +219,10 @@ class UnCLIP:
         """A transformer decoder's ``log p(tokens | text, embed)`` in nats, row by row:
         caption ids ``[N, L]``, image tokens ``[N, T]``, CLIP image embeddings ``[N, D]``;
         ``[N]`` on the CPU."""
+        tokens = tokens.to(self.device)
         with self.autocast():
-            _, logits = self.decoder(text, tokens.to(self.device), image_embed=embeds)
-        return token_log_likelihood(logits, tokens.to(self.device))
+            _, logits = self.decoder(text, tokens, image_embed=embeds)
+        return token_log_likelihood(logits, tokens)
 
     def reader(self, choice: str = "auto") -> str:
         """Who reads captions (``describe``): "decoder" (its likelihood; a transformer
